@@ -1,0 +1,76 @@
+"""Data for the student: image preprocessing, the Qwen tokenizer and the one chat template.
+
+NumPy/PIL/tokenizers only; no JAX here, so that data workers stay light.
+"""
+
+from octomed_jax.data.images import (
+    MAX_PIXELS,
+    MIN_PIXELS,
+    OCTOMED_MAX_PIXELS,
+    ImageError,
+    image_grid_thw,
+    load_image,
+    num_image_tokens,
+    preprocess_image,
+    smart_resize,
+)
+from octomed_jax.data.template import (
+    CHAT_TEMPLATE,
+    DEFAULT_SYSTEM_PROMPT,
+    EncodedChat,
+    TemplateError,
+    encode_chat,
+    export_chat_template,
+    messages_for_question,
+    messages_for_trace,
+    render_chat,
+)
+from octomed_jax.data.tokenizer import (
+    ENDOFTEXT_ID,
+    IM_END_ID,
+    IM_START_ID,
+    IMAGE_PAD_ID,
+    THINK_END_ID,
+    THINK_START_ID,
+    VIDEO_PAD_ID,
+    VISION_END_ID,
+    VISION_START_ID,
+    TokenizerError,
+    check_special_ids,
+    load_tokenizer,
+    save_tokenizer,
+)
+
+__all__ = [
+    "CHAT_TEMPLATE",
+    "DEFAULT_SYSTEM_PROMPT",
+    "ENDOFTEXT_ID",
+    "IMAGE_PAD_ID",
+    "IM_END_ID",
+    "IM_START_ID",
+    "MAX_PIXELS",
+    "MIN_PIXELS",
+    "OCTOMED_MAX_PIXELS",
+    "THINK_END_ID",
+    "THINK_START_ID",
+    "VIDEO_PAD_ID",
+    "VISION_END_ID",
+    "VISION_START_ID",
+    "EncodedChat",
+    "ImageError",
+    "TemplateError",
+    "TokenizerError",
+    "check_special_ids",
+    "encode_chat",
+    "export_chat_template",
+    "image_grid_thw",
+    "load_image",
+    "load_tokenizer",
+    "messages_for_question",
+    "messages_for_trace",
+    "num_image_tokens",
+    "preprocess_image",
+    "render_chat",
+    "save_tokenizer",
+    "smart_resize",
+]

@@ -1,0 +1,335 @@
+"""THE chat template of the repository: training, evaluation and serving all prompt through it.
+
+`CHAT_TEMPLATE` is Qwen2.5-VL-Instruct's own Jinja template, verbatim (the one in the Hub checkpoints'
+`chat_template.json`): a default system prompt "You are a helpful assistant." when the conversation has
+none, `<|im_start|>role\\n ... <|im_end|>\\n` turns, and each image as
+`<|vision_start|><|image_pad|><|vision_end|>`. Keeping it verbatim means a fine-tuned checkpoint is
+prompted by transformers and vLLM exactly as the base model was, and exactly as we train it.
+
+`encode_chat` renders the same layout in Python and tokenises it piece by piece: special tokens become
+ids directly, the text between two special tokens goes through the tokenizer as one string (as it does
+inside `apply_chat_template`, whose tokenizer splits at special tokens first), and character offsets
+tell which tokens belong to an assistant answer. Each image's single `<|image_pad|>` is expanded to one
+pad per merged patch, `grid_t * grid_h * grid_w / merge_size**2`, as Qwen's processor does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from octomed_jax.data import tokenizer as tok_ids
+from octomed_jax.data.images import MERGE_SIZE, num_image_tokens
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
+    from data_pipeline.records import AcceptedTrace, Question
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+# Qwen2.5-VL-7B-Instruct's chat template, character for character. Do not edit: the tests compare it with
+# the published one, and every checkpoint we export carries it.
+CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CHAT_TEMPLATE_FILENAME = "chat_template.jinja"
+
+ROLES = ("system", "user", "assistant")
+
+Message = dict[str, Any]
+
+
+class TemplateError(ValueError):
+    """Messages that the template cannot encode faithfully (bad role or content, image count mismatch,
+    control tokens inside text)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedChat:
+    """One tokenised conversation.
+
+    Attributes:
+      token_ids: int32 [L], image pads already expanded.
+      loss_mask: bool [L]; True where the token is part of an assistant answer (its text and closing
+        `<|im_end|>`), i.e. where the model is trained to predict that token from the ones before it.
+        The `<|im_start|>assistant\\n` header and the `\\n` after `<|im_end|>` are False.
+      image_grid_thw: int64 [num_images, 3], the grids of the images in the order their pads appear.
+    """
+
+    token_ids: np.ndarray
+    loss_mask: np.ndarray
+    image_grid_thw: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.token_ids.shape[0])
+
+    @property
+    def num_images(self) -> int:
+        return int(self.image_grid_thw.shape[0])
+
+    @property
+    def image_token_mask(self) -> np.ndarray:
+        """bool [L], True at `<|image_pad|>` tokens (the model's `mm_token_type_ids`)."""
+        return self.token_ids == tok_ids.IMAGE_PAD_ID
+
+    @property
+    def num_loss_tokens(self) -> int:
+        return int(self.loss_mask.sum())
+
+
+@dataclasses.dataclass(frozen=True)
+class _Piece:
+    text: str
+    special: bool  # a control token, inserted by id
+    assistant: bool  # inside an assistant answer (trained on)
+    kind: str = "text"  # "text", "control", "image" or "video"
+
+
+def _is_image_item(item: Mapping[str, Any]) -> bool:
+    # The same tests as the Jinja template, in its order.
+    return item.get("type") == "image" or "image" in item or "image_url" in item
+
+
+def _is_video_item(item: Mapping[str, Any]) -> bool:
+    return item.get("type") == "video" or "video" in item
+
+
+def _pieces(messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool) -> list[_Piece]:
+    """The template's output as pieces; `"".join(p.text)` equals the rendered template."""
+    if not messages:
+        raise TemplateError("no messages")
+
+    def control(token: str, assistant: bool = False) -> _Piece:
+        return _Piece(token, special=True, assistant=assistant, kind="control")
+
+    def text(s: str, assistant: bool = False) -> _Piece:
+        return _Piece(s, special=False, assistant=assistant)
+
+    out: list[_Piece] = []
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        if role not in ROLES:
+            raise TemplateError(f"message {i} has role {role!r}; expected one of {ROLES}")
+        content = message.get("content")
+        if i == 0 and role != "system":
+            out += [
+                control("<|im_start|>"),
+                text(f"system\n{DEFAULT_SYSTEM_PROMPT}"),
+                control("<|im_end|>"),
+                text("\n"),
+            ]
+        is_answer = role == "assistant"
+        out += [control("<|im_start|>"), text(f"{role}\n")]
+        if isinstance(content, str):
+            out.append(text(content, is_answer))
+        elif isinstance(content, Sequence) and not isinstance(content, (bytes, bytearray)):
+            for j, item in enumerate(content):
+                if not isinstance(item, Mapping):
+                    raise TemplateError(f"message {i} item {j} is {type(item).__name__}, not a dict")
+                if _is_image_item(item) or _is_video_item(item):
+                    if is_answer:
+                        raise TemplateError(
+                            f"message {i}: images and videos are not allowed in assistant turns"
+                        )
+                    kind = "image" if _is_image_item(item) else "video"
+                    pad = "<|image_pad|>" if kind == "image" else "<|video_pad|>"
+                    out += [
+                        control("<|vision_start|>"),
+                        _Piece(pad, True, False, kind),
+                        control("<|vision_end|>"),
+                    ]
+                elif "text" in item:
+                    if not isinstance(item["text"], str):
+                        raise TemplateError(f"message {i} item {j} text is {type(item['text']).__name__}")
+                    out.append(text(item["text"], is_answer))
+                else:
+                    # The Jinja template would silently drop it; that is almost surely a bug upstream.
+                    raise TemplateError(
+                        f"message {i} item {j} is neither text, image nor video: {sorted(item)}"
+                    )
+        else:
+            raise TemplateError(f"message {i} content is {type(content).__name__}; expected str or list")
+        out += [control("<|im_end|>", is_answer), text("\n")]
+    if add_generation_prompt:
+        out += [control("<|im_start|>"), text("assistant\n")]
+    return out
+
+
+def render_chat(messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = False) -> str:
+    """The conversation as text, as `apply_chat_template(..., chat_template=CHAT_TEMPLATE, tokenize=False)`.
+
+    Args:
+      messages: OpenAI/HF style messages: `{"role": "system"|"user"|"assistant", "content": str | list}`,
+        list items `{"type": "text", "text": ...}` or `{"type": "image"}`.
+      add_generation_prompt: end with `<|im_start|>assistant\\n` for the model to answer.
+
+    Returns:
+      The rendered string, image pads not expanded (one `<|image_pad|>` per image).
+    """
+    return "".join(p.text for p in _pieces(messages, add_generation_prompt))
+
+
+def _control_strings(tokenizer: PreTrainedTokenizerFast) -> list[str]:
+    """Strings the tokenizer would turn into a special (control) token if they appeared in text."""
+    return [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
+
+
+def encode_chat(
+    tokenizer: PreTrainedTokenizerFast,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    image_grids: Sequence[np.ndarray | Sequence[int]] = (),
+    add_generation_prompt: bool = False,
+    merge_size: int = MERGE_SIZE,
+) -> EncodedChat:
+    """Tokenises a conversation with its loss mask, image pads expanded.
+
+    The ids equal `tokenizer.apply_chat_template(messages, chat_template=CHAT_TEMPLATE, tokenize=True)`
+    with each `<|image_pad|>` repeated `num_image_tokens(grid)` times.
+
+    Args:
+      tokenizer: the Qwen tokenizer (`load_tokenizer()`).
+      messages: see `render_chat`.
+      image_grids: one `grid_thw` per image item, in the order the images appear in `messages`
+        (the second output of `preprocess_image`).
+      add_generation_prompt: end with `<|im_start|>assistant\\n` (evaluation and serving).
+      merge_size: spatial merge of the vision tower.
+
+    Returns:
+      An `EncodedChat`.
+
+    Raises:
+      TemplateError: unknown roles or content items, images in assistant turns, videos, a number of
+        grids that differs from the number of images, or text containing a control token such as
+        `<|im_end|>` (it would be tokenised as the control token and break the turn structure).
+    """
+    pieces = _pieces(messages, add_generation_prompt)
+    n_images = sum(p.kind == "image" for p in pieces)
+    if any(p.kind == "video" for p in pieces):
+        raise TemplateError("videos are not supported")
+    if len(image_grids) != n_images:
+        raise TemplateError(f"{n_images} image(s) in the messages but {len(image_grids)} grid(s) given")
+    grids = np.asarray(
+        [np.asarray(g, dtype=np.int64).reshape(3) for g in image_grids], dtype=np.int64
+    ).reshape(-1, 3)
+
+    vocab = tokenizer.get_vocab()
+    controls = _control_strings(tokenizer)
+    backend = tokenizer.backend_tokenizer
+    ids: list[np.ndarray] = []
+    mask: list[np.ndarray] = []
+    run: list[_Piece] = []
+
+    def flush() -> None:
+        # Text between two control tokens is tokenised as one string, as apply_chat_template does.
+        string = "".join(p.text for p in run)
+        if string:
+            for c in controls:
+                if c in string:
+                    raise TemplateError(f"text contains the control token {c!r}: {string[:200]!r}")
+            # Per-character answer flags: a token counts as answer if any of its characters is (a token
+            # straddles header and answer only when an answer starts with a newline).
+            chars = np.concatenate([np.full(len(p.text), p.assistant, dtype=np.bool_) for p in run])
+            enc = backend.encode(string, add_special_tokens=False)
+            ids.append(np.asarray(enc.ids, dtype=np.int32))
+            mask.append(np.asarray([chars[s : max(e, s + 1)].any() for s, e in enc.offsets], dtype=np.bool_))
+        run.clear()
+
+    image_index = 0
+    for piece in pieces:
+        if not piece.special:
+            run.append(piece)
+            continue
+        flush()
+        count = 1
+        if piece.kind == "image":
+            count = num_image_tokens(grids[image_index], merge_size)
+            image_index += 1
+        ids.append(np.full(count, vocab[piece.text], dtype=np.int32))
+        mask.append(np.full(count, piece.assistant, dtype=np.bool_))
+    flush()
+    return EncodedChat(
+        token_ids=np.concatenate(ids).astype(np.int32),
+        loss_mask=np.concatenate(mask).astype(np.bool_),
+        image_grid_thw=grids,
+    )
+
+
+def _user_message(question: Question, instruction: str | None) -> Message:
+    from data_pipeline.formats import render_question  # lazy: data_pipeline is a sibling package
+
+    # Images first, then the question text, as in Qwen's own examples.
+    content: list[dict[str, Any]] = [{"type": "image"} for _ in question.images]
+    content.append({"type": "text", "text": render_question(question, instruction=instruction)})
+    return {"role": "user", "content": content}
+
+
+def messages_for_question(
+    question: Question, system_prompt: str | None = None, *, instruction: str | None = None
+) -> list[Message]:
+    """The prompt messages of a question (no answer), for evaluation and serving.
+
+    Args:
+      question: the question; its images become `{"type": "image"}` items, in order.
+      system_prompt: None for Qwen's default system prompt (inserted by the template).
+      instruction: passed to `formats.render_question`.
+
+    Returns:
+      Messages for `encode_chat(..., add_generation_prompt=True)`.
+    """
+    messages: list[Message] = []
+    if system_prompt is not None:
+        messages.append({"role": "system", "content": system_prompt})
+    messages.append(_user_message(question, instruction))
+    return messages
+
+
+def messages_for_trace(
+    trace: AcceptedTrace, *, system_prompt: str | None = None, instruction: str | None = None
+) -> list[Message]:
+    """The training conversation of an accepted trace: the question, then the formatted response.
+
+    Args:
+      trace: the accepted trace; `trace.response` is the assistant target as is.
+      system_prompt: None for Qwen's default system prompt (inserted by the template).
+      instruction: passed to `formats.render_question`.
+
+    Returns:
+      Messages for `encode_chat(..., add_generation_prompt=False)`.
+    """
+    messages = messages_for_question(trace.question, system_prompt, instruction=instruction)
+    messages.append({"role": "assistant", "content": trace.response})
+    return messages
+
+
+def export_chat_template(directory: str | os.PathLike[str]) -> str:
+    """Writes `CHAT_TEMPLATE` as `chat_template.jinja` into a checkpoint folder (read by transformers
+    and vLLM); see also `tokenizer.save_tokenizer`.
+
+    Returns:
+      The path written.
+    """
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(os.fspath(directory), CHAT_TEMPLATE_FILENAME)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(CHAT_TEMPLATE)
+    return path

