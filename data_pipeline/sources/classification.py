@@ -1,0 +1,248 @@
+"""Image classification sets turned into multiple choice (category "mm_classification").
+
+Two layouts: an ImageFolder (one folder per class, images anywhere below it) and a csv mapping an image id
+or path to a label (APTOS: `id_code` -> `diagnosis`). Class names become the options, shuffled per question
+with a seed derived from (seed, image path), so the correct letter is spread evenly and reruns are
+identical. Images are sampled stratified by class: at most `max_per_class` per class, chosen with `seed`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from data_pipeline import images as imglib
+from data_pipeline.records import LETTERS, BadRecordError, Question
+from data_pipeline.sources.base import (
+    DEFAULT_IMAGES,
+    ImageSettings,
+    Item,
+    Rejected,
+    _RowError,
+    find_files,
+    iter_rows,
+    load_images,
+    root_of,
+    run_rows,
+    text_field,
+)
+
+DEFAULT_QUESTION = "Which of the following best describes this image?"
+
+
+def stratified_sample(
+    items: Iterable[tuple[int, str, str]], *, max_per_class: int | None, seed: int
+) -> list[tuple[int, str, str]]:
+    """At most `max_per_class` (index, path, label) items per label, chosen with `seed`, in input order."""
+    by_class: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
+    for item in items:
+        by_class[item[2]].append(item)
+    chosen = []
+    for label in sorted(by_class):
+        members = by_class[label]
+        if max_per_class is not None and len(members) > max_per_class:
+            # A per-class generator: adding a class does not change the sample of the others.
+            members = random.Random(f"{seed}:{label}").sample(members, max_per_class)
+        chosen.extend(members)
+    return sorted(chosen)
+
+
+def _class_options(
+    label: str, classes: list[str], key: str, *, seed: int, shuffle: bool, max_options: int | None
+) -> tuple[dict[str, str], str]:
+    """Options (class names) for one question and its answer letter."""
+    rng = random.Random(f"{seed}:{key}")
+    names = list(classes)
+    if max_options is not None and len(names) > max_options:
+        others = [c for c in names if c != label]
+        names = [label] + rng.sample(others, max_options - 1)
+        names.sort(key=classes.index)
+    if len(names) > len(LETTERS):
+        raise BadRecordError("too_many_options", f"{len(names)} classes; set max_options")
+    if shuffle:
+        rng.shuffle(names)
+    return dict(zip(LETTERS, names, strict=False)), LETTERS[names.index(label)]
+
+
+def _classification_questions(
+    name: str,
+    root: Path,
+    rows: list[tuple[int, Any]],
+    *,
+    split: str,
+    question: str,
+    label_names: Mapping[str, str] | None,
+    max_per_class: int | None,
+    seed: int,
+    shuffle_options: bool,
+    max_options: int | None,
+    images: ImageSettings,
+) -> Iterator[Item]:
+    """Shared by both layouts: `rows` are (index, {"path", "label"}) or (index, Rejected)."""
+    for _, row in rows:
+        if isinstance(row, Rejected):
+            yield row
+    good = [(i, r["path"], r["label"]) for i, r in rows if not isinstance(r, Rejected)]
+
+    def display(label: str) -> str:
+        if label_names is None:
+            return label
+        if label not in label_names:
+            raise BadRecordError("unknown_label", f"label {label!r} is not in label_names")
+        return label_names[label]
+
+    known = sorted({lab for _, _, lab in good if label_names is None or lab in label_names})
+    classes = [display(lab) for lab in known]
+    sampled = stratified_sample(good, max_per_class=max_per_class, seed=seed)
+
+    def build(index: int, row: dict[str, Any]) -> Question:
+        label = display(row["label"])
+        options, answer = _class_options(
+            label, classes, row["path"], seed=seed, shuffle=shuffle_options, max_options=max_options
+        )
+        return Question(
+            id=row["path"],
+            source=name,
+            category="mm_classification",
+            question=question,
+            options=options,
+            answer=answer,
+            images=load_images(root, [row["path"]], images),
+            split=split,
+            metadata={"label": label},
+        )
+
+    yield from run_rows(name, ((i, {"path": p, "label": lab}) for i, p, lab in sampled), build)
+
+
+def read_image_folder(
+    path: str | Path,
+    *,
+    name: str = "image_folder",
+    split: str = "train",
+    question: str = DEFAULT_QUESTION,
+    class_names: Mapping[str, str] | None = None,
+    max_per_class: int | None = None,
+    seed: int = 0,
+    shuffle_options: bool = True,
+    max_options: int | None = None,
+    images: ImageSettings = DEFAULT_IMAGES,
+) -> Iterator[Item]:
+    """Reads an ImageFolder layout: `path/<class>/.../<image>`.
+
+    Args:
+      path: the split's directory (the one holding one folder per class).
+      name: the source name to record (e.g. "brain_tumor_mri").
+      split: recorded on the questions.
+      question: the stem shown with every image.
+      class_names: folder name -> display name (default: the folder name; folders missing from the map
+        are counted as `unknown_label`).
+      max_per_class: stratified cap per class (None: all).
+      seed: sampling and option-shuffling seed.
+      shuffle_options: shuffle the class options per question (False keeps the sorted class order).
+      max_options: show at most this many classes (the right one plus random distractors).
+      images: image checks.
+
+    Yields:
+      Question or Rejected, class by class.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder does not exist: {root} (nothing is downloaded)")
+    rows: list[tuple[int, Any]] = []
+    files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix.lower() in imglib.IMAGE_EXTENSIONS)
+    for index, f in enumerate(files):
+        rel = f.relative_to(root)
+        if len(rel.parts) < 2:
+            rows.append((index, Rejected(name, index, "no_label", f"{rel} is not inside a class folder")))
+            continue
+        rows.append((index, {"path": rel.as_posix(), "label": rel.parts[0]}))
+    return _classification_questions(
+        name,
+        root,
+        rows,
+        split=split,
+        question=question,
+        label_names=class_names,
+        max_per_class=max_per_class,
+        seed=seed,
+        shuffle_options=shuffle_options,
+        max_options=max_options,
+        images=images,
+    )
+
+
+def read_classification_csv(
+    path: str | Path,
+    *,
+    name: str = "classification_csv",
+    split: str = "train",
+    image_column: str = "image",
+    label_column: str = "label",
+    image_root: str | Path | None = None,
+    image_dir: str | None = None,
+    image_suffix: str = "",
+    question: str = DEFAULT_QUESTION,
+    label_names: Mapping[str, str] | None = None,
+    max_per_class: int | None = None,
+    seed: int = 0,
+    shuffle_options: bool = True,
+    max_options: int | None = None,
+    images: ImageSettings = DEFAULT_IMAGES,
+) -> Iterator[Item]:
+    """Reads a csv of image id/path -> label (e.g. APTOS `train.csv`: `id_code`, `diagnosis`).
+
+    Args:
+      path: the csv file (or a directory with a split-named csv).
+      name: the source name to record (e.g. "aptos").
+      split: the split to read and record.
+      image_column: column with the image id or relative path.
+      label_column: column with the label.
+      image_root: where images are resolved (default: the csv's directory).
+      image_dir: subdirectory of `image_root` with the images (APTOS: "train_images").
+      image_suffix: appended to the id to make the file name (APTOS: ".png").
+      question, label_names, max_per_class, seed, shuffle_options, max_options, images: as in
+        `read_image_folder` (`label_names` maps raw labels such as "0" to names such as "No DR").
+
+    Yields:
+      Question or Rejected.
+    """
+    files = find_files(path, split, (".csv", ".tsv"), single_file_ok=True)
+    root = root_of(files, path, image_root)
+    rows: list[tuple[int, Any]] = []
+    for index, row in iter_rows(files):
+        try:
+            if isinstance(row, _RowError):
+                raise KeyError(row.message)
+            image_id = text_field(row, image_column)
+            label = text_field(row, label_column)
+            if not image_id or not label:
+                raise BadRecordError(
+                    "missing_answer" if image_id else "missing_image", f"row {index} is empty"
+                )
+        except BadRecordError as e:
+            rows.append((index, Rejected(name, index, e.reason, str(e))))
+            continue
+        except KeyError as e:
+            rows.append((index, Rejected(name, index, "malformed_record", f"row {index}: {e}")))
+            continue
+        rel = (
+            f"{image_dir.rstrip('/')}/{image_id}{image_suffix}" if image_dir else f"{image_id}{image_suffix}"
+        )
+        rows.append((index, {"path": rel, "label": label}))
+    return _classification_questions(
+        name,
+        root,
+        rows,
+        split=split,
+        question=question,
+        label_names=label_names,
+        max_per_class=max_per_class,
+        seed=seed,
+        shuffle_options=shuffle_options,
+        max_options=max_options,
+        images=images,
+    )
