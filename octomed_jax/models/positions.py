@@ -1,0 +1,176 @@
+"""Host-side position rules of Qwen2.5-VL, in NumPy.
+
+These depend on the image grids and token ids only, never on parameters, so they are computed with
+the batch (by the input pipeline or the sampler) and passed to the jitted model as arrays:
+
+- `rope_index`: the 3-D M-RoPE positions of the language model (transformers' `get_rope_index`),
+  and the per-row delta that continues positions during decoding;
+- `vision_layout`: for the vision tower, the window reordering, the 2-D rotary positions, and the
+  segment ids that restrict attention to one image (full-attention blocks) or one window.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from octomed_jax.models.config import ModelConfig, VisionConfig
+
+
+def _vision_token_positions(start: int, grid_thw: np.ndarray, merge: int, time_interval: int) -> np.ndarray:
+    t, h, w = int(grid_thw[0]), int(grid_thw[1]) // merge, int(grid_thw[2]) // merge
+    tt, hh, ww = np.meshgrid(np.arange(t) * time_interval, np.arange(h), np.arange(w), indexing="ij")
+    return np.stack([tt.ravel(), hh.ravel(), ww.ravel()]) + start
+
+
+def rope_index(
+    input_ids: np.ndarray,
+    image_grid_thw: np.ndarray | None,
+    attention_mask: np.ndarray | None,
+    cfg: ModelConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """3-D positions for the language model, as transformers' `get_rope_index` computes them.
+
+    Text tokens advance all three axes together; each image's run of `<|image_pad|>` tokens takes
+    (t, h, w) grid coordinates offset by the position reached so far, and the text after it resumes
+    at that offset plus the larger of the merged grid's height and width.
+
+    Args:
+      input_ids: int [batch, seq].
+      image_grid_thw: int [num_images, 3] for the images of the batch, in order, or None.
+      attention_mask: 1 for real tokens, 0 for padding, [batch, seq]; padding gets position 0.
+      cfg: the model config (token ids, merge size).
+
+    Returns:
+      positions int32 [3, batch, seq] and deltas int32 [batch]: the position of the next token of
+      row b is `seq_len_b + deltas[b]` (used to continue decoding after the prompt).
+    """
+    input_ids = np.asarray(input_ids)
+    batch, seq = input_ids.shape
+    mask = np.ones_like(input_ids, bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
+    grids = iter(np.asarray(image_grid_thw).reshape(-1, 3) if image_grid_thw is not None else ())
+    merge = cfg.vision.spatial_merge_size
+    positions = np.zeros((3, batch, seq), np.int32)
+    deltas = np.zeros((batch,), np.int32)
+    for b in range(batch):
+        ids = input_ids[b][mask[b]]
+        is_image = ids == cfg.image_token_id
+        pieces, pos, i = [], 0, 0
+        while i < len(ids):
+            j = i
+            while j < len(ids) and is_image[j] == is_image[i]:
+                j += 1
+            if is_image[i]:
+                try:
+                    grid = next(grids)
+                except StopIteration:
+                    raise ValueError(f"row {b} has more image-token runs than image_grid_thw rows") from None
+                vis = _vision_token_positions(pos, grid, merge, time_interval=1)
+                if vis.shape[1] != j - i:
+                    raise ValueError(
+                        f"row {b}: an image run of {j - i} <|image_pad|> tokens does not match grid "
+                        f"{grid.tolist()} ({vis.shape[1]} merged patches)"
+                    )
+                pieces.append(vis)
+                pos += max(int(grid[1]), int(grid[2])) // merge
+            else:
+                pieces.append(np.broadcast_to(np.arange(pos, pos + j - i), (3, j - i)))
+                pos += j - i
+            i = j
+        if pieces:
+            row = np.concatenate(pieces, axis=1)
+            positions[:, b, mask[b]] = row
+            deltas[b] = row.max() + 1 - len(ids)
+    return positions, deltas
+
+
+def text_positions(segment_ids: np.ndarray) -> np.ndarray:
+    """Positions that restart at 0 in every segment (packed rows); 1-D, for text-only rows."""
+    segment_ids = np.asarray(segment_ids)
+    pos = np.zeros_like(segment_ids, dtype=np.int32)
+    for b in range(segment_ids.shape[0]):
+        start = 0
+        for i in range(1, segment_ids.shape[1] + 1):
+            if i == segment_ids.shape[1] or segment_ids[b, i] != segment_ids[b, i - 1]:
+                pos[b, start:i] = np.arange(i - start)
+                start = i
+    return pos
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionLayout:
+    """Index arrays the vision tower needs for one set of images, padded to a fixed patch count.
+
+    Attributes:
+      window_index: int32 [units]: merge-unit order in which the blocks see the patches (windows
+        contiguous); padding units map to themselves, at the end.
+      rotary_positions: int32 [patches, 2]: (h, w) of each patch, in the original order.
+      image_segment_ids: int32 [patches]: in window order, one id per image frame (full-attention
+        blocks); 0 on padding.
+      window_segment_ids: int32 [patches]: in window order, one id per window; 0 on padding.
+      num_patches: real patches (the rest is padding).
+    """
+
+    window_index: np.ndarray
+    rotary_positions: np.ndarray
+    image_segment_ids: np.ndarray
+    window_segment_ids: np.ndarray
+    num_patches: int
+
+
+def vision_layout(grid_thw: np.ndarray, vcfg: VisionConfig, pad_to: int | None = None) -> VisionLayout:
+    """Window reordering, rotary positions and attention segments of the vision tower.
+
+    Mirrors transformers' `get_vision_window_index`, `get_vision_position_ids` and the cu_seqlens of
+    the full-attention blocks, expressed as segment ids so that one masked attention serves both.
+    """
+    grid_thw = np.asarray(grid_thw, dtype=np.int64).reshape(-1, 3)
+    merge, unit = vcfg.spatial_merge_size, vcfg.merge_unit
+    win = vcfg.window_size // merge // vcfg.patch_size  # window side, in merged units
+    window_index, rot, img_seg, win_seg = [], [], [], []
+    unit_offset, next_window, next_frame = 0, 1, 1
+    for t, h, w in grid_thw.tolist():
+        if h % merge or w % merge:
+            raise ValueError(f"image grid {(t, h, w)} is not divisible by spatial_merge_size {merge}")
+        lh, lw = h // merge, w // merge
+        # Rotary (h, w) per patch, laid out block-major over merge x merge blocks.
+        hh, ww = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        blocks = (lh, merge, lw, merge)
+        hw = np.stack([hh.reshape(blocks).transpose(0, 2, 1, 3).ravel(),
+                       ww.reshape(blocks).transpose(0, 2, 1, 3).ravel()], axis=-1)
+        rot.append(np.tile(hw, (t, 1)))
+        # Windows of win x win merged units, scanned row-major over the padded grid.
+        index = np.arange(t * lh * lw).reshape(t, lh, lw)
+        ph, pw = -lh % win, -lw % win  # windows that would be empty are skipped anyway
+        padded = np.full((t, lh + ph, lw + pw), -1)
+        padded[:, :lh, :lw] = index
+        nh, nw = (lh + ph) // win, (lw + pw) // win
+        padded = padded.reshape(t, nh, win, nw, win).transpose(0, 1, 3, 2, 4).reshape(t, nh * nw, win * win)
+        for frame in range(t):
+            for window in padded[frame]:
+                units = window[window >= 0]
+                if len(units):
+                    window_index.append(units + unit_offset)
+                    win_seg.append(np.full(len(units) * unit, next_window))
+                    next_window += 1
+            img_seg.append(np.full(lh * lw * unit, next_frame))
+            next_frame += 1
+        unit_offset += t * lh * lw
+    num_patches = unit_offset * unit
+    pad_to = num_patches if pad_to is None else pad_to
+    if pad_to < num_patches or pad_to % unit:
+        raise ValueError(f"pad_to={pad_to} must be a multiple of {unit} and >= {num_patches} patches")
+    pad_units = (pad_to - num_patches) // unit
+    cat = lambda xs, dtype: np.concatenate(xs).astype(dtype) if xs else np.zeros((0,), dtype)  # noqa: E731
+    window_index = np.concatenate([cat(window_index, np.int32), np.arange(unit_offset, unit_offset + pad_units)])
+    rotary = np.concatenate(rot) if rot else np.zeros((0, 2), np.int64)
+    rotary = np.pad(rotary, ((0, pad_to - num_patches), (0, 0))).astype(np.int32)
+    pad = lambda x: np.pad(x, (0, pad_to - num_patches)).astype(np.int32)  # noqa: E731
+    return VisionLayout(
+        window_index=window_index.astype(np.int32),
+        rotary_positions=rotary,
+        image_segment_ids=pad(cat(img_seg, np.int32)),
+        window_segment_ids=pad(cat(win_seg, np.int32)),
+        num_patches=num_patches,
+    )

@@ -1,0 +1,168 @@
+"""Qwen2.5-VL for conditional generation, in Flax NNX.
+
+`Qwen25VL.__call__` mirrors transformers: `model(input_ids, pixel_values, image_grid_thw,
+attention_mask)` returns logits, deriving the 3-D positions and the vision layout on the host when
+they are not given. Inside `jax.jit` (training, sampling) they must be given: `forward` takes a
+`ModelInputs` whose every field is an array of fixed shape, so one compiled step serves every batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from octomed_jax.models import positions as pos_lib
+from octomed_jax.models.config import ModelConfig
+from octomed_jax.models.layers import attention_mask, mrope_cos_sin
+from octomed_jax.models.text import TextModel
+from octomed_jax.models.vision import VisionTower
+
+
+@struct.dataclass
+class VisionInputs:
+    """Patches of all images of a batch, padded to a fixed count, and their `VisionLayout` arrays."""
+
+    pixel_values: jax.Array  # [patches, patch_dim]
+    window_index: jax.Array  # [patches / merge_unit]
+    rotary_positions: jax.Array  # [patches, 2]
+    image_segment_ids: jax.Array  # [patches]
+    window_segment_ids: jax.Array  # [patches]
+
+    @classmethod
+    def build(
+        cls, pixel_values: Any, image_grid_thw: Any, cfg: ModelConfig, pad_to: int | None = None
+    ) -> VisionInputs:
+        """Host-side: lays out the images and pads the patches to `pad_to` (default: no padding)."""
+        layout = pos_lib.vision_layout(np.asarray(image_grid_thw), cfg.vision, pad_to=pad_to)
+        pixels = np.asarray(pixel_values, np.float32)
+        if pixels.shape != (layout.num_patches, cfg.vision.patch_dim):
+            raise ValueError(
+                f"pixel_values has shape {pixels.shape}; image_grid_thw describes "
+                f"{layout.num_patches} patches of {cfg.vision.patch_dim} values"
+            )
+        pixels = np.pad(pixels, ((0, len(layout.rotary_positions) - layout.num_patches), (0, 0)))
+        return cls(
+            pixel_values=jnp.asarray(pixels),
+            window_index=jnp.asarray(layout.window_index),
+            rotary_positions=jnp.asarray(layout.rotary_positions),
+            image_segment_ids=jnp.asarray(layout.image_segment_ids),
+            window_segment_ids=jnp.asarray(layout.window_segment_ids),
+        )
+
+
+@struct.dataclass
+class ModelInputs:
+    """Everything one forward pass needs, as fixed-shape arrays.
+
+    Attributes:
+      input_ids: int [batch, seq].
+      positions: int [3, batch, seq] M-RoPE positions (see `positions.rope_index`).
+      segment_ids: int [batch, seq]; tokens attend causally within their segment; 0 is padding.
+        Packed rows number their examples 1, 2, ...
+      vision: the images whose features replace the `<|image_pad|>` tokens, in row-major order of
+        those tokens over the batch; None for text-only batches.
+    """
+
+    input_ids: jax.Array
+    positions: jax.Array
+    segment_ids: jax.Array
+    vision: VisionInputs | None = None
+
+
+class Qwen25VL(nnx.Module):
+    """Qwen2.5-VL: `visual` (vision tower and merger) and `language_model`."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.visual = VisionTower(cfg, rngs)
+        self.language_model = TextModel(cfg, rngs)
+
+    def embed(self, inputs: ModelInputs) -> jax.Array:
+        """Token embeddings with image features scattered into the `<|image_pad|>` positions."""
+        x = self.language_model.embed_tokens(inputs.input_ids)
+        if inputs.vision is None:
+            return x
+        v = inputs.vision
+        features = self.visual(
+            v.pixel_values, v.window_index, v.rotary_positions, v.image_segment_ids, v.window_segment_ids
+        ).astype(x.dtype)
+        is_image = inputs.input_ids == self.cfg.image_token_id
+        # The k-th image token (row-major over the batch) takes the k-th merged patch feature.
+        rank = jnp.cumsum(is_image.reshape(-1)).reshape(is_image.shape) - 1
+        gathered = features[jnp.clip(rank, 0, features.shape[0] - 1)]
+        return jnp.where(is_image[..., None], gathered, x)
+
+    def hidden_states(self, inputs: ModelInputs) -> jax.Array:
+        """Final-norm hidden states [batch, seq, embed]; the loss projects only where it needs to."""
+        t = self.cfg.text
+        x = self.embed(inputs)
+        cos, sin = mrope_cos_sin(inputs.positions, t.head_dim, t.rope_theta, t.mrope_section)
+        cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)
+        mask = attention_mask(inputs.segment_ids, inputs.segment_ids, causal=True)
+        return self.language_model(x, cos, sin, mask)
+
+    def forward(self, inputs: ModelInputs) -> jax.Array:
+        """Logits [batch, seq, vocab] (jit-friendly: every input precomputed)."""
+        return self.language_model.logits(self.hidden_states(inputs))
+
+    def __call__(
+        self,
+        input_ids: Any,
+        pixel_values: Any = None,
+        image_grid_thw: Any = None,
+        attention_mask: Any = None,
+        *,
+        position_ids: Any = None,
+    ) -> jax.Array:
+        """Logits [batch, seq, vocab], called like transformers' model (on concrete arrays)."""
+        return self.forward(self.prepare_inputs(input_ids, pixel_values, image_grid_thw, attention_mask, position_ids))
+
+    def prepare_inputs(
+        self,
+        input_ids: Any,
+        pixel_values: Any = None,
+        image_grid_thw: Any = None,
+        attention_mask: Any = None,
+        position_ids: Any = None,
+    ) -> ModelInputs:
+        """Host-side: positions from `rope_index` and the vision layout, for an unpacked batch."""
+        ids = np.asarray(input_ids)
+        if ids.ndim != 2:
+            raise ValueError(f"input_ids must be [batch, seq], got shape {ids.shape}")
+        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
+        if position_ids is None:
+            position_ids, _ = pos_lib.rope_index(ids, image_grid_thw, mask, self.cfg)
+        vision = None
+        if pixel_values is not None:
+            if image_grid_thw is None:
+                raise ValueError("pixel_values given without image_grid_thw")
+            vision = VisionInputs.build(pixel_values, image_grid_thw, self.cfg)
+            n_tokens = int((ids == self.cfg.image_token_id).sum())
+            n_features = int(np.prod(np.asarray(image_grid_thw), axis=-1).sum()) // self.cfg.vision.merge_unit
+            if n_tokens != n_features:
+                raise ValueError(f"{n_tokens} <|image_pad|> tokens but the images give {n_features} features")
+        return ModelInputs(
+            input_ids=jnp.asarray(ids, jnp.int32),
+            positions=jnp.asarray(position_ids, jnp.int32),
+            segment_ids=jnp.asarray(mask, jnp.int32),
+            vision=vision,
+        )
+
+
+def init_model(cfg: ModelConfig, seed: int = 0) -> Qwen25VL:
+    """A randomly initialised model on the default device (sharded creation: `sharding.create_model`)."""
+    with nnx.use_eager_sharding(False):
+        return Qwen25VL(cfg, rngs=nnx.Rngs(seed))
+
+
+def abstract_model(cfg: ModelConfig) -> Qwen25VL:
+    """The model's structure with `jax.ShapeDtypeStruct` leaves: no memory allocated."""
+    with nnx.use_eager_sharding(False):
+        return nnx.eval_shape(lambda: Qwen25VL(cfg, rngs=nnx.Rngs(0)))
+
+
+__all__ = ["ModelInputs", "Qwen25VL", "VisionInputs", "abstract_model", "init_model"]

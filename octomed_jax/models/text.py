@@ -1,0 +1,96 @@
+"""The Qwen2 language model of Qwen2.5-VL: GQA attention with qkv bias, M-RoPE, gated SiLU MLP."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from octomed_jax.models import stacking
+from octomed_jax.models.config import ModelConfig
+from octomed_jax.models.layers import (
+    GatedMLP,
+    RMSNorm,
+    apply_rotary,
+    dense,
+    dot_product_attention,
+)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        t = cfg.text
+        self.num_heads, self.num_kv_heads, self.head_dim = t.num_attention_heads, t.num_key_value_heads, t.head_dim
+        self.q_proj = dense(t.hidden_size, self.num_heads * self.head_dim, ("embed", "heads"), cfg, rngs, use_bias=True)
+        kv_dim = self.num_kv_heads * self.head_dim
+        self.k_proj = dense(t.hidden_size, kv_dim, ("embed", "kv_heads"), cfg, rngs, use_bias=True)
+        self.v_proj = dense(t.hidden_size, kv_dim, ("embed", "kv_heads"), cfg, rngs, use_bias=True)
+        self.o_proj = dense(self.num_heads * self.head_dim, t.hidden_size, ("heads", "embed"), cfg, rngs, use_bias=False)
+
+    def project_kv(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Rotated keys and values [batch, seq, kv_heads, head_dim] (what a decoding cache stores)."""
+        b, s, _ = x.shape
+        k = self.k_proj(x).reshape(b, s, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(b, s, self.num_kv_heads, self.head_dim)
+        return apply_rotary(k, cos, sin), v
+
+    def __call__(
+        self,
+        x: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        mask: jax.Array,
+        kv: tuple[jax.Array, jax.Array] | None = None,
+    ) -> jax.Array:
+        """x [batch, seq, embed]; `kv` replaces this call's own keys/values (a cache that holds them)."""
+        b, s, _ = x.shape
+        q = apply_rotary(self.q_proj(x).reshape(b, s, self.num_heads, self.head_dim), cos, sin)
+        k, v = self.project_kv(x, cos, sin) if kv is None else kv
+        out = dot_product_attention(q, k, v, mask)
+        return self.o_proj(out.reshape(b, s, self.num_heads * self.head_dim))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        t = cfg.text
+        self.input_layernorm = RMSNorm(t.hidden_size, t.rms_norm_eps, cfg)
+        self.self_attn = Attention(cfg, rngs)
+        self.post_attention_layernorm = RMSNorm(t.hidden_size, t.rms_norm_eps, cfg)
+        self.mlp = GatedMLP(t.hidden_size, t.intermediate_size, cfg, rngs, use_bias=False)
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class TextModel(nnx.Module):
+    """Token embedding, the stacked decoder layers, the final norm and the vocabulary projection."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        t = cfg.text
+        self.cfg = cfg
+        self.embed_tokens = nnx.Embed(
+            t.vocab_size,
+            t.hidden_size,
+            dtype=cfg.jnp_dtype,
+            param_dtype=cfg.jnp_param_dtype,
+            embedding_init=nnx.with_partitioning(jax.nn.initializers.normal(0.02), ("vocab", "embed")),
+            rngs=rngs,
+        )
+        self.layers = stacking.stack(lambda r: DecoderLayer(cfg, r), t.num_hidden_layers, rngs)
+        self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps, cfg)
+        if not t.tie_word_embeddings:
+            self.lm_head = dense(t.hidden_size, t.vocab_size, ("embed", "vocab"), cfg, rngs, use_bias=False)
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+        """Final hidden states [batch, seq, embed] from input embeddings [batch, seq, embed]."""
+        body = lambda layer, x, _: layer(x, cos, sin, mask)  # noqa: E731
+        x = stacking.run(self.layers, body, x, None, self.cfg)
+        return self.norm(x)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Vocabulary logits for hidden states [..., embed] (tied or untied head)."""
+        if self.cfg.text.tie_word_embeddings:
+            w = self.embed_tokens.embedding.value.astype(self.cfg.jnp_dtype)
+            return jnp.einsum("...d,vd->...v", hidden, w, precision=jax.lax.Precision.HIGHEST)
+        return self.lm_head(hidden)

@@ -1,0 +1,108 @@
+"""The Qwen2.5-VL vision tower: patch embedding, windowed ViT blocks with 2-D RoPE, 2x2 patch merger.
+
+Input patches arrive flattened as the image processor emits them, `[patches, 3*2*14*14]`, in the
+block-major order of the processor; the tower reorders merge units so each attention window is
+contiguous (`VisionLayout.window_index`), runs the blocks (full attention within an image frame in
+`fullatt_block_indexes`, window attention elsewhere, both as segment-id masks), merges 2x2 patches,
+and returns one feature per merged patch in the original order.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from octomed_jax.models import stacking
+from octomed_jax.models.config import ModelConfig
+from octomed_jax.models.layers import (
+    GatedMLP,
+    RMSNorm,
+    apply_rotary,
+    attention_mask,
+    dense,
+    dot_product_attention,
+    inverse_frequencies,
+)
+
+
+class VisionBlock(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        v = cfg.vision
+        self.num_heads = v.num_heads
+        self.norm1 = RMSNorm(v.hidden_size, v.rms_norm_eps, cfg)
+        self.norm2 = RMSNorm(v.hidden_size, v.rms_norm_eps, cfg)
+        self.qkv = dense(v.hidden_size, 3 * v.hidden_size, ("embed", "heads"), cfg, rngs, use_bias=True)
+        self.proj = dense(v.hidden_size, v.hidden_size, ("heads", "embed"), cfg, rngs, use_bias=True)
+        self.mlp = GatedMLP(v.hidden_size, v.intermediate_size, cfg, rngs, use_bias=True)
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        n, d = x.shape
+        q, k, v = jnp.split(self.qkv(self.norm1(x)).reshape(n, 3, self.num_heads, -1), 3, axis=1)
+        q, k, v = q[:, 0], k[:, 0], v[:, 0]
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        mask = attention_mask(segment_ids[None], segment_ids[None], causal=False)
+        out = dot_product_attention(q[None], k[None], v[None], mask)[0]
+        x = x + self.proj(out.reshape(n, d))
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchMerger(nnx.Module):
+    """RMSNorm, then 2x2 neighbouring patches concatenated and projected by a GELU MLP."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        v = cfg.vision
+        self.merged_dim = v.hidden_size * v.merge_unit
+        self.ln_q = RMSNorm(v.hidden_size, v.rms_norm_eps, cfg)
+        self.mlp_in = dense(self.merged_dim, self.merged_dim, ("embed", "mlp"), cfg, rngs, use_bias=True)
+        self.mlp_out = dense(self.merged_dim, v.out_hidden_size, ("mlp", "embed"), cfg, rngs, use_bias=True)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.ln_q(x).reshape(-1, self.merged_dim)
+        return self.mlp_out(jax.nn.gelu(self.mlp_in(x), approximate=False))
+
+
+class VisionTower(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        v = cfg.vision
+        self.cfg = cfg
+        # The 3-D convolution with stride == kernel is a matmul over flattened patches.
+        self.patch_embed = dense(v.patch_dim, v.hidden_size, ("patch", "embed"), cfg, rngs, use_bias=False)
+        self.blocks = stacking.stack(lambda r: VisionBlock(cfg, r), v.depth, rngs)
+        self.merger = PatchMerger(cfg, rngs)
+
+    def __call__(
+        self,
+        pixel_values: jax.Array,
+        window_index: jax.Array,
+        rotary_positions: jax.Array,
+        image_segment_ids: jax.Array,
+        window_segment_ids: jax.Array,
+    ) -> jax.Array:
+        """Features [patches / merge_unit, out_hidden] in the original (processor) order.
+
+        Args:
+          pixel_values: [patches, patch_dim] flattened patches (padding rows allowed at the end).
+          window_index, rotary_positions, image_segment_ids, window_segment_ids: the arrays of
+            `positions.vision_layout` for these images, with the same padding.
+        """
+        v = self.cfg.vision
+        unit = v.merge_unit
+        x = self.patch_embed(pixel_values.astype(self.cfg.jnp_dtype))
+        to_windows = lambda a: a.reshape(-1, unit, *a.shape[1:])[window_index].reshape(a.shape)  # noqa: E731
+        x = to_windows(x)
+        # 2-D RoPE: head_dim/4 frequencies for h, the same for w, concatenated, then doubled.
+        freqs = rotary_positions[..., None].astype(jnp.float32) * inverse_frequencies(v.head_dim // 2, v.rope_theta)
+        freqs = to_windows(freqs.reshape(freqs.shape[0], -1))  # [patches, head_dim/2]: h freqs, then w
+        emb = jnp.concatenate([freqs, freqs], axis=-1)
+        cos, sin = jnp.cos(emb), jnp.sin(emb)
+
+        is_full = jnp.isin(jnp.arange(v.depth), jnp.asarray(v.fullatt_block_indexes))
+
+        def body(block: VisionBlock, x: jax.Array, full: jax.Array) -> jax.Array:
+            segments = jnp.where(full, image_segment_ids, window_segment_ids)
+            return block(x, cos, sin, segments)
+
+        x = stacking.run(self.blocks, body, x, is_full, self.cfg)
+        merged = self.merger(x)
+        return merged[jnp.argsort(window_index)]
