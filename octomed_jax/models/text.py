@@ -21,11 +21,11 @@ class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         t = cfg.text
         self.num_heads, self.num_kv_heads, self.head_dim = t.num_attention_heads, t.num_key_value_heads, t.head_dim
-        self.q_proj = dense(t.hidden_size, self.num_heads * self.head_dim, ("embed", "heads"), cfg, rngs, use_bias=True)
-        kv_dim = self.num_kv_heads * self.head_dim
+        q_dim, kv_dim = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.q_proj = dense(t.hidden_size, q_dim, ("embed", "heads"), cfg, rngs, use_bias=True)
         self.k_proj = dense(t.hidden_size, kv_dim, ("embed", "kv_heads"), cfg, rngs, use_bias=True)
         self.v_proj = dense(t.hidden_size, kv_dim, ("embed", "kv_heads"), cfg, rngs, use_bias=True)
-        self.o_proj = dense(self.num_heads * self.head_dim, t.hidden_size, ("heads", "embed"), cfg, rngs, use_bias=False)
+        self.o_proj = dense(q_dim, t.hidden_size, ("heads", "embed"), cfg, rngs, use_bias=False)
 
     def project_kv(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Rotated keys and values [batch, seq, kv_heads, head_dim] (what a decoding cache stores)."""
