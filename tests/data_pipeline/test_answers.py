@@ -1,0 +1,108 @@
+"""Answer extraction on hand-written responses: every form, and the ambiguous ones that must give None."""
+
+import pytest
+
+from data_pipeline.answers import extract_answer, is_correct, normalize
+
+OPTS = {
+    "A": "Myocardial infarction",
+    "B": "Pulmonary embolism",
+    "C": "Aortic dissection",
+    "D": "Pericarditis",
+    "E": "Tension pneumothorax",
+}
+VITAMINS = {"A": "Vitamin A", "B": "Vitamin B12", "C": "Hepatitis C", "D": "D-dimer"}
+NESTED = {"A": "Myocardial infarction", "B": "Acute myocardial infarction", "C": "Angina", "D": "Aspirin"}
+DRUGS = {"A": "Heparin", "B": "Aspirin", "C": "Warfarin", "D": "Clopidogrel"}
+
+CASES = [
+    # boxed
+    ("The answer is \\boxed{C}.", OPTS, "C"),
+    ("So $\\boxed{B}$", OPTS, "B"),
+    ("Final: \\boxed{C. Aortic dissection}", OPTS, "C"),
+    ("\\boxed{\\text{D}}", OPTS, "D"),
+    ("\\boxed{\\textbf{(E)}}", OPTS, "E"),
+    ("Maybe \\boxed{A} at first, but on reflection \\boxed{B}.", OPTS, "B"),
+    ("\\boxed{Pulmonary embolism}", OPTS, "B"),
+    ("The answer is B.\n\n\\boxed{D}", OPTS, "D"),  # boxed outranks a phrase
+    ("\\boxed{F}", OPTS, None),  # not an option
+    ("\\boxed{A or C}", OPTS, None),
+    ("\\boxed{c}", OPTS, "C"),
+    # answer tag
+    ("<answer>B</answer>", OPTS, "B"),
+    ("Reasoning here.\n<answer> (D) Pericarditis </answer>", OPTS, "D"),
+    ("<answer>A</answer> wait <answer>E</answer>", OPTS, "E"),
+    ("<answer>Aortic dissection</answer>", OPTS, "C"),
+    # explicit phrases
+    ("Answer: C", OPTS, "C"),
+    ("**Answer:** B", OPTS, "B"),
+    ("Final answer: (E)", OPTS, "E"),
+    ("Therefore, the answer is (A).", OPTS, "A"),
+    ("the correct answer is D.", OPTS, "D"),
+    ("I think B is wrong; the answer is C", OPTS, "C"),
+    ("The best answer is C: Aortic dissection", OPTS, "C"),
+    ("The correct option is B because the D-dimer is high.", OPTS, "B"),
+    ("The answer is b", OPTS, "B"),
+    ("the answer is (b) pulmonary embolism", OPTS, "B"),
+    ("The answer is:\n\nD. Pericarditis", OPTS, "D"),
+    ("The answer is therefore C.", OPTS, "C"),
+    ("The answer is aortic dissection.", OPTS, "C"),
+    ("The answer is A or C.", OPTS, None),
+    ("The answer is either B or D", OPTS, None),
+    ("Answer: A and C", OPTS, None),
+    ("The answer is F.", OPTS, None),  # five options only
+    ("The answer is C. Pulmonary embolism", OPTS, None),  # letter and text disagree
+    ("Answer: A first; after rethinking, the final answer is B.", OPTS, "B"),  # last phrase wins
+    ("The answer is C, not A.", OPTS, "C"),
+    ("The answer is aspirin or heparin.", DRUGS, None),
+    # letters inside words / option texts containing letters
+    ("A patient with chest pain radiating to the back.\nThe answer is C", OPTS, "C"),
+    ("A patient like this needs imaging.", OPTS, None),  # the article "A" is not an answer
+    ("The answer is Vitamin B12.", VITAMINS, "B"),
+    ("The answer is Hepatitis C", VITAMINS, "C"),
+    ("Answer: D-dimer", VITAMINS, "D"),
+    ("The answer is vitamin a", VITAMINS, "A"),
+    ("The answer is acute myocardial infarction.", NESTED, "B"),  # longest option text wins
+    ("The answer is myocardial infarction.", NESTED, "A"),
+    ("The answer is Acute myocardial infarction with ST elevation in V1-V4.", NESTED, "B"),
+    # final line forms
+    ("Reasoning about the ECG.\nC", OPTS, "C"),
+    ("Reasoning.\n(D)", OPTS, "D"),
+    ("Reasoning.\n**B**", OPTS, "B"),
+    ("Reasoning.\nE. Tension pneumothorax", OPTS, "E"),
+    ("Reasoning.\nB: Pulmonary embolism", OPTS, "B"),
+    ("Reasoning.\nPericarditis", OPTS, "D"),
+    ("Reasoning.\n  pulmonary   EMBOLISM!  ", OPTS, "B"),
+    ("c", OPTS, "C"),
+    ("Reasoning.\na good choice would be to image", OPTS, None),
+    ("Reasoning.\nC. This is because the pulse differs between arms.", OPTS, None),
+    # think blocks
+    ("<think>The answer is A? No, B fits better.</think>\n\nThe answer is \\boxed{C}.", OPTS, "C"),
+    ("<think>Answer: A seems right.</think>\nC", OPTS, "C"),
+    ("<think>Long reasoning ... the answer is D.</think>", OPTS, "D"),  # nothing after: read the reasoning
+    ("<think>Answer: B</think>\nI am not sure.", OPTS, None),  # reasoning ignored when text follows
+    # nothing parseable
+    ("", OPTS, None),
+    ("I cannot determine the answer from the information given.", OPTS, None),
+    ("\\boxed{42}", OPTS, None),
+]
+
+
+@pytest.mark.parametrize("text,options,expected", CASES)
+def test_extract_answer(text, options, expected):
+    assert extract_answer(text, options) == expected
+
+
+def test_case_count():
+    assert len(CASES) >= 40
+
+
+def test_is_correct():
+    assert is_correct("The answer is \\boxed{C}.", OPTS, "C")
+    assert is_correct("The answer is \\boxed{C}.", OPTS, "c")
+    assert not is_correct("The answer is \\boxed{C}.", OPTS, "B")
+    assert not is_correct("The answer is A or C", OPTS, "A")
+
+
+def test_normalize():
+    assert normalize("  Pulmonary-Embolism!! ") == "pulmonary embolism"
