@@ -97,8 +97,7 @@ def smart_resize(
     if h_bar <= 0 or w_bar <= 0:
         # Only reachable with min_pixels < factor**2, which transformers would then fail on later.
         raise ImageError(
-            f"smart_resize of {height}x{width} gives {h_bar}x{w_bar}; "
-            f"raise min_pixels to at least {factor**2}"
+            f"smart_resize of {height}x{width} gives {h_bar}x{w_bar}; raise min_pixels to at least {factor**2}"
         )
     return h_bar, w_bar
 
@@ -179,8 +178,7 @@ def _array_to_rgb(array: np.ndarray) -> np.ndarray:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
         raise ImageError(
-            "array images must be [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] (channels last); "
-            f"got {array.shape}"
+            f"array images must be [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] (channels last); got {array.shape}"
         )
     if array.dtype == np.bool_:
         array = array.astype(np.uint8) * 255
@@ -302,16 +300,12 @@ def preprocess_image(
     height, width = rgb.shape[:2]
     resized_h, resized_w = smart_resize(height, width, patch_size * merge_size, min_pixels, max_pixels)
     # transformers resizes the uint8 image through PIL even when the size is unchanged; so do we.
-    resized = np.asarray(
-        PIL.Image.fromarray(rgb).resize((resized_w, resized_h), resample=PIL.Image.Resampling.BICUBIC)
-    )
+    resized = np.asarray(PIL.Image.fromarray(rgb).resize((resized_w, resized_h), resample=PIL.Image.Resampling.BICUBIC))
     # Same dtypes as transformers: rescale in float64 then cast, normalise in float32.
     pixels = (resized.astype(np.float64) * (1 / 255)).astype(np.float32)
     mean = np.asarray(OPENAI_CLIP_MEAN, dtype=np.float32)
     std = np.asarray(OPENAI_CLIP_STD, dtype=np.float32)
     pixels = ((pixels - mean) / std).transpose(2, 0, 1)
-    patches = patchify(
-        pixels, patch_size=patch_size, temporal_patch_size=temporal_patch_size, merge_size=merge_size
-    )
+    patches = patchify(pixels, patch_size=patch_size, temporal_patch_size=temporal_patch_size, merge_size=merge_size)
     grid_thw = np.array([1, resized_h // patch_size, resized_w // patch_size], dtype=np.int64)
     return patches, grid_thw

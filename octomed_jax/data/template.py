@@ -147,9 +147,7 @@ def _pieces(messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool) 
                     raise TemplateError(f"message {i} item {j} is {type(item).__name__}, not a dict")
                 if _is_image_item(item) or _is_video_item(item):
                     if is_answer:
-                        raise TemplateError(
-                            f"message {i}: images and videos are not allowed in assistant turns"
-                        )
+                        raise TemplateError(f"message {i}: images and videos are not allowed in assistant turns")
                     kind = "image" if _is_image_item(item) else "video"
                     pad = "<|image_pad|>" if kind == "image" else "<|video_pad|>"
                     out += [
@@ -163,9 +161,7 @@ def _pieces(messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool) 
                     out.append(text(item["text"], is_answer))
                 else:
                     # The Jinja template would silently drop it; that is almost surely a bug upstream.
-                    raise TemplateError(
-                        f"message {i} item {j} is neither text, image nor video: {sorted(item)}"
-                    )
+                    raise TemplateError(f"message {i} item {j} is neither text, image nor video: {sorted(item)}")
         else:
             raise TemplateError(f"message {i} content is {type(content).__name__}; expected str or list")
         out += [control("<|im_end|>", is_answer), text("\n")]
@@ -228,9 +224,7 @@ def encode_chat(
         raise TemplateError("videos are not supported")
     if len(image_grids) != n_images:
         raise TemplateError(f"{n_images} image(s) in the messages but {len(image_grids)} grid(s) given")
-    grids = np.asarray(
-        [np.asarray(g, dtype=np.int64).reshape(3) for g in image_grids], dtype=np.int64
-    ).reshape(-1, 3)
+    grids = np.asarray([np.asarray(g, dtype=np.int64).reshape(3) for g in image_grids], dtype=np.int64).reshape(-1, 3)
 
     vocab = tokenizer.get_vocab()
     controls = _control_strings(tokenizer)

@@ -80,17 +80,11 @@ def check_special_ids(tokenizer: PreTrainedTokenizerFast, *, require_think: bool
       TokenizerError: naming every mismatching token.
     """
     vocab = tokenizer.get_vocab()
-    wrong = [
-        f"{tok} -> {vocab.get(tok)} (expected {i})"
-        for tok, i in SPECIAL_TOKENS.items()
-        if vocab.get(tok) != i
-    ]
+    wrong = [f"{tok} -> {vocab.get(tok)} (expected {i})" for tok, i in SPECIAL_TOKENS.items() if vocab.get(tok) != i]
     think = {tok: vocab.get(tok) for tok in THINK_TOKENS}
     has_think = all(v is not None for v in think.values())
     if has_think or require_think:
-        wrong += [
-            f"{tok} -> {think[tok]} (expected {i})" for tok, i in THINK_TOKENS.items() if think[tok] != i
-        ]
+        wrong += [f"{tok} -> {think[tok]} (expected {i})" for tok, i in THINK_TOKENS.items() if think[tok] != i]
     if wrong:
         raise TokenizerError(
             f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} does not use Qwen2.5-VL's special ids: "
@@ -120,13 +114,8 @@ def load_tokenizer(
         raise TokenizerError(f"tokenizer folder {folder!r} does not exist")
     # Local files only and no remote code: a checkpoint folder must never run code or reach the network.
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-    if (
-        not isinstance(tokenizer, PreTrainedTokenizerFast)
-        or getattr(tokenizer, "backend_tokenizer", None) is None
-    ):
-        raise TokenizerError(
-            f"{folder!r} gave {type(tokenizer).__name__}, not a fast tokenizer (tokenizer.json)"
-        )
+    if not isinstance(tokenizer, PreTrainedTokenizerFast) or getattr(tokenizer, "backend_tokenizer", None) is None:
+        raise TokenizerError(f"{folder!r} gave {type(tokenizer).__name__}, not a fast tokenizer (tokenizer.json)")
     check_special_ids(tokenizer, require_think=require_think)
     return tokenizer
 

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from data_pipeline.records import AcceptedTrace, ImageRef, Question
 from octomed_jax.data import (
     CHAT_TEMPLATE,
     ENDOFTEXT_ID,
@@ -22,6 +23,8 @@ from octomed_jax.data import (
     encode_chat,
     export_chat_template,
     load_tokenizer,
+    messages_for_question,
+    messages_for_trace,
     num_image_tokens,
     render_chat,
     save_tokenizer,
@@ -313,3 +316,75 @@ def test_saved_checkpoint_tokenizer_prompts_like_training(tok, tmp_path):
     ids = ids["input_ids"] if hasattr(ids, "keys") else ids
     assert expand_pads(list(ids), grids) == encode_chat(tok, messages, image_grids=grids).token_ids.tolist()
     assert export_chat_template(tmp_path / "other").endswith("chat_template.jinja")
+
+
+# --- messages from records -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def render_question(monkeypatch):
+    """`data_pipeline.formats.render_question`; a stand-in with its signature while formats.py is absent."""
+    try:
+        from data_pipeline.formats import render_question as real
+    except ImportError:
+        import sys
+        import types
+
+        def real(q, *, instruction=None):
+            options = "\n".join(f"{k}. {v}" for k, v in q.options.items())
+            return f"{q.question}\n{options}" + (f"\n{instruction}" if instruction else "")
+
+        module = types.ModuleType("data_pipeline.formats")
+        module.render_question = real
+        monkeypatch.setitem(sys.modules, "data_pipeline.formats", module)
+    return real
+
+
+def _question(n_images):
+    return Question(
+        id="q1",
+        source="pmc_vqa",
+        category="mm_reasoning" if n_images else "text",
+        question="Which organ is enlarged?",
+        options={"A": "Liver", "B": "Spleen", "C": "Kidney", "D": "Heart"},
+        answer="B",
+        images=tuple(ImageRef(data=b"png-bytes-%d" % i, format="png") for i in range(n_images)),
+    )
+
+
+@pytest.mark.parametrize("n_images", [0, 1, 2])
+@pytest.mark.parametrize("system_prompt", [None, "You are a medical expert."])
+def test_messages_for_trace(tok, render_question, n_images, system_prompt):
+    question = _question(n_images)
+    trace = AcceptedTrace(question=question, response=COT, format="cot", teacher="gpt-4o", sample_index=3)
+    messages = messages_for_trace(trace, system_prompt=system_prompt)
+    prompt = messages_for_question(question, system_prompt)
+    assert messages[:-1] == prompt
+    assert messages[-1] == {"role": "assistant", "content": COT}
+    user_turn = prompt[-1]
+    assert user_turn["role"] == "user"
+    # Images first, then the rendered question, as Qwen does.
+    assert user_turn["content"] == [{"type": "image"}] * n_images + [
+        {"type": "text", "text": render_question(question)}
+    ]
+    assert (prompt[0] == {"role": "system", "content": system_prompt}) == (system_prompt is not None)
+    assert len(prompt) == (2 if system_prompt else 1)
+
+    grids = [[1, 6, 8]] * n_images
+    enc = encode_chat(tok, messages, image_grids=grids)
+    assert enc.token_ids.tolist() == expand_pads(hf_ids(tok, messages), grids)
+    assert tok.decode(enc.token_ids[enc.loss_mask]) == COT + "<|im_end|>"
+    text = render_chat(messages)
+    assert text.count("<|vision_start|><|image_pad|><|vision_end|>") == n_images
+    assert ("You are a helpful assistant." in text) == (system_prompt is None)
+    served = encode_chat(tok, prompt, image_grids=grids, add_generation_prompt=True)
+    # The serving prompt is exactly the training sequence up to the answer.
+    n = len(served)
+    assert served.token_ids.tolist() == enc.token_ids[:n].tolist()
+    assert enc.loss_mask[n:-1].all() and not enc.loss_mask[:n].any()
+
+
+def test_instruction_is_passed_to_render_question(render_question):
+    question = _question(0)
+    messages = messages_for_question(question, instruction="Answer with the letter only.")
+    assert messages[-1]["content"][-1]["text"] == render_question(question, instruction="Answer with the letter only.")
