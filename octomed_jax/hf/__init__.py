@@ -59,7 +59,7 @@ def _param_maps(model_state: Any) -> list[tuple[tuple[str, ...], Any, keys.Tenso
     out = []
     for path, leaf in nnx.to_flat_state(model_state):
         path = tuple(str(p) for p in path)
-        out.append((path, leaf, keys.tensor_map(path, tuple(leaf.value.shape))))
+        out.append((path, leaf, keys.tensor_map(path, tuple(leaf.get_value().shape))))
     return out
 
 
@@ -117,7 +117,7 @@ def load_hf(
     for p, leaf, tmap in _param_maps(abstract_state):
         names = tmap.hf_names()
         expected_names.update(names)
-        shape = tuple(leaf.value.shape)
+        shape = tuple(leaf.get_value().shape)
         layer_shape = shape[1:] if tmap.num_layers is not None else shape
         views = [read(n, tmap.kind, layer_shape) for n in names]
 
@@ -146,7 +146,7 @@ def load_hf(
 def _lookup(tree: Any, path: tuple[str, ...]) -> Any:
     for p in path:
         tree = tree[p]
-    return tree.value if hasattr(tree, "value") else tree
+    return tree.get_value() if isinstance(tree, nnx.Variable) else tree
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -182,7 +182,7 @@ def save_hf(
     patch_shape = (cfg.vision.in_channels, cfg.vision.temporal_patch_size, cfg.vision.patch_size, cfg.vision.patch_size)
     tensors = []
     for _, leaf, tmap in _param_maps(state):
-        value = leaf.value
+        value = leaf.get_value()
         for i, name in enumerate(tmap.hf_names()):
             layer_shape = value.shape[1:] if tmap.num_layers is not None else value.shape
             shape = keys.hf_shape(tmap.kind, tuple(layer_shape), patch_shape)

@@ -54,7 +54,7 @@ class RMSNorm(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return self.scale.value.astype(self.dtype) * x32.astype(self.dtype)
+        return self.scale[...].astype(self.dtype) * x32.astype(self.dtype)
 
 
 class GatedMLP(nnx.Module):

@@ -91,6 +91,6 @@ class TextModel(nnx.Module):
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Vocabulary logits for hidden states [..., embed] (tied or untied head)."""
         if self.cfg.text.tie_word_embeddings:
-            w = self.embed_tokens.embedding.value.astype(self.cfg.jnp_dtype)
+            w = self.embed_tokens.embedding[...].astype(self.cfg.jnp_dtype)
             return jnp.einsum("...d,vd->...v", hidden, w, precision=jax.lax.Precision.HIGHEST)
         return self.lm_head(hidden)
