@@ -127,6 +127,7 @@ class TeacherConfig:
             d = d.to_dict()
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in dict(d).items() if k in names}
+        kwargs["api_key_env"] = kwargs.get("api_key_env") or None  # recipes write "" for "no key"
         if "extra_body" in kwargs:
             kwargs["extra_body"] = dict(kwargs["extra_body"] or {})
         return cls(**kwargs)
@@ -161,9 +162,7 @@ def _image_bytes(ref: Any, image_root: str | None) -> tuple[bytes, str | None]:
     return data, ref.format or os.path.splitext(full)[1].lstrip(".") or None
 
 
-def question_messages(
-    question: Question, config: TeacherConfig, image_root: str | None = None
-) -> list[dict[str, Any]]:
+def question_messages(question: Question, config: TeacherConfig, image_root: str | None = None) -> list[dict[str, Any]]:
     """Chat messages for a question: optional system prompt, then images and the rendered question."""
     from data_pipeline.formats import render_question  # the one place that renders questions
 
@@ -243,9 +242,7 @@ class OpenAITeacher:
         self._local = threading.local()
         self._url = config.base_url.rstrip("/") + "/chat/completions"
         if config.api_key_env and not os.environ.get(config.api_key_env):
-            raise TeacherError(
-                f"teacher {config.name!r}: environment variable {config.api_key_env} is not set"
-            )
+            raise TeacherError(f"teacher {config.name!r}: environment variable {config.api_key_env} is not set")
 
     def __repr__(self) -> str:  # the key lives only in the environment; nothing secret to show
         return f"OpenAITeacher(name={self.name!r}, model={self.config.model!r}, url={self._url!r})"
@@ -334,16 +331,13 @@ class OpenAITeacher:
                 else:
                     raise TeacherError(
                         self._redact(
-                            f"teacher {self.name!r} got HTTP {resp.status_code} for {question.key}: "
-                            f"{resp.text[:500]!r}"
+                            f"teacher {self.name!r} got HTTP {resp.status_code} for {question.key}: {resp.text[:500]!r}"
                         )
                     )
             if attempt == self.config.max_retries:
                 break
             delay = self._backoff_s(attempt, retry_after)
-            log.info(
-                "teacher %s: %s; retry %d in %.2fs", self.name, self._redact(last_error), attempt + 1, delay
-            )
+            log.info("teacher %s: %s; retry %d in %.2fs", self.name, self._redact(last_error), attempt + 1, delay)
             time.sleep(delay)
         raise TeacherError(
             self._redact(
@@ -441,11 +435,11 @@ def _chunks(indices: Sequence[int], size: int) -> list[list[int]]:
 
 
 def sample_questions(
-    teacher: Teacher,
+    teacher: Teacher | Mapping[str, Teacher],
     questions: Iterable[Question],
     store: Any,
     *,
-    n: int,
+    n: int | Mapping[str, int],
     concurrency: int = 8,
     accounting: Accounting | None = None,
     max_rounds: int = 3,
@@ -459,10 +453,10 @@ def sample_questions(
     order (callers that need determinism sort later).
 
     Args:
-      teacher: any `Teacher`.
+      teacher: any `Teacher`, or a mapping category -> `Teacher` (R1 for text, GPT-4o for images).
       questions: the questions, streamed.
       store: a `CompletionStore` (has `missing`, `put`, `get`).
-      n: samples per question.
+      n: samples per question, or a mapping category -> samples.
       concurrency: requests in flight at once.
       accounting: where tokens and cost are summed.
       max_rounds: how many times to re-ask for samples an endpoint did not return.
@@ -474,24 +468,34 @@ def sample_questions(
     """
     accounting = accounting if accounting is not None else Accounting()
     max_pending = max_pending_questions or max(1, 4 * concurrency)
-    chunk = max(1, int(getattr(teacher, "max_n_per_request", n) or n))
+
+    def route(q: Question) -> tuple[Teacher, int]:
+        t = teacher if isinstance(teacher, Teacher) else teacher.get(q.category)
+        if t is None:
+            raise KeyError(f"no teacher for category {q.category!r} ({q.key})")
+        return t, int(n if isinstance(n, int) else n[q.category])
 
     def one_question(q: Question) -> SampleResult:
         error = None
+        t, n_q = route(q)
+        chunk = max(1, int(getattr(t, "max_n_per_request", n_q) or n_q))
         for _ in range(max_rounds):
-            missing = store.missing(q, teacher, n)
+            missing = store.missing(q, t, n_q)
             if not missing or dry_run:
                 break
             # Requests of one question go out together through the shared request pool.
-            reqs = [request_pool.submit(one_request, q, idx) for idx in _chunks(missing, chunk)]
+            reqs = [request_pool.submit(one_request, t, q, idx) for idx in _chunks(missing, chunk)]
             for f in reqs:
                 err = f.result()
                 error = error or err
             if error:
                 break
-        return SampleResult(q, tuple(store.get(q, teacher)), error)
+        else:
+            if store.missing(q, t, n_q):
+                error = f"{q.key}: endpoint returned too few samples after {max_rounds} rounds"
+        return SampleResult(q, tuple(store.get(q, t, n_q)), error)
 
-    def one_request(q: Question, indices: list[int]) -> str | None:
+    def one_request(teacher: Teacher, q: Question, indices: list[int]) -> str | None:
         try:
             got = teacher.sample(q, indices)
         except TeacherError as e:
@@ -520,3 +524,36 @@ def sample_questions(
     finally:
         question_pool.shutdown(wait=True, cancel_futures=True)
         request_pool.shutdown(wait=True, cancel_futures=True)
+
+
+TeacherFactory = Callable[..., Teacher]
+TEACHER_KINDS: dict[str, TeacherFactory] = {}
+
+
+def register_teacher_kind(kind: str, factory: TeacherFactory) -> None:
+    """Registers a teacher implementation under `kind` (the recipe's teacher `kind` field).
+
+    `factory(config: TeacherConfig, *, image_root, message_builder) -> Teacher`. The demo world's
+    synthetic teacher registers itself here; "openai" is built in.
+    """
+    TEACHER_KINDS[kind] = factory
+
+
+register_teacher_kind("openai", OpenAITeacher)
+
+
+def make_teacher(
+    settings: Mapping[str, Any],
+    *,
+    image_root: str | None = None,
+    message_builder: MessageBuilder | None = None,
+) -> Teacher:
+    """Builds a teacher from recipe settings (a dict or ConfigDict with a `kind`, default "openai")."""
+    if hasattr(settings, "to_dict"):
+        settings = settings.to_dict()
+    kind = settings.get("kind", "openai") or "openai"
+    if kind not in TEACHER_KINDS:
+        raise KeyError(f"unknown teacher kind {kind!r}; known: {sorted(TEACHER_KINDS)}")
+    return TEACHER_KINDS[kind](
+        TeacherConfig.from_mapping(settings), image_root=image_root, message_builder=message_builder
+    )

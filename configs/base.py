@@ -1,0 +1,159 @@
+"""Shared defaults of every recipe: teachers, filters (all off), decontamination, output.
+
+A recipe lives under `config.recipe` so that training settings can be siblings of it in the same file
+(`--config=full_mix` means one recipe at both stages). Ablations import `full_mix` and change a few
+fields. Thresholds and figures are the paper's as reported (REFERENCE.md sections 1-2).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+CATEGORIES = ("text", "mm_reasoning", "mm_classification")
+
+COT_SYSTEM_PROMPT = (
+    "You are a medical expert. Think through the question step by step, then give your final answer "
+    "on the last line as `The answer is \\boxed{X}`, where X is the letter of the chosen option."
+)
+
+
+def source(
+    adapter: str, path: str, *, split: str = "train", weight: float = 1.0, max_questions: int = 0, **options
+) -> ml_collections.ConfigDict:
+    """One source entry: a registered adapter, a path (relative to `recipe.source_root`), its options.
+
+    `max_questions` 0 means all; otherwise a seeded subset (the same questions for every recipe with
+    that seed). `weight` is the training-time mixture weight, recorded in the manifest.
+    """
+    return ml_collections.ConfigDict(
+        dict(
+            adapter=adapter,
+            path=path,
+            split=split,
+            weight=weight,
+            max_questions=max_questions,
+            options=ml_collections.ConfigDict(options),
+        )
+    )
+
+
+def deepseek_r1() -> ml_collections.ConfigDict:
+    """DeepSeek-R1 through DeepSeek's API (reasoning in `reasoning_content`)."""
+    return ml_collections.ConfigDict(
+        dict(
+            kind="openai",
+            name="deepseek-r1",
+            base_url="https://api.deepseek.com/v1",
+            model="deepseek-reasoner",
+            api_key_env="DEEPSEEK_API_KEY",
+            prompt_version="r1-v1",
+            system_prompt="",  # R1 is advised against system prompts
+            n=16,
+            max_n_per_request=1,  # the API returns one choice per request
+            temperature=0.6,
+            top_p=0.95,
+            max_tokens=8192,
+            price_input_per_1m=0.55,
+            price_output_per_1m=2.19,
+        )
+    )
+
+
+def gpt_4o() -> ml_collections.ConfigDict:
+    """GPT-4o through OpenAI's API, prompted for step-by-step reasoning."""
+    return ml_collections.ConfigDict(
+        dict(
+            kind="openai",
+            name="gpt-4o",
+            base_url="https://api.openai.com/v1",
+            model="gpt-4o-2024-08-06",
+            api_key_env="OPENAI_API_KEY",
+            prompt_version="gpt4o-cot-v1",
+            system_prompt=COT_SYSTEM_PROMPT,
+            n=16,
+            max_n_per_request=16,
+            temperature=0.6,
+            top_p=0.95,
+            max_tokens=4096,
+            price_input_per_1m=2.50,
+            price_output_per_1m=10.00,
+        )
+    )
+
+
+def student_endpoint() -> ml_collections.ConfigDict:
+    """The student (Qwen2.5-VL-7B-Instruct) served by an OpenAI-compatible server, e.g. vLLM or ours."""
+    return ml_collections.ConfigDict(
+        dict(
+            kind="openai",
+            name="student-qwen2.5-vl-7b",
+            base_url="http://127.0.0.1:8000/v1",
+            model="Qwen/Qwen2.5-VL-7B-Instruct",
+            api_key_env="",
+            prompt_version="student-v1",
+            system_prompt=COT_SYSTEM_PROMPT,
+            n=16,
+            max_n_per_request=16,
+            temperature=0.6,
+            top_p=0.95,
+            max_tokens=4096,
+            price_input_per_1m=0.0,
+            price_output_per_1m=0.0,
+        )
+    )
+
+
+def judge_endpoint() -> ml_collections.ConfigDict:
+    """The LLM judge that rates question difficulty 1..10."""
+    cfg = gpt_4o()
+    cfg.name = "judge-gpt-4o"
+    cfg.prompt_version = "judge-v1"
+    cfg.system_prompt = ""  # filters.JUDGE_SYSTEM_PROMPT is used when empty
+    cfg.n = 1
+    cfg.temperature = 0.0
+    cfg.max_tokens = 512
+    return cfg
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Defaults shared by all recipes; no sources (full_mix adds them)."""
+    config = ml_collections.ConfigDict()
+    config.recipe = r = ml_collections.ConfigDict()
+    r.name = "base"
+    r.seed = 0
+    # Source paths are relative to this folder (overridden by --source_root); nothing is downloaded.
+    r.source_root = "data/sources"
+    r.sources = ml_collections.ConfigDict()
+    # Teacher per category: R1 for text (better on every text task), GPT-4o for images.
+    r.teachers = ml_collections.ConfigDict(dict(text=deepseek_r1(), mm_reasoning=gpt_4o(), mm_classification=gpt_4o()))
+    r.traces_per_question = 16  # K: accepted traces kept per question, of n sampled
+    r.response_format = ml_collections.ConfigDict({c: "cot" for c in CATEGORIES})
+    r.filters = ml_collections.ConfigDict(
+        dict(
+            teacher_pass_rate=dict(enabled=False, lo=2, hi=14),
+            student_pass_rate=dict(enabled=False, lo=2, hi=14, n=16, endpoint=student_endpoint()),
+            judge=dict(enabled=False, lo=3, hi=6, n=1, endpoint=judge_endpoint()),
+        )
+    )
+    r.decontamination = ml_collections.ConfigDict(
+        dict(
+            enabled=True,
+            benchmarks_dir="data/benchmarks",  # relative to source_root unless absolute
+            ngram=16,
+            image_hash=True,
+            near_dup_threshold=4,  # perceptual-hash Hamming distance; beyond the paper
+            dedup_questions=True,
+        )
+    )
+    r.images = ml_collections.ConfigDict(
+        dict(
+            max_source_pixels=50_000_000,  # decompression-bomb guard when reading sources
+            max_pixels=262_144,  # training-time smart resize (512x512), recorded for the trainer
+        )
+    )
+    r.concurrency = 32  # teacher requests in flight
+    r.max_rounds = 3  # re-asks when an endpoint returns fewer samples than requested
+    r.store = ""  # completion store; "" -> <out>/completions[-i-of-n].sqlite
+    r.files_per_source = 1  # ArrayRecord files per source per build job
+    r.out_dir = "data/recipes/base"
+    return config

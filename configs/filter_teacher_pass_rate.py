@@ -1,0 +1,16 @@
+"""Filter ablation: keep questions the teacher solves 2..14 times of 16."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import full_mix
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = full_mix.get_config()
+    r = config.recipe
+    r.name = "filter_teacher_pass_rate"
+    r.out_dir = "data/recipes/filter_teacher_pass_rate"
+    r.filters.teacher_pass_rate.enabled = True
+    return config
