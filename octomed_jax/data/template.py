@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -184,9 +185,19 @@ def render_chat(messages: Sequence[Mapping[str, Any]], *, add_generation_prompt:
     return "".join(p.text for p in _pieces(messages, add_generation_prompt))
 
 
-def _control_strings(tokenizer: PreTrainedTokenizerFast) -> list[str]:
+# Per tokenizer object: control-token strings, looked up once (building them per example would cost more
+# than the tokenisation itself).
+_CONTROLS: weakref.WeakKeyDictionary[Any, tuple[str, ...]] = weakref.WeakKeyDictionary()
+
+
+def _control_strings(tokenizer: PreTrainedTokenizerFast) -> tuple[str, ...]:
     """Strings the tokenizer would turn into a special (control) token if they appeared in text."""
-    return [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
+    controls = _CONTROLS.get(tokenizer)
+    if controls is None:
+        decoder = tokenizer.backend_tokenizer.get_added_tokens_decoder()
+        controls = tuple(t.content for t in decoder.values() if t.special)
+        _CONTROLS[tokenizer] = controls
+    return controls
 
 
 def encode_chat(
@@ -226,7 +237,6 @@ def encode_chat(
         raise TemplateError(f"{n_images} image(s) in the messages but {len(image_grids)} grid(s) given")
     grids = np.asarray([np.asarray(g, dtype=np.int64).reshape(3) for g in image_grids], dtype=np.int64).reshape(-1, 3)
 
-    vocab = tokenizer.get_vocab()
     controls = _control_strings(tokenizer)
     backend = tokenizer.backend_tokenizer
     ids: list[np.ndarray] = []
@@ -242,10 +252,14 @@ def encode_chat(
                     raise TemplateError(f"text contains the control token {c!r}: {string[:200]!r}")
             # Per-character answer flags: a token counts as answer if any of its characters is (a token
             # straddles header and answer only when an answer starts with a newline).
-            chars = np.concatenate([np.full(len(p.text), p.assistant, dtype=np.bool_) for p in run])
+            chars = np.concatenate([np.full(len(p.text), p.assistant, dtype=np.int64) for p in run])
+            cumulative = np.concatenate([[0], np.cumsum(chars)])
             enc = backend.encode(string, add_special_tokens=False)
+            offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+            start = np.minimum(offsets[:, 0], len(string))
+            end = np.minimum(np.maximum(offsets[:, 1], offsets[:, 0] + 1), len(string))
             ids.append(np.asarray(enc.ids, dtype=np.int32))
-            mask.append(np.asarray([chars[s : max(e, s + 1)].any() for s, e in enc.offsets], dtype=np.bool_))
+            mask.append(cumulative[end] - cumulative[start] > 0)
         run.clear()
 
     image_index = 0
@@ -258,7 +272,10 @@ def encode_chat(
         if piece.kind == "image":
             count = num_image_tokens(grids[image_index], merge_size)
             image_index += 1
-        ids.append(np.full(count, vocab[piece.text], dtype=np.int32))
+        token_id = backend.token_to_id(piece.text)
+        if token_id is None:
+            raise TemplateError(f"the tokenizer has no token {piece.text!r}")
+        ids.append(np.full(count, token_id, dtype=np.int32))
         mask.append(np.full(count, piece.assistant, dtype=np.bool_))
     flush()
     return EncodedChat(
