@@ -62,11 +62,7 @@ def resolve_inside(root: str | Path, rel_path: str) -> Path:
     if not text:
         raise BadRecordError("missing_image", "empty image path")
     # Check both path flavours so that "C:\\x" or "\\\\server\\x" is refused on any OS.
-    if (
-        PurePosixPath(text).is_absolute()
-        or PureWindowsPath(text).is_absolute()
-        or PureWindowsPath(text).drive
-    ):
+    if PurePosixPath(text).is_absolute() or PureWindowsPath(text).is_absolute() or PureWindowsPath(text).drive:
         raise BadRecordError("path_escape", f"absolute image path {text!r} is not allowed")
     root_resolved = Path(root).resolve()
     full = (root_resolved / text).resolve()  # resolve() follows symlinks: a link out of root is an escape
@@ -75,9 +71,7 @@ def resolve_inside(root: str | Path, rel_path: str) -> Path:
     return full
 
 
-def inspect_image(
-    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, decode: bool = True
-) -> tuple[str, int, int]:
+def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, decode: bool = True) -> tuple[str, int, int]:
     """Checks encoded image bytes: size from the header first, then (optionally) a full decode.
 
     Args:
@@ -110,9 +104,7 @@ def inspect_image(
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise BadRecordError("image_too_large", str(e)) from e
-    except (
-        Exception
-    ) as e:  # PIL's decoders raise many unrelated types (OSError, SyntaxError, struct.error, ...)
+    except Exception as e:  # PIL's decoders raise many unrelated types (OSError, SyntaxError, struct.error, ...)
         raise BadRecordError("corrupt_image", f"cannot decode image: {type(e).__name__}: {e}") from e
     return _FORMAT_ALIASES.get(fmt, fmt), width, height
 

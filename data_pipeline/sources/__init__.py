@@ -81,15 +81,9 @@ SOURCES: dict[str, SourceAdapter] = {
         SourceAdapter("vqa_rad", read_vqa_rad, "mm_reasoning", "VQA-RAD closed yes/no questions"),
         SourceAdapter("slake", read_slake, "mm_reasoning", "SLAKE closed yes/no questions (English)"),
         SourceAdapter("nejm", read_nejm, "mm_reasoning", "NEJM Image Challenge json/jsonl"),
-        SourceAdapter(
-            "image_folder", read_image_folder, "mm_classification", "ImageFolder classification set"
-        ),
-        SourceAdapter(
-            "classification_csv", read_classification_csv, "mm_classification", "csv image -> label"
-        ),
-        SourceAdapter(
-            "released_traces", read_released_traces, "mixed", "OctoMed released traces (parquet/jsonl)"
-        ),
+        SourceAdapter("image_folder", read_image_folder, "mm_classification", "ImageFolder classification set"),
+        SourceAdapter("classification_csv", read_classification_csv, "mm_classification", "csv image -> label"),
+        SourceAdapter("released_traces", read_released_traces, "mixed", "OctoMed released traces (parquet/jsonl)"),
     )
 }
 

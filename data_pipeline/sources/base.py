@@ -88,9 +88,7 @@ SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
-def find_files(
-    path: str | Path, split: str, exts: Sequence[str], *, single_file_ok: bool = False
-) -> list[Path]:
+def find_files(path: str | Path, split: str, exts: Sequence[str], *, single_file_ok: bool = False) -> list[Path]:
     """The input files of one split: `path` itself if a file, else files under it named for the split.
 
     A file matches when a token of its name (split on `_ - . space`) is an alias of the split
@@ -105,9 +103,7 @@ def find_files(
     if p.is_file():
         return [p]
     if not p.exists():
-        raise FileNotFoundError(
-            f"source path does not exist: {p} (adapters read local files, nothing is downloaded)"
-        )
+        raise FileNotFoundError(f"source path does not exist: {p} (adapters read local files, nothing is downloaded)")
     aliases = set(SPLIT_ALIASES.get(split, (split,)))
     found = sorted(
         f
@@ -118,30 +114,36 @@ def find_files(
         found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in exts)
         found = found if len(found) == 1 else []
     if not found:
-        raise FileNotFoundError(
-            f"no {'/'.join(exts)} file for split {split!r} under {p}; pass the file itself"
-        )
+        raise FileNotFoundError(f"no {'/'.join(exts)} file for split {split!r} under {p}; pass the file itself")
     return found
 
 
 def read_json_any(path: Path) -> Any:
-    """Whole-file JSON, or a list of objects when the file is in fact JSON lines."""
+    """Whole-file JSON; a file that is in fact JSON lines gives a list (bad lines as `_RowError`)."""
     text = path.read_text(encoding="utf-8-sig")
     try:
         return json.loads(text)
     except json.JSONDecodeError:
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        rows: list[Any] = []
+        for line_no, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    rows.append(_RowError(f"{path}:{line_no}: invalid JSON: {e}"))
+        return rows
 
 
 def _records_in(obj: Any) -> list[Any]:
-    """The list of records in parsed JSON: the list itself or the one list under a top-level key."""
+    """The records in parsed JSON: a list, the one list of objects under a top-level key, or one object."""
     if isinstance(obj, list):
         return obj
     if isinstance(obj, dict):
-        lists = [v for v in obj.values() if isinstance(v, list)]
+        lists = [v for v in obj.values() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
         if len(lists) == 1:
             return lists[0]
-    raise ValueError("expected a JSON list of records (or an object holding exactly one list)")
+        return [obj]  # a one-line JSON-lines file
+    raise ValueError(f"expected JSON records, got {type(obj).__name__}")
 
 
 def iter_rows(files: Iterable[Path]) -> Iterator[tuple[int, Any]]:
@@ -264,9 +266,7 @@ def options_from_list(texts: Sequence[Any], *, strip_prefixes: bool = False) -> 
 
 def options_from_mapping(options: Mapping[str, Any]) -> dict[str, str]:
     """Letter-keyed options in letter order, keys uppercased, texts stripped."""
-    return {
-        str(k).strip().upper(): str(v).strip() for k, v in sorted(options.items(), key=lambda kv: str(kv[0]))
-    }
+    return {str(k).strip().upper(): str(v).strip() for k, v in sorted(options.items(), key=lambda kv: str(kv[0]))}
 
 
 def letter_at(index: int, *, base: int = 0) -> str:
@@ -323,9 +323,7 @@ def root_of(files: Sequence[Path], path: str | Path, image_root: str | Path | No
     return p if p.is_dir() else files[0].parent
 
 
-def image_from_value(
-    value: Any, root: Path, settings: ImageSettings, *, subdir: str | None = None
-) -> ImageRef:
+def image_from_value(value: Any, root: Path, settings: ImageSettings, *, subdir: str | None = None) -> ImageRef:
     """One image given the way datasets store it: a path string, raw bytes, or a Hugging Face
     `{"bytes": ..., "path": ...}` struct (bytes win; the path is then only provenance)."""
     if isinstance(value, dict):
@@ -335,9 +333,7 @@ def image_from_value(
             )
         value = value.get("path")
     if isinstance(value, (bytes, bytearray)):
-        return imglib.image_ref_from_bytes(
-            bytes(value), max_pixels=settings.max_pixels, decode=settings.decode
-        )
+        return imglib.image_ref_from_bytes(bytes(value), max_pixels=settings.max_pixels, decode=settings.decode)
     if not isinstance(value, str) or not value.strip():
         raise BadRecordError("missing_image", f"no usable image in {type(value).__name__} value")
     return load_images(root, [value], settings, subdir=subdir)[0]

@@ -220,18 +220,14 @@ def read_classification_csv(
             image_id = text_field(row, image_column)
             label = text_field(row, label_column)
             if not image_id or not label:
-                raise BadRecordError(
-                    "missing_answer" if image_id else "missing_image", f"row {index} is empty"
-                )
+                raise BadRecordError("missing_answer" if image_id else "missing_image", f"row {index} is empty")
         except BadRecordError as e:
             rows.append((index, Rejected(name, index, e.reason, str(e))))
             continue
         except KeyError as e:
             rows.append((index, Rejected(name, index, "malformed_record", f"row {index}: {e}")))
             continue
-        rel = (
-            f"{image_dir.rstrip('/')}/{image_id}{image_suffix}" if image_dir else f"{image_id}{image_suffix}"
-        )
+        rel = f"{image_dir.rstrip('/')}/{image_id}{image_suffix}" if image_dir else f"{image_id}{image_suffix}"
         rows.append((index, {"path": rel, "label": label}))
     return _classification_questions(
         name,

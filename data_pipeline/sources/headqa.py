@@ -41,15 +41,13 @@ def _flatten(files: list[Path]) -> Iterator[tuple[int, Any]]:
         obj = read_json_any(f)
         exams = obj.get("exams") if isinstance(obj, dict) else None
         if exams is None:
-            rows: list[Any] = obj if isinstance(obj, list) else obj.get("data", [])
+            rows: list[Any] = obj if isinstance(obj, list) else [obj] if "qid" in obj else obj.get("data", [])
             for row in rows:
                 yield index, row
                 index += 1
             continue
         exam_list = exams.values() if isinstance(exams, dict) else exams
-        for exam_key, exam in zip(
-            exams if isinstance(exams, dict) else range(len(exams)), exam_list, strict=True
-        ):
+        for exam_key, exam in zip(exams if isinstance(exams, dict) else range(len(exams)), exam_list, strict=True):
             info = {k: exam.get(k) for k in ("year", "category")}
             info["name"] = exam.get("name", str(exam_key))
             for row in exam.get("data", []):

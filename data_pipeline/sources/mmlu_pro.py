@@ -22,9 +22,7 @@ from data_pipeline.sources.base import (
 NAME = "mmlu_pro"
 
 
-def read_mmlu_pro(
-    path: str | Path, *, split: str = "test", categories: Sequence[str] = ("health",)
-) -> Iterator[Item]:
+def read_mmlu_pro(path: str | Path, *, split: str = "test", categories: Sequence[str] = ("health",)) -> Iterator[Item]:
     """Reads MMLU-Pro questions of the given categories.
 
     Args:
