@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 ENDOFTEXT_ID: Final = 151643
 IM_START_ID: Final = 151644
@@ -109,6 +110,9 @@ def load_tokenizer(
     Raises:
       TokenizerError: missing files, a slow-only tokenizer, or special ids that differ from Qwen2.5-VL's.
     """
+    # Imported here: transformers pulls in torch, which image-only users of this package do not need.
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
     folder = default_tokenizer_dir() if path is None else os.fspath(path)
     if not os.path.isdir(folder):
         raise TokenizerError(f"tokenizer folder {folder!r} does not exist")

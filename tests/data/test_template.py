@@ -31,6 +31,8 @@ from octomed_jax.data import (
 )
 from octomed_jax.data import tokenizer as tokenizer_module
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 @pytest.fixture(scope="module")
 def tok():
@@ -388,3 +390,27 @@ def test_instruction_is_passed_to_render_question(render_question):
     question = _question(0)
     messages = messages_for_question(question, instruction="Answer with the letter only.")
     assert messages[-1]["content"][-1]["text"] == render_question(question, instruction="Answer with the letter only.")
+
+
+def test_formatted_cot_response_trains_on_the_whole_answer(tok):
+    formats = pytest.importorskip("data_pipeline.formats")
+    question = _question(1)
+    response = formats.format_response(
+        style="cot", letter="B", option_text="Spleen", reasoning="Splenomegaly is visible on the scan."
+    )
+    trace = AcceptedTrace(question=question, response=response, format="cot", teacher="gpt-4o", sample_index=0)
+    messages = messages_for_trace(trace, system_prompt=None)
+    enc = encode_chat(tok, messages, image_grids=[[1, 4, 4]])
+    assert enc.token_ids.tolist() == expand_pads(hf_ids(tok, messages), [[1, 4, 4]])
+    assert tok.decode(enc.token_ids[enc.loss_mask]) == response + "<|im_end|>"
+    assert THINK_START_ID in enc.token_ids[enc.loss_mask]
+
+
+def test_importing_the_package_stays_light():
+    # Grain workers import this package; JAX and torch must not come with it.
+    import subprocess
+    import sys
+
+    code = "import sys, octomed_jax.data; print(sorted({'jax', 'torch'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
+    assert out.stdout.strip() == "[]"
