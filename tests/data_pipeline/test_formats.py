@@ -1,0 +1,104 @@
+"""Question rendering, answer lines, response formats and teacher-response splitting."""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+
+from data_pipeline.answers import extract_answer
+from data_pipeline.formats import (
+    DEFAULT_INSTRUCTION,
+    answer_line,
+    format_response,
+    render_question,
+    split_teacher_response,
+)
+from data_pipeline.records import Question
+
+Q = Question(
+    id="1",
+    source="medqa",
+    category="text",
+    question="  A 60-year-old man has tearing chest pain. What is the diagnosis?  ",
+    options={"A": "Myocardial infarction", "B": "Aortic dissection", "C": "Pericarditis"},
+    answer="B",
+)
+
+
+def test_render_question_exact_text():
+    assert render_question(Q) == (
+        "A 60-year-old man has tearing chest pain. What is the diagnosis?\n"
+        "\n"
+        "A. Myocardial infarction\n"
+        "B. Aortic dissection\n"
+        "C. Pericarditis\n"
+        "Answer with the option's letter from the given choices."
+    )
+    assert render_question(Q, instruction="Think step by step.").endswith("C. Pericarditis\nThink step by step.")
+    assert render_question(Q, instruction="").endswith("C. Pericarditis")
+    assert DEFAULT_INSTRUCTION in render_question(Q)
+    assert "<image>" not in render_question(Q)
+
+
+# Option texts chosen to tempt the extractor: letters, braces, a fake box, the word "answer".
+TRICKY = [
+    "Vitamin A",
+    "Hepatitis C {acute}",
+    "The answer is B",
+    "\\boxed{D}",
+    "A or C",
+    "D-dimer.",
+    "",
+]
+
+
+@pytest.mark.parametrize("letter", list(string.ascii_uppercase))
+def test_answer_line_round_trips_every_letter(letter):
+    n = string.ascii_uppercase.index(letter) + 1
+    for text in TRICKY:
+        options = {L: f"option {L}" for L in string.ascii_uppercase[:n]}
+        options[letter] = text or "x"
+        line = answer_line(letter, text)
+        assert extract_answer(line, options) == letter, line
+        cot = format_response(style="cot", letter=letter, option_text=text, reasoning="I think A is wrong.")
+        assert extract_answer(cot, options) == letter, cot
+
+
+def test_answer_line_form():
+    assert answer_line("c", "Pericarditis.") == "The answer is \\boxed{C} (Pericarditis)."
+    assert answer_line("B", "") == "The answer is \\boxed{B}."
+    assert answer_line("D", "\\boxed{A}") == "The answer is \\boxed{D} (boxedA)."
+
+
+def test_format_response():
+    cot = format_response(style="cot", letter="B", option_text="Aortic dissection", reasoning="  Tearing pain.  ")
+    assert cot == "<think>\nTearing pain.\n</think>\n\nThe answer is \\boxed{B} (Aortic dissection)."
+    direct = format_response(style="direct", letter="B", option_text="Aortic dissection", reasoning="ignored")
+    assert direct == "The answer is \\boxed{B} (Aortic dissection)."
+    # The teacher's own think tags are not nested inside ours.
+    nested = format_response(style="cot", letter="A", option_text="x", reasoning="<think>r</think>")
+    assert nested.count("<think>") == 1 and nested.count("</think>") == 1
+    with pytest.raises(ValueError, match="reasoning"):
+        format_response(style="cot", letter="A", option_text="x", reasoning=" ")
+    with pytest.raises(ValueError, match="style"):
+        format_response(style="long", letter="A", option_text="x", reasoning="r")  # type: ignore[arg-type]
+
+
+def test_split_teacher_response():
+    # DeepSeek-R1 API: reasoning in its own field.
+    assert split_teacher_response("The answer is C.", "Step 1 ...") == ("Step 1 ...", "The answer is C.")
+    assert split_teacher_response("<think>dup</think>\nThe answer is C.", "Step 1") == ("Step 1", "The answer is C.")
+    # Inline think (raw R1, OctoMed released traces).
+    assert split_teacher_response("<think>\nweigh A vs B\n</think>\n\nThe answer is B") == (
+        "weigh A vs B",
+        "The answer is B",
+    )
+    # Some servers strip the opening tag.
+    assert split_teacher_response("weigh</think>B") == ("weigh", "B")
+    # Truncated: no final part.
+    assert split_teacher_response("<think>long reasoning cut off") == ("long reasoning cut off", "")
+    # Plain answer (GPT-4o).
+    assert split_teacher_response("  The answer is A.  ", None) == (None, "The answer is A.")
+    assert split_teacher_response(None, "") == (None, "")
+    assert split_teacher_response("<think></think>A") == (None, "A")
