@@ -38,7 +38,7 @@ _PHRASE = re.compile(
     re.IGNORECASE,
 )
 _FILLER = re.compile(
-    r"^(?:(?:therefore|thus|hence|so|clearly|definitely|indeed|likely|probably|option|choice|letter)\b[\s:,]*)+",
+    r"^(?:(?:therefore|thus|hence|so|clearly|definitely|indeed|most\s+likely|likely|probably|option|choice|letter)\b[\s:,]*)+",
     re.IGNORECASE,
 )
 _TWO_LETTERS = re.compile(

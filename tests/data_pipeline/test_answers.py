@@ -46,6 +46,7 @@ CASES = [
     ("the answer is (b) pulmonary embolism", OPTS, "B"),
     ("The answer is:\n\nD. Pericarditis", OPTS, "D"),
     ("The answer is therefore C.", OPTS, "C"),
+    ("The answer is most likely (B).", OPTS, "B"),
     ("The answer is aortic dissection.", OPTS, "C"),
     ("The answer is A or C.", OPTS, None),
     ("The answer is either B or D", OPTS, None),
