@@ -115,6 +115,22 @@ def judge_endpoint() -> ml_collections.ConfigDict:
     return cfg
 
 
+def benchmarks() -> ml_collections.ConfigDict:
+    """The evaluation sets of REFERENCE.md section 3, used only for decontamination here."""
+    return ml_collections.ConfigDict(
+        dict(
+            medqa=source("medqa", "benchmarks/medqa", split="test"),
+            medmcqa=source("medmcqa", "benchmarks/medmcqa", split="validation"),
+            headqa=source("headqa", "benchmarks/headqa", split="test"),
+            mmlu_pro=source("mmlu_pro", "benchmarks/mmlu_pro", split="test"),
+            medxpertqa_text=source("medxpertqa_text", "benchmarks/medxpertqa", split="test"),
+            medxpertqa_mm=source("medxpertqa_mm", "benchmarks/medxpertqa", split="test"),
+            pmc_vqa=source("pmc_vqa", "benchmarks/pmc_vqa", split="test"),
+            nejm=source("nejm", "benchmarks/nejm", split="test"),
+        )
+    )
+
+
 def get_config() -> ml_collections.ConfigDict:
     """Defaults shared by all recipes; no sources (full_mix adds them)."""
     config = ml_collections.ConfigDict()
@@ -135,14 +151,17 @@ def get_config() -> ml_collections.ConfigDict:
             judge=dict(enabled=False, lo=3, hi=6, n=1, endpoint=judge_endpoint()),
         )
     )
+    # Benchmarks are read with the same adapters (paths relative to source_root); a question sharing a
+    # 16-gram with any of them, or an image with the same pixels, is dropped from training.
     r.decontamination = ml_collections.ConfigDict(
         dict(
             enabled=True,
-            benchmarks_dir="data/benchmarks",  # relative to source_root unless absolute
             ngram=16,
-            image_hash=True,
-            near_dup_threshold=4,  # perceptual-hash Hamming distance; beyond the paper
-            dedup_questions=True,
+            image_exact=True,
+            image_hamming=6,  # dHash bits for near-duplicate benchmark images (beyond the paper); -1: off
+            dedup_exact=True,
+            near_jaccard=0.8,  # near-duplicate questions within training (beyond the paper); 0: off
+            benchmarks=benchmarks(),
         )
     )
     r.images = ml_collections.ConfigDict(

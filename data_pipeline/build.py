@@ -1,0 +1,582 @@
+"""Builds a recipe: public question sets -> accepted traces in ArrayRecord shards + manifest.json.
+
+    python -m data_pipeline.build --recipe=full_mix --out=data/recipes/full_mix --source_root=data/sources
+    python -m data_pipeline.build --recipe=filter_judge --dry_run
+    # A big build as 64 independent jobs (a SLURM array, say), then one merge:
+    python -m data_pipeline.build --recipe=full_mix --num_shards=64 --shard_index=$SLURM_ARRAY_TASK_ID
+    python -m data_pipeline.build --recipe=full_mix --num_shards=64 --merge
+
+Stages, streamed per source (bounded memory; questions are never all held at once):
+read (adapter) -> shard by hash of the question key -> seeded subset (max_questions) -> decontamination
+and dedup -> [judge filter] -> [student pass-rate filter] -> teacher sampling (stored as it arrives)
+-> [teacher pass-rate filter] -> rejection sampling, K distinct traces, formatting -> sorted shards.
+
+Teacher, judge and student calls are I/O-bound and run in a thread pool (`recipe.concurrency`); the
+CPU-bound work per completion (answer extraction, formatting, msgpack) is cheap next to the tokenizer,
+whose Rust `encode_batch` already uses every core.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import importlib
+import importlib.util
+import inspect
+import math
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from data_pipeline import filters as flt
+from data_pipeline.hashing import shard_of, stable_hash
+from data_pipeline.records import Question
+from data_pipeline.store import CompletionStore
+from data_pipeline.teachers import Accounting, Completion, SampleResult, Teacher, make_teacher, sample_questions
+from data_pipeline.writer import (
+    MANIFEST,
+    ManifestStats,
+    TraceWriter,
+    build_manifest,
+    count_tokens,
+    merge_manifests,
+    partial_manifest_path,
+    write_json,
+)
+
+UNPARSED = "unparsed"  # the category under which rows an adapter rejected are counted
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run (missing path, unknown adapter, bad setting); says which field."""
+
+
+def load_recipe(name: str) -> Any:
+    """The ConfigDict of recipe `name` (a module in `configs/`, or a path to a .py file)."""
+    if name.endswith(".py") or os.sep in name:
+        spec = importlib.util.spec_from_file_location(f"recipe_{abs(hash(name))}", name)
+        if spec is None or spec.loader is None:
+            raise RecipeError(f"cannot load recipe file {name}")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(f"configs.{name}")
+        except ModuleNotFoundError as e:
+            raise RecipeError(f"no recipe named {name!r} (configs/{name}.py)") from e
+    config = module.get_config()
+    if "recipe" not in config:
+        raise RecipeError(f"recipe {name!r}: get_config() has no `recipe` field")
+    return config
+
+
+def _resolve(root: str, path: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(root, path)
+
+
+def check_paths(recipe: Any, source_root: str) -> None:
+    """Fails at once, naming the path and the recipe field, when a source or benchmark path is missing."""
+    entries = [(f"recipe.sources.{k}", v) for k, v in recipe.sources.items()]
+    if recipe.decontamination.enabled:
+        entries += [(f"recipe.decontamination.benchmarks.{k}", v) for k, v in recipe.decontamination.benchmarks.items()]
+    for field, entry in entries:
+        path = _resolve(source_root, entry.path)
+        if not os.path.exists(path):
+            raise RecipeError(
+                f"recipe {recipe.name!r}: {field}.path = {entry.path!r} -> {path} does not exist "
+                f"(source_root {source_root!r}; set --source_root or fix the recipe)"
+            )
+
+
+def _read(entry: Any, source_root: str, recipe: Any, *, paths_only: bool = False) -> Iterator[Any]:
+    """The adapter's items for one source entry (Question | ReleasedTraces | Rejected)."""
+    from data_pipeline.sources import SOURCES, ImageSettings
+
+    if entry.adapter not in SOURCES:
+        raise RecipeError(f"unknown adapter {entry.adapter!r}; known: {sorted(SOURCES)}")
+    read = SOURCES[entry.adapter].read
+    options = dict(entry.options.to_dict()) if hasattr(entry.options, "to_dict") else dict(entry.options)
+    params = inspect.signature(read).parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if "images" in params or accepts_any:
+        # A first pass that only needs keys skips loading and decoding images.
+        options["images"] = ImageSettings(
+            max_pixels=int(recipe.images.max_source_pixels),
+            decode=not paths_only,
+            load_bytes=not paths_only,
+        )
+    if "seed" in params and "seed" not in options:
+        options["seed"] = int(recipe.seed)
+    return read(_resolve(source_root, entry.path), split=entry.split, **options)
+
+
+@dataclasses.dataclass
+class BuildResult:
+    """What a build did: the manifest (None for a dry run) and the counts it printed."""
+
+    manifest: dict[str, Any] | None
+    stats: ManifestStats
+    accounting: Accounting
+    dry_run_requests: dict[str, int]
+    table: str
+
+
+class _TokenCounter:
+    """Counts response tokens in batches (the tokenizer is far faster per batch than per text)."""
+
+    def __init__(self, stats: ManifestStats, batch: int = 256):
+        self.stats, self.batch = stats, batch
+        self.pending: list[tuple[tuple[str, str], str]] = []
+
+    def add(self, key: tuple[str, str], text: str) -> None:
+        self.pending.append((key, text))
+        if len(self.pending) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        by_key: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
+        for k, t in self.pending:
+            by_key[k].append(t)
+        for k, texts in by_key.items():
+            self.stats[k].response_tokens += count_tokens(texts)
+        self.pending.clear()
+
+
+def _bar(progress: bool, desc: str, position: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(desc=desc, unit="q", position=position, leave=False, disable=not progress, dynamic_ncols=True)
+
+
+def _released_completions(item: Any) -> tuple[Completion, ...]:
+    q = item.question
+    return tuple(
+        Completion(q.key, item.teacher, "released", i, text, None, "stop", 0, 0)
+        for i, text in enumerate(item.responses)
+    )
+
+
+def run_build(
+    config: Any,
+    *,
+    out_dir: str | None = None,
+    source_root: str | None = None,
+    dry_run: bool = False,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    progress: bool = True,
+    teacher_factory: Callable[..., Teacher] | None = None,
+    log: Callable[[str], None] = print,
+) -> BuildResult:
+    """Runs one build job of a recipe (all of it when num_shards is 1).
+
+    Args:
+      config: the recipe file's ConfigDict (with a `recipe` field).
+      out_dir: output folder (default `recipe.out_dir`).
+      source_root: folder that relative source paths are under (default `recipe.source_root`).
+      dry_run: read, shard, subset and decontaminate, then report what would be requested; call nothing.
+      num_shards: number of build jobs; questions go to job `shard_of(question.key, num_shards)`.
+      shard_index: this job.
+      progress: show tqdm bars.
+      teacher_factory: builds teachers from recipe settings (default `teachers.make_teacher`).
+      log: where the summary goes.
+
+    Returns:
+      A BuildResult. Shards and manifest (partial when sharded) are written under out_dir.
+
+    Raises:
+      RecipeError: a missing source path (named with its recipe field), an unknown adapter, ...
+    """
+    recipe = config.recipe
+    out_dir = out_dir or recipe.out_dir
+    source_root = source_root or recipe.source_root
+    if not 0 <= shard_index < num_shards:
+        raise RecipeError(f"--shard_index {shard_index} not in [0, {num_shards})")
+    check_paths(recipe, source_root)
+    seed = int(recipe.seed)
+    make = teacher_factory or make_teacher
+    stats = ManifestStats()
+    accounting = Accounting()
+    dry_requests: collections.Counter = collections.Counter()
+
+    # Teachers: one per category, plus the optional judge and student endpoints.
+    def image_root_for(entry: Any) -> str:
+        p = _resolve(source_root, entry.path)
+        return p if os.path.isdir(p) else os.path.dirname(p)
+
+    teacher_settings = {c: recipe.teachers[c] for c in recipe.teachers}
+    f_cfg = recipe.filters
+    decontam = _decontaminator(recipe, source_root) if recipe.decontamination.enabled else None
+
+    store_path = recipe.store or (
+        os.path.join(out_dir, "completions.sqlite")
+        if num_shards == 1
+        else os.path.join(out_dir, "stores", f"completions-{shard_index:05d}-of-{num_shards:05d}.sqlite")
+    )
+    os.makedirs(out_dir, exist_ok=True)
+    store = CompletionStore(store_path)
+    writer = (
+        None
+        if dry_run
+        else TraceWriter(
+            out_dir, shard_index=shard_index, num_shards=num_shards, files_per_source=int(recipe.files_per_source)
+        )
+    )
+    tokens = _TokenCounter(stats)
+    usage: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    teacher_info: dict[str, dict[str, Any]] = {}
+    concurrency = int(recipe.concurrency)
+
+    def note_usage(t_settings: Any, results: Iterable[Completion]) -> None:
+        for c in results:
+            u = usage[c.teacher]
+            u["prompt_tokens"] += c.prompt_tokens
+            u["completion_tokens"] += c.completion_tokens
+            u["cost_usd"] += (
+                c.prompt_tokens * float(t_settings.price_input_per_1m)
+                + c.completion_tokens * float(t_settings.price_output_per_1m)
+            ) / 1e6
+
+    def describe(role: str, s: Any, categories: list[str]) -> None:
+        info = teacher_info.setdefault(
+            s.name,
+            {
+                "role": role,
+                "model": s.model,
+                "base_url": s.base_url,
+                "prompt_version": s.prompt_version,
+                "n": int(s.n),
+                "temperature": float(s.temperature),
+                "top_p": float(s.top_p),
+                "max_tokens": int(s.max_tokens),
+                "price_input_per_1m": float(s.price_input_per_1m),
+                "price_output_per_1m": float(s.price_output_per_1m),
+                "categories": [],
+            },
+        )
+        info["categories"] = sorted(set(info["categories"]) | set(categories))
+
+    try:
+        for key in sorted(recipe.sources):
+            entry = recipe.sources[key]
+            if writer is not None:
+                writer.declare_source(key)
+            iroot = image_root_for(entry)
+            teachers = {c: make(teacher_settings[c], image_root=iroot) for c in teacher_settings}
+            by_name = {c: teacher_settings[c] for c in teacher_settings}
+            judge = student = None
+            if f_cfg.judge.enabled:
+                judge = make(f_cfg.judge.endpoint, image_root=iroot, message_builder=flt.judge_messages)
+            if f_cfg.student_pass_rate.enabled:
+                student = make(f_cfg.student_pass_rate.endpoint, image_root=iroot)
+
+            # Stage 1: read, shard, subset, decontaminate.
+            read_bar = _bar(progress, f"read {key}", 0)
+            subset = (
+                _subset_keys(entry, key, source_root, recipe, num_shards, shard_index) if entry.max_questions else None
+            )
+
+            def questions(key: str = key, entry: Any = entry, subset: set | None = subset, read_bar: Any = read_bar):
+                for item in _read(entry, source_root, recipe):
+                    read_bar.update(1)
+                    if hasattr(item, "reason") and not hasattr(item, "question"):  # Rejected
+                        if shard_of(f"{key}#{item.index}", num_shards) == shard_index:
+                            s = stats[(key, UNPARSED)]
+                            s.questions_in += 1
+                            s.dropped[item.reason] += 1
+                        continue
+                    q = item if isinstance(item, Question) else item.question
+                    if shard_of(q.key, num_shards) != shard_index:
+                        continue
+                    s = stats[(key, q.category)]
+                    s.questions_in += 1
+                    if subset is not None and q.key not in subset:
+                        s.dropped["not_in_subset"] += 1
+                        continue
+                    if decontam is not None:
+                        why = decontam.reason(q)
+                        if why is not None:
+                            s.dropped[why] += 1
+                            continue
+                    yield item
+
+            ready: collections.deque = collections.deque()
+
+            def fresh(items: Iterator[Any], ready: collections.deque = ready) -> Iterator[Question]:
+                """Questions that need teacher calls; released traces go straight to rejection."""
+                for it in items:
+                    if isinstance(it, Question):
+                        yield it
+                    else:
+                        ready.append(SampleResult(it.question, _released_completions(it)))
+
+            stream: Iterator[Question] = fresh(questions())
+
+            if dry_run:
+                for q in stream:
+                    t = teachers[q.category]
+                    dry_requests[t.name] += len(store.missing(q, t, int(by_name[q.category].n)))
+                    if judge is not None:
+                        dry_requests[judge.name] += len(store.missing(q, judge, int(f_cfg.judge.n)))
+                    if student is not None:
+                        dry_requests[student.name] += len(store.missing(q, student, int(f_cfg.student_pass_rate.n)))
+                    stats[(key, q.category)].questions_kept += 1
+                for r in ready:
+                    stats[(key, r.question.category)].questions_kept += 1
+                read_bar.close()
+                continue
+
+            # Stage 2: optional judge and student filters (each a sampled endpoint like the teacher).
+            if judge is not None:
+                describe("judge", f_cfg.judge.endpoint, [])
+                stream = _judge_stage(stream, judge, store, f_cfg, stats, key, concurrency, accounting, note_usage)
+            if student is not None:
+                describe("student", f_cfg.student_pass_rate.endpoint, [])
+                stream = _student_stage(stream, student, store, f_cfg, stats, key, concurrency, accounting, note_usage)
+
+            # Stage 3: teacher sampling, then teacher pass rate and rejection sampling.
+            ns = {c: int(by_name[c].n) for c in by_name}
+            sample_bar = _bar(progress, f"sample {key}", 1)
+            results = sample_questions(
+                teachers,
+                stream,
+                store,
+                n=ns,
+                concurrency=concurrency,
+                accounting=accounting,
+                max_rounds=int(recipe.max_rounds),
+            )
+            seen_categories: set[str] = set()
+            for res in _with_ready(results, ready):
+                sample_bar.update(1)
+                q = res.question
+                s = stats[(key, q.category)]
+                if res.completions and res.completions[0].prompt_version != "released":
+                    seen_categories.add(q.category)
+                    note_usage(by_name[q.category], res.completions)
+                if res.error is not None:
+                    s.dropped["teacher_error"] += 1
+                    continue
+                if f_cfg.teacher_pass_rate.enabled:
+                    n_ok = flt.count_correct(q, res.completions)
+                    if not flt.pass_rate_keep(n_ok, int(f_cfg.teacher_pass_rate.lo), int(f_cfg.teacher_pass_rate.hi)):
+                        s.dropped["teacher_pass_rate"] += 1
+                        continue
+                rej = flt.rejection_sample(
+                    q,
+                    res.completions,
+                    k=int(recipe.traces_per_question),
+                    response_format=recipe.response_format[q.category],
+                    seed=seed,
+                )
+                s.samples += rej.n_sampled
+                s.samples_correct += rej.n_correct
+                s.dropped_samples.update(rej.dropped)
+                if not rej.traces:
+                    s.dropped["no_accepted_trace"] += 1
+                    continue
+                s.questions_kept += 1
+                s.traces_kept += len(rej.traces)
+                for t in rej.traces:
+                    writer.add(t, source=key)
+                    tokens.add((key, q.category), t.response)
+            for c in seen_categories:
+                describe("teacher", by_name[c], [c])
+            read_bar.close()
+            sample_bar.close()
+        tokens.flush()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        store.close()
+
+    manifest = None
+    if writer is not None:
+        files = writer.close()
+        for name, u in usage.items():
+            if name in teacher_info:
+                teacher_info[name]["usage"] = {
+                    "prompt_tokens": int(u["prompt_tokens"]),
+                    "completion_tokens": int(u["completion_tokens"]),
+                    "cost_usd": round(float(u["cost_usd"]), 6),
+                }
+        manifest = build_manifest(
+            recipe_name=recipe.name,
+            recipe=recipe,
+            seed=seed,
+            stats=stats,
+            files=files,
+            out_dir=out_dir,
+            teachers=teacher_info,
+            shard_index=shard_index if num_shards > 1 else None,
+            num_shards=num_shards,
+        )
+        path = (
+            partial_manifest_path(out_dir, shard_index, num_shards)
+            if num_shards > 1
+            else os.path.join(out_dir, MANIFEST)
+        )
+        write_json(path, manifest)
+    table = summary_table(stats, dry_requests if dry_run else None, accounting)
+    log(table)
+    return BuildResult(manifest, stats, accounting, dict(dry_requests), table)
+
+
+def _with_ready(results: Iterator[SampleResult], ready: collections.deque) -> Iterator[SampleResult]:
+    """Interleaves released-trace results (queued while reading) with teacher results."""
+    for r in results:
+        while ready:
+            yield ready.popleft()
+        yield r
+    while ready:
+        yield ready.popleft()
+
+
+def _judge_stage(stream, judge, store, f_cfg, stats, key, concurrency, accounting, note_usage):  # noqa: ANN001
+    """Keeps questions whose judged difficulty is within [lo, hi]."""
+    n = int(f_cfg.judge.n)
+    for res in sample_questions(judge, stream, store, n=n, concurrency=concurrency, accounting=accounting):
+        note_usage(f_cfg.judge.endpoint, res.completions)
+        s = stats[(key, res.question.category)]
+        score = flt.judge_score(res.completions)
+        if res.error is not None:
+            s.dropped["judge_error"] += 1
+        elif score is None:
+            s.dropped["judge_unparsed"] += 1
+        elif not flt.judge_keep(score, int(f_cfg.judge.lo), int(f_cfg.judge.hi)):
+            s.dropped["judge_difficulty"] += 1
+        else:
+            yield res.question
+
+
+def _student_stage(stream, student, store, f_cfg, stats, key, concurrency, accounting, note_usage):  # noqa: ANN001
+    """Keeps questions the student solves lo..hi times of n."""
+    cfg = f_cfg.student_pass_rate
+    for res in sample_questions(student, stream, store, n=int(cfg.n), concurrency=concurrency, accounting=accounting):
+        note_usage(cfg.endpoint, res.completions)
+        s = stats[(key, res.question.category)]
+        if res.error is not None:
+            s.dropped["student_error"] += 1
+        elif not flt.pass_rate_keep(flt.count_correct(res.question, res.completions), int(cfg.lo), int(cfg.hi)):
+            s.dropped["student_pass_rate"] += 1
+        else:
+            yield res.question
+
+
+def _subset_keys(entry: Any, key: str, source_root: str, recipe: Any, num_shards: int, shard_index: int) -> set[str]:
+    """The seeded subset of this job's question keys: the `max_questions` lowest seeded hashes.
+
+    A first pass reads keys only (images unread), holding at most `max_questions` keys. Sharded builds
+    take ceil(max_questions / num_shards) per job, so the subset is the same size up to rounding.
+    """
+    import heapq
+
+    m = math.ceil(int(entry.max_questions) / num_shards)
+    heap: list[tuple[int, str]] = []  # max-heap by negated hash of the m smallest
+    for item in _read(entry, source_root, recipe, paths_only=True):
+        q = item if isinstance(item, Question) else getattr(item, "question", None)
+        if q is None or shard_of(q.key, num_shards) != shard_index:
+            continue
+        h = stable_hash("subset", recipe.seed, q.key)
+        if len(heap) < m:
+            heapq.heappush(heap, (-h, q.key))
+        elif -heap[0][0] > h:
+            heapq.heapreplace(heap, (-h, q.key))
+    return {k for _, k in heap}
+
+
+def _decontaminator(recipe: Any, source_root: str) -> Any:
+    """Loads the benchmarks of the recipe into a `decontam.Decontaminator`."""
+    from data_pipeline.decontam import DecontamConfig, Decontaminator
+
+    d = recipe.decontamination
+    cfg = DecontamConfig(
+        ngram=int(d.ngram),
+        image_exact=bool(d.image_exact),
+        image_hamming=None if int(d.image_hamming) < 0 else int(d.image_hamming),
+        dedup_exact=bool(d.dedup_exact),
+        near_jaccard=float(d.near_jaccard) or None,
+    )
+
+    def bench() -> Iterator[Question]:
+        for name in sorted(d.benchmarks):
+            for item in _read(d.benchmarks[name], source_root, recipe):
+                q = item if isinstance(item, Question) else getattr(item, "question", None)
+                if q is not None:
+                    yield q
+
+    return Decontaminator(bench(), cfg)
+
+
+def summary_table(stats: ManifestStats, dry_requests: Mapping[str, int] | None, accounting: Accounting) -> str:
+    """A plain-text table: per source and category, what came in, what was kept, and why the rest went."""
+    head = f"{'source':<18}{'category':<18}{'in':>9}{'kept':>9}{'traces':>10}{'accept':>8}{'tokens':>12}  dropped"
+    lines = [head, "-" * len(head)]
+    for (src, cat), s in sorted(stats.by.items()):
+        acc = f"{s.samples_correct / s.samples:.2f}" if s.samples else "-"
+        dropped = ", ".join(f"{k}={v}" for k, v in sorted(s.dropped.items()))
+        lines.append(
+            f"{src:<18}{cat:<18}{s.questions_in:>9}{s.questions_kept:>9}{s.traces_kept:>10}{acc:>8}"
+            f"{s.response_tokens:>12}  {dropped}"
+        )
+    t = stats.totals()
+    lines.append("-" * len(head))
+    acc = f"{t.samples_correct / t.samples:.2f}" if t.samples else "-"
+    lines.append(
+        f"{'total':<36}{t.questions_in:>9}{t.questions_kept:>9}{t.traces_kept:>10}{acc:>8}{t.response_tokens:>12}"
+    )
+    if dry_requests is not None:
+        lines.append(
+            "dry run: samples to request " + (", ".join(f"{k}={v}" for k, v in sorted(dry_requests.items())) or "none")
+        )
+    for name, u in accounting.to_dict().items():
+        lines.append(
+            f"teacher {name}: {u['requests']} requests, {u['failures']} failed, {u['prompt_tokens']} prompt + "
+            f"{u['completion_tokens']} completion tokens, ${u['cost_usd']:.4f} this run"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    """absl entry point."""
+    del argv
+    f = FLAGS
+    if f.merge:
+        out = f.out or load_recipe(f.recipe).recipe.out_dir
+        m = merge_manifests(out)
+        print(summary_table(ManifestStats.from_dict(m["sources"]), None, Accounting()))
+        print(f"wrote {os.path.join(out, MANIFEST)} from {m['num_shards']} partial manifests")
+        return
+    try:
+        config = load_recipe(f.recipe)
+        run_build(
+            config,
+            out_dir=f.out,
+            source_root=f.source_root,
+            dry_run=f.dry_run,
+            num_shards=f.num_shards,
+            shard_index=f.shard_index,
+            progress=not f.no_progress,
+        )
+    except RecipeError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_string("recipe", None, "recipe name in configs/ (or a path to a .py file)", required=True)
+    flags.DEFINE_string("out", None, "output folder (default: the recipe's out_dir)")
+    flags.DEFINE_string("source_root", None, "folder that relative source paths are under")
+    flags.DEFINE_bool("dry_run", False, "report counts and requests to make; call no teacher")
+    flags.DEFINE_integer("num_shards", 1, "number of build jobs (questions split by a hash of their key)")
+    flags.DEFINE_integer("shard_index", 0, "this build job")
+    flags.DEFINE_bool("merge", False, "combine the partial manifests of a sharded build into manifest.json")
+    flags.DEFINE_bool("no_progress", False, "hide progress bars")
+    FLAGS = flags.FLAGS
+    app.run(main)
