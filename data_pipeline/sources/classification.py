@@ -94,8 +94,12 @@ def _classification_questions(
             raise BadRecordError("unknown_label", f"label {label!r} is not in label_names")
         return label_names[label]
 
-    known = sorted({lab for _, _, lab in good if label_names is None or lab in label_names})
-    classes = [display(lab) for lab in known]
+    # The label space is the options: every named class (in the map's order, e.g. DR grades 0..4), even one
+    # with no image in this split; without a map, the labels that occur, sorted.
+    if label_names is not None:
+        classes = list(dict.fromkeys(label_names.values()))
+    else:
+        classes = sorted({lab for _, _, lab in good})
     sampled = stratified_sample(good, max_per_class=max_per_class, seed=seed)
 
     def build(index: int, row: dict[str, Any]) -> Question:
@@ -138,8 +142,8 @@ def read_image_folder(
       name: the source name to record (e.g. "brain_tumor_mri").
       split: recorded on the questions.
       question: the stem shown with every image.
-      class_names: folder name -> display name (default: the folder name; folders missing from the map
-        are counted as `unknown_label`).
+      class_names: folder name -> display name, also fixing the option set and its unshuffled order
+        (default: the folder names, sorted; folders missing from the map are counted as `unknown_label`).
       max_per_class: stratified cap per class (None: all).
       seed: sampling and option-shuffling seed.
       shuffle_options: shuffle the class options per question (False keeps the sorted class order).

@@ -392,10 +392,16 @@ def test_classification_csv_aptos_layout(tmp_path):
     )  # fmt: skip
     assert sorted(q.id for q in good) == ["train_images/id0.png", "train_images/id1.png", "train_images/id2.png"]
     for q in good:
-        # Options are the classes that occur (No DR, Moderate), answer text matches the label.
-        assert sorted(q.options.values()) == ["Moderate", "No DR"]
+        # Options are the whole label space (even grades with no image here); answer text matches the label.
+        assert sorted(q.options.values()) == sorted(labels.values())
         assert q.options[q.answer] == q.metadata["label"]
     assert reasons(bad) == Counter({"unknown_label": 1, "missing_image": 1, "path_escape": 1})
+    unshuffled = read_classification_csv(
+        tmp_path / "train.csv", image_column="id_code", label_column="diagnosis", image_dir="train_images",
+        image_suffix=".png", label_names=labels, shuffle_options=False,
+    )  # fmt: skip
+    first = next(x for x in unshuffled if isinstance(x, Question))
+    assert list(first.options.values()) == list(labels.values()) and first.answer == "A"  # id0 is grade 0
 
 
 # --- released traces --------------------------------------------------------------------------------------
