@@ -1,0 +1,233 @@
+"""End to end: fixture sources -> fake teacher endpoint -> shards + manifest; sharding, merge, dry run."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import grain
+import ml_collections
+import pytest
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fake_openai import FakeOpenAI  # noqa: E402
+
+from data_pipeline.build import RecipeError, run_build  # noqa: E402
+from data_pipeline.records import AcceptedTrace  # noqa: E402
+from data_pipeline.writer import shard_paths  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LONG = "A 45-year-old man presents to the emergency department with crushing chest pain radiating to the left arm"
+N_TEXT, N_MM = 12, 4
+
+
+def write_sources(root: str) -> dict[str, str]:
+    """MedQA train + test (benchmark) jsonl and a PMC-VQA csv with PNG figures; returns key -> answer."""
+    answers = {}
+    os.makedirs(f"{root}/medqa", exist_ok=True)
+    with open(f"{root}/medqa/train.jsonl", "w") as f:
+        for i in range(N_TEXT):
+            opts = {"A": "aspirin", "B": "heparin", "C": "warfarin", "D": "alteplase", "E": "nothing"}
+            idx = "ABCDE"[i % 5]
+            q = LONG + " (contaminated)." if i == 2 else f"Case {i}: which drug is indicated now?"
+            f.write(json.dumps({"question": q, "options": opts, "answer": opts[idx], "answer_idx": idx}) + "\n")
+            answers[f"medqa/train-{i}"] = idx
+        f.write("{not json\n")  # a malformed row: counted, nothing else lost
+    os.makedirs(f"{root}/benchmarks/medqa", exist_ok=True)
+    with open(f"{root}/benchmarks/medqa/test.jsonl", "w") as f:
+        opts = {"A": "x", "B": "y"}
+        f.write(json.dumps({"question": LONG + " (contaminated).", "options": opts, "answer": "x", "answer_idx": "A"}))
+        f.write("\n")
+    os.makedirs(f"{root}/pmc_vqa/images", exist_ok=True)
+    with open(f"{root}/pmc_vqa/train.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            ["Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D", "Answer_label"]
+        )
+        for i in range(N_MM):
+            buf = io.BytesIO()
+            Image.new("RGB", (8 + i, 8), (i * 40, 10, 200 - i * 30)).save(buf, format="PNG")
+            open(f"{root}/pmc_vqa/images/fig{i}.png", "wb").write(buf.getvalue())
+            label = "ABCD"[i % 4]
+            answers[f"pmc_vqa/train-{i}-fig{i}"] = label
+            w.writerow(
+                [f"fig{i}.png", f"What modality is figure {i}?", "x", "A:CT", " B:MRI", "C:X-ray", "D:US", label]
+            )
+        w.writerow(["missing.png", "Where is it?", "x", "A:a", "B:b", "C:c", "D:d", "A"])  # missing image
+    return answers
+
+
+def answer_fn(answers: dict[str, str]):
+    def fn(qkey: str, s: int) -> str:
+        truth = answers[qkey]
+        if qkey == "medqa/train-5":  # this question is never answered right
+            return "ABCDE"[("ABCDE".index(truth) + 1) % 5]
+        return truth if s % 4 != 3 else ("B" if truth == "A" else "A")
+
+    return fn
+
+
+def make_config(root: str, url: str, **recipe_overrides) -> ml_collections.ConfigDict:
+    from configs import full_mix
+
+    config = full_mix.get_config()
+    r = config.recipe
+    r.name = "test_recipe"
+    r.source_root = root
+    r.sources = ml_collections.ConfigDict({k: r.sources[k] for k in ("medqa", "pmc_vqa")})
+    r.decontamination.benchmarks = ml_collections.ConfigDict({"medqa": r.decontamination.benchmarks.medqa})
+    for c in r.teachers:
+        t = r.teachers[c]
+        t.base_url, t.api_key_env, t.max_n_per_request, t.n = url, "", 4, 8
+        t.backoff_base_s, t.backoff_max_s = 0.005, 0.02
+    r.concurrency = 4
+    r.traces_per_question = 4
+    for k, v in recipe_overrides.items():
+        setattr(r, k, v)
+    return config
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("sources"))
+    answers = write_sources(root)
+    fault = lambda q, s, a: "500" if (a == 0 and s.startswith("4")) else "ok"  # noqa: E731
+    with FakeOpenAI(answer_fn=answer_fn(answers), fault_plan=fault) as srv:
+        yield root, srv
+
+
+def read_all(out: str, source: str) -> list[AcceptedTrace]:
+    ds = grain.sources.ArrayRecordDataSource(shard_paths(out, source))
+    return [AcceptedTrace.from_bytes(ds[i]) for i in range(len(ds))]
+
+
+def test_build_end_to_end_deterministic_and_resumable(world, tmp_path):
+    root, srv = world
+    cfg = make_config(root, srv.base_url)
+    srv.served.clear()
+    a = run_build(cfg, out_dir=str(tmp_path / "a"), progress=False, log=lambda s: None)
+    m = a.manifest
+    text = m["sources"]["medqa"]["categories"]["text"]
+    # 12 questions in; #2 shares a 16-gram with the benchmark; #5 never answered right.
+    assert text["questions_in"] == 12
+    assert text["dropped"] == {"benchmark_ngram": 1, "no_accepted_trace": 1}
+    assert text["questions_kept"] == 10
+    # 8 samples, 6 right (s % 4 != 3), distinct texts -> K=4 kept of each kept question.
+    assert text["traces_kept"] == 40
+    assert text["samples"] == 11 * 8 and text["samples_correct"] == 10 * 6
+    assert text["dropped_samples"] == {"over_k": 20, "wrong_answer": 28}
+    assert text["response_tokens"] > 40 * 10
+    assert m["sources"]["medqa"]["categories"]["unparsed"]["dropped"] == {"malformed_record": 1}
+    mm = m["sources"]["pmc_vqa"]["categories"]
+    assert mm["mm_reasoning"]["questions_kept"] == N_MM and mm["mm_reasoning"]["traces_kept"] == 4 * N_MM
+    assert mm["unparsed"]["dropped"] == {"missing_image": 1}
+    assert m["teachers"]["deepseek-r1"]["categories"] == ["text"]
+    assert m["teachers"]["gpt-4o"]["categories"] == ["mm_reasoning"]
+    assert m["teachers"]["deepseek-r1"]["usage"]["prompt_tokens"] == 100 * 2 * 11  # 2 requests per question
+    assert m["seed"] == 0 and m["schema_version"] == 1 and m["recipe"]["traces_per_question"] == 4
+    assert all(v == 1 for v in srv.served.values())  # 500s were retried, nothing asked twice
+
+    traces = read_all(str(tmp_path / "a"), "medqa")
+    assert len(traces) == 40
+    assert all(t.response.startswith("<think>\n") and "\\boxed{" in t.response for t in traces)
+    assert all(t.question.answer in t.response.split("boxed{")[-1][:1] for t in traces)
+    mmt = read_all(str(tmp_path / "a"), "pmc_vqa")
+    assert mmt[0].question.images[0].data.startswith(b"\x89PNG") and mmt[0].teacher == "gpt-4o"
+
+    # Restarted on the same output: everything is in the store, no request goes out.
+    srv.served.clear()
+    srv.attempts.clear()
+    b = run_build(cfg, out_dir=str(tmp_path / "a"), progress=False, log=lambda s: None)
+    assert not srv.attempts
+    assert b.manifest == m
+
+    # A fresh output (new store, requests again): byte-identical shards.
+    c = run_build(cfg, out_dir=str(tmp_path / "c"), progress=False, log=lambda s: None)
+    for src in ("medqa", "pmc_vqa"):
+        for pa, pc in zip(shard_paths(str(tmp_path / "a"), src), shard_paths(str(tmp_path / "c"), src), strict=True):
+            assert open(pa, "rb").read() == open(pc, "rb").read()
+    assert c.manifest == m
+    assert open(tmp_path / "a" / "manifest.json", "rb").read() == open(tmp_path / "c" / "manifest.json", "rb").read()
+
+
+def test_sharded_build_and_merge_match_unsharded(world, tmp_path):
+    root, srv = world
+    cfg = make_config(root, srv.base_url)
+    whole = run_build(cfg, out_dir=str(tmp_path / "whole"), progress=False, log=lambda s: None).manifest
+    out = str(tmp_path / "sharded")
+    for i in range(3):
+        run_build(cfg, out_dir=out, num_shards=3, shard_index=i, progress=False, log=lambda s: None)
+    assert not os.path.exists(os.path.join(out, "manifest.json"))
+    r = subprocess.run(
+        [sys.executable, "-m", "data_pipeline.build", "--recipe=full_mix", f"--out={out}", "--num_shards=3", "--merge"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    merged = json.load(open(os.path.join(out, "manifest.json")))
+    assert merged["totals"] == whole["totals"]
+    assert merged["sources"]["medqa"]["total"]["traces_kept"] == 40
+    assert [f["path"] for f in merged["files"]["medqa"]] == [
+        f"medqa/medqa.array_record-0000{i}-of-00003" for i in range(3)
+    ]
+    key = lambda t: (t.question.key, t.sample_index)  # noqa: E731
+    assert sorted(read_all(out, "medqa"), key=key) == read_all(str(tmp_path / "whole"), "medqa")
+
+
+def test_dry_run_calls_nothing(world, tmp_path):
+    root, srv = world
+    cfg = make_config(root, srv.base_url)
+    srv.attempts.clear()
+    res = run_build(cfg, out_dir=str(tmp_path), dry_run=True, progress=False, log=lambda s: None)
+    assert not srv.attempts
+    assert res.manifest is None and not shard_paths(str(tmp_path), "medqa")
+    assert res.dry_run_requests == {"deepseek-r1": 11 * 8, "gpt-4o": N_MM * 8}
+    assert "dry run: samples to request" in res.table
+
+
+def test_filters_and_direct_format(world, tmp_path):
+    root, srv = world
+    cfg = make_config(root, srv.base_url)
+    r = cfg.recipe
+    r.filters.teacher_pass_rate.enabled = True
+    r.filters.teacher_pass_rate.lo, r.filters.teacher_pass_rate.hi = 1, 8
+    r.response_format.text = "direct"
+    m = run_build(cfg, out_dir=str(tmp_path), progress=False, log=lambda s: None).manifest
+    text = m["sources"]["medqa"]["categories"]["text"]
+    assert text["dropped"] == {"benchmark_ngram": 1, "teacher_pass_rate": 1}  # #5 has 0 of 8 correct
+    assert text["traces_kept"] == 10  # direct answers dedupe to one per question
+    assert {t.response for t in read_all(str(tmp_path), "medqa")} <= {
+        f"The answer is \\boxed{{{x}}} ({y})."
+        for x, y in zip("ABCDE", ["aspirin", "heparin", "warfarin", "alteplase", "nothing"], strict=True)
+    }
+
+
+def test_missing_source_path_fails_at_once(world, tmp_path):
+    root, srv = world
+    cfg = make_config(root, srv.base_url)
+    cfg.recipe.sources.medqa.path = "nowhere/medqa"
+    with pytest.raises(RecipeError, match=r"recipe\.sources\.medqa\.path = 'nowhere/medqa'"):
+        run_build(cfg, out_dir=str(tmp_path), progress=False, log=lambda s: None)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "data_pipeline.build",
+            "--recipe=full_mix",
+            f"--source_root={tmp_path}",
+            f"--out={tmp_path}",
+            "--dry_run",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode != 0 and "recipe.sources.aptos.path" in r.stderr and str(tmp_path) in r.stderr
