@@ -36,6 +36,7 @@ class FakeOpenAI:
         max_n: int | None = None,
         require_key: str | None = None,
         delay_s: float = 0.0,
+        judge_fn: Callable[[str], int] | None = None,
     ):
         self.fault_plan = fault_plan or (lambda q, s, attempt: "ok")
         self.answer_fn = answer_fn or (lambda q, s: "A" if s % 2 == 0 else "B")
@@ -44,6 +45,7 @@ class FakeOpenAI:
         self.max_n = max_n
         self.require_key = require_key
         self.delay_s = delay_s
+        self.judge_fn = judge_fn or (lambda q: 5)
         self.served: collections.Counter = collections.Counter()
         self.attempts: collections.Counter = collections.Counter()
         self.faults: collections.Counter = collections.Counter()
@@ -108,7 +110,9 @@ class FakeOpenAI:
                 for i, s in enumerate(idx[:n]):
                     letter = outer.answer_fn(qkey, s)
                     msg = {"role": "assistant"}
-                    if outer.reasoning_content:
+                    if "Rate the difficulty" in json.dumps(body["messages"]):  # a judge prompt
+                        msg["content"] = f"Looks moderate.\nDifficulty: {outer.judge_fn(qkey)}"
+                    elif outer.reasoning_content:
                         msg["reasoning_content"] = f"Thinking about {qkey} sample {s}."
                         msg["content"] = f"The answer is \\boxed{{{letter}}}."
                     else:
@@ -130,9 +134,7 @@ class FakeOpenAI:
             allow_reuse_address = True
 
         self.server = Server(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     @property
     def base_url(self) -> str:

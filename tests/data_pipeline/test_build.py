@@ -231,3 +231,25 @@ def test_missing_source_path_fails_at_once(world, tmp_path):
         timeout=60,
     )
     assert r.returncode != 0 and "recipe.sources.aptos.path" in r.stderr and str(tmp_path) in r.stderr
+
+
+def test_judge_and_student_filters(world, tmp_path):
+    root, srv = world
+    srv.judge_fn = lambda q: int(q.split("-")[1]) % 10 + 1 if q.startswith("medqa") else 4
+    cfg = make_config(root, srv.base_url)
+    f = cfg.recipe.filters
+    f.judge.enabled = True
+    f.judge.endpoint.base_url = srv.base_url
+    f.judge.endpoint.api_key_env = ""
+    f.student_pass_rate.enabled = True
+    f.student_pass_rate.lo, f.student_pass_rate.hi, f.student_pass_rate.n = 1, 8, 8
+    f.student_pass_rate.endpoint.base_url = srv.base_url
+    m = run_build(cfg, out_dir=str(tmp_path), progress=False, log=lambda s: None).manifest
+    text = m["sources"]["medqa"]["categories"]["text"]
+    # Judge scores i % 10 + 1 for medqa/train-i: of the 11 judged (2 is decontaminated), 3..6 keeps 3, 4, 5;
+    # the student never solves #5 -> dropped by the student filter.
+    assert text["dropped"] == {"benchmark_ngram": 1, "judge_difficulty": 8, "student_pass_rate": 1}
+    assert text["questions_kept"] == 2
+    assert m["sources"]["pmc_vqa"]["categories"]["mm_reasoning"]["questions_kept"] == N_MM
+    assert set(m["teachers"]) == {"deepseek-r1", "gpt-4o", "judge-gpt-4o", "student-qwen2.5-vl-7b"}
+    assert m["teachers"]["judge-gpt-4o"]["prompt_version"] == "judge-v1"
