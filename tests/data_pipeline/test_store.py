@@ -71,9 +71,7 @@ WRITER = textwrap.dedent(
 
 def test_committed_rows_survive_sigkill(tmp_path):
     db = str(tmp_path / "s.sqlite")
-    p = subprocess.Popen(
-        [sys.executable, "-c", WRITER.format(repo=REPO, db=db)], stdout=subprocess.PIPE, text=True
-    )
+    p = subprocess.Popen([sys.executable, "-c", WRITER.format(repo=REPO, db=db)], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "ready"
     time.sleep(0.05)
     os.kill(p.pid, signal.SIGKILL)

@@ -129,9 +129,7 @@ def test_request_body_and_images(tmp_path):
         images=(ImageRef(data=PNG, format="png"), ImageRef(path="img/x.jpg")),
     )
     with FakeOpenAI() as srv:
-        cfg = fast_config(
-            srv.base_url, system_prompt="Be careful.", temperature=0.6, top_p=0.95, max_tokens=77
-        )
+        cfg = fast_config(srv.base_url, system_prompt="Be careful.", temperature=0.6, top_p=0.95, max_tokens=77)
         teacher = OpenAITeacher(cfg, image_root=str(tmp_path))
         teacher.sample(q, [0, 1])
         body = srv.bodies[-1]
@@ -202,9 +200,7 @@ def test_sigkill_midway_then_restart_requests_only_missing(tmp_path):
     db = str(tmp_path / "c.sqlite")
     with FakeOpenAI(delay_s=0.03) as srv:
         script = CLIENT.format(repo=REPO, nq=nq, n=n, url=srv.base_url, db=db)
-        proc = subprocess.Popen(
-            [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.time() + 30
         while sum(srv.served.values()) < 14 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.005)
