@@ -24,34 +24,51 @@ from octomed_jax.models.vision import VisionTower
 
 @struct.dataclass
 class VisionInputs:
-    """Patches of all images of a batch, padded to a fixed count, and their `VisionLayout` arrays."""
+    """Image patches in rows of a fixed patch count, and their `VisionLayout` arrays.
 
-    pixel_values: jax.Array  # [patches, patch_dim]
-    window_index: jax.Array  # [patches / merge_unit]
-    rotary_positions: jax.Array  # [patches, 2]
-    image_segment_ids: jax.Array  # [patches]
-    window_segment_ids: jax.Array  # [patches]
+    Either one row holding every image of the batch (features fill the `<|image_pad|>` tokens in
+    row-major order over the whole batch, as transformers does), or one row per token row (packed
+    training batches: each token row takes the features of its own vision row).
+    """
+
+    pixel_values: jax.Array  # [rows, patches, patch_dim]
+    window_index: jax.Array  # [rows, patches / merge_unit]
+    rotary_positions: jax.Array  # [rows, patches, 2]
+    image_segment_ids: jax.Array  # [rows, patches]
+    window_segment_ids: jax.Array  # [rows, patches]
 
     @classmethod
     def build(
         cls, pixel_values: Any, image_grid_thw: Any, cfg: ModelConfig, pad_to: int | None = None
     ) -> VisionInputs:
-        """Host-side: lays out the images and pads the patches to `pad_to` (default: no padding)."""
-        layout = pos_lib.vision_layout(np.asarray(image_grid_thw), cfg.vision, pad_to=pad_to)
-        pixels = np.asarray(pixel_values, np.float32)
-        if pixels.shape != (layout.num_patches, cfg.vision.patch_dim):
-            raise ValueError(
-                f"pixel_values has shape {pixels.shape}; image_grid_thw describes "
-                f"{layout.num_patches} patches of {cfg.vision.patch_dim} values"
-            )
-        pixels = np.pad(pixels, ((0, len(layout.rotary_positions) - layout.num_patches), (0, 0)))
-        return cls(
-            pixel_values=jnp.asarray(pixels),
-            window_index=jnp.asarray(layout.window_index),
-            rotary_positions=jnp.asarray(layout.rotary_positions),
-            image_segment_ids=jnp.asarray(layout.image_segment_ids),
-            window_segment_ids=jnp.asarray(layout.window_segment_ids),
-        )
+        """Host-side: one row with all the images, patches padded to `pad_to` (default: none)."""
+        return cls.stack_rows([(pixel_values, image_grid_thw)], cfg, pad_to)
+
+    @classmethod
+    def stack_rows(
+        cls, rows: list[tuple[Any, Any]], cfg: ModelConfig, pad_to: int | None = None
+    ) -> VisionInputs:
+        """Host-side: one vision row per (pixel_values, image_grid_thw) pair, all padded to `pad_to`.
+
+        `pad_to` defaults to the largest row's patch count; a row without images is all padding.
+        """
+        grids = [np.asarray(g, np.int64).reshape(-1, 3) for _, g in rows]
+        if pad_to is None:
+            pad_to = max(int(np.prod(g, axis=-1).sum()) for g in grids)
+        fields: dict[str, list[np.ndarray]] = {f: [] for f in cls.__dataclass_fields__}
+        for (pixel_values, _), grid in zip(rows, grids, strict=True):
+            layout = pos_lib.vision_layout(grid, cfg.vision, pad_to=pad_to)
+            pixels = np.zeros((0, cfg.vision.patch_dim), np.float32) if pixel_values is None else (
+                np.asarray(pixel_values, np.float32))
+            if pixels.shape != (layout.num_patches, cfg.vision.patch_dim):
+                raise ValueError(
+                    f"pixel_values has shape {pixels.shape}; image_grid_thw describes "
+                    f"{layout.num_patches} patches of {cfg.vision.patch_dim} values"
+                )
+            fields["pixel_values"].append(np.pad(pixels, ((0, pad_to - layout.num_patches), (0, 0))))
+            for name in ("window_index", "rotary_positions", "image_segment_ids", "window_segment_ids"):
+                fields[name].append(getattr(layout, name))
+        return cls(**{name: jnp.asarray(np.stack(arrays)) for name, arrays in fields.items()})
 
 
 @struct.dataclass
@@ -63,8 +80,8 @@ class ModelInputs:
       positions: int [3, batch, seq] M-RoPE positions (see `positions.rope_index`).
       segment_ids: int [batch, seq]; tokens attend causally within their segment; 0 is padding.
         Packed rows number their examples 1, 2, ...
-      vision: the images whose features replace the `<|image_pad|>` tokens, in row-major order of
-        those tokens over the batch; None for text-only batches.
+      vision: the images whose features replace the `<|image_pad|>` tokens (see `VisionInputs`);
+        None for text-only batches.
     """
 
     input_ids: jax.Array
@@ -91,9 +108,12 @@ class Qwen25VL(nnx.Module):
             v.pixel_values, v.window_index, v.rotary_positions, v.image_segment_ids, v.window_segment_ids
         ).astype(x.dtype)
         is_image = inputs.input_ids == self.cfg.image_token_id
-        # The k-th image token (row-major over the batch) takes the k-th merged patch feature.
-        rank = jnp.cumsum(is_image.reshape(-1)).reshape(is_image.shape) - 1
-        gathered = features[jnp.clip(rank, 0, features.shape[0] - 1)]
+        if features.shape[0] == 1:  # one list for the batch: the k-th image token, row-major, takes feature k
+            rank = jnp.cumsum(is_image.reshape(-1)).reshape(is_image.shape) - 1
+            gathered = features[0][jnp.clip(rank, 0, features.shape[1] - 1)]
+        else:  # one vision row per token row
+            rank = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, features.shape[1] - 1)
+            gathered = jnp.take_along_axis(features, rank[..., None], axis=1)
         return jnp.where(is_image[..., None], gathered, x)
 
     def hidden_states(self, inputs: ModelInputs) -> jax.Array:

@@ -37,13 +37,14 @@ class VisionBlock(nnx.Module):
         self.mlp = GatedMLP(v.hidden_size, v.intermediate_size, cfg, rngs, use_bias=True)
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
-        n, d = x.shape
-        q, k, v = jnp.split(self.qkv(self.norm1(x)).reshape(n, 3, self.num_heads, -1), 3, axis=1)
-        q, k, v = q[:, 0], k[:, 0], v[:, 0]
+        """x [rows, patches, embed]; cos/sin [rows, patches, head_dim]; segment_ids [rows, patches]."""
+        r, n, d = x.shape
+        qkv = self.qkv(self.norm1(x)).reshape(r, n, 3, self.num_heads, -1)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        mask = attention_mask(segment_ids[None], segment_ids[None], causal=False)
-        out = dot_product_attention(q[None], k[None], v[None], mask)[0]
-        x = x + self.proj(out.reshape(n, d))
+        mask = attention_mask(segment_ids, segment_ids, causal=False)
+        out = dot_product_attention(q, k, v, mask)
+        x = x + self.proj(out.reshape(r, n, d))
         return x + self.mlp(self.norm2(x))
 
 
@@ -58,7 +59,7 @@ class PatchMerger(nnx.Module):
         self.mlp_out = dense(self.merged_dim, v.out_hidden_size, ("mlp", "embed"), cfg, rngs, use_bias=True)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.ln_q(x).reshape(-1, self.merged_dim)
+        x = self.ln_q(x).reshape(*x.shape[:-2], -1, self.merged_dim)
         return self.mlp_out(jax.nn.gelu(self.mlp_in(x), approximate=False))
 
 
@@ -79,21 +80,28 @@ class VisionTower(nnx.Module):
         image_segment_ids: jax.Array,
         window_segment_ids: jax.Array,
     ) -> jax.Array:
-        """Features [patches / merge_unit, out_hidden] in the original (processor) order.
+        """Features [rows, patches / merge_unit, out_hidden] in the original (processor) order.
+
+        Every array has a leading `rows` axis: the images of one row are attended together (within
+        their frame or window), rows never see each other.
 
         Args:
-          pixel_values: [patches, patch_dim] flattened patches (padding rows allowed at the end).
+          pixel_values: [rows, patches, patch_dim] flattened patches, padding at the end of a row.
           window_index, rotary_positions, image_segment_ids, window_segment_ids: the arrays of
-            `positions.vision_layout` for these images, with the same padding.
+            `positions.vision_layout` for each row's images, with the same padding.
         """
         v = self.cfg.vision
         unit = v.merge_unit
-        x = self.patch_embed(pixel_values.astype(self.cfg.jnp_dtype))
-        to_windows = lambda a: a.reshape(-1, unit, *a.shape[1:])[window_index].reshape(a.shape)  # noqa: E731
-        x = to_windows(x)
+
+        def to_windows(a: jax.Array) -> jax.Array:  # reorder merge units so windows are contiguous
+            units = a.reshape(a.shape[0], -1, unit, a.shape[-1])
+            return jnp.take_along_axis(units, window_index[:, :, None, None], axis=1).reshape(a.shape)
+
+        x = to_windows(self.patch_embed(pixel_values.astype(self.cfg.jnp_dtype)))
         # 2-D RoPE: head_dim/4 frequencies for h, the same for w, concatenated, then doubled.
-        freqs = rotary_positions[..., None].astype(jnp.float32) * inverse_frequencies(v.head_dim // 2, v.rope_theta)
-        freqs = to_windows(freqs.reshape(freqs.shape[0], -1))  # [patches, head_dim/2]: h freqs, then w
+        inv_freq = inverse_frequencies(v.head_dim // 2, v.rope_theta)
+        freqs = rotary_positions[..., None].astype(jnp.float32) * inv_freq
+        freqs = to_windows(freqs.reshape(*freqs.shape[:2], -1))  # [rows, patches, head_dim/2]
         emb = jnp.concatenate([freqs, freqs], axis=-1)
         cos, sin = jnp.cos(emb), jnp.sin(emb)
 
@@ -105,4 +113,5 @@ class VisionTower(nnx.Module):
 
         x = stacking.run(self.blocks, body, x, is_full, self.cfg)
         merged = self.merger(x)
-        return merged[jnp.argsort(window_index)]
+        inverse = jnp.argsort(window_index, axis=-1)
+        return jnp.take_along_axis(merged, inverse[:, :, None], axis=1)

@@ -79,7 +79,7 @@ def test_vision_tower_alone(ours, hf_checkpoint, tiny_cfg):
         ref = hf.model.visual(torch.tensor(px), grid_thw=torch.tensor(grids)).pooler_output.numpy()
     v = VisionInputs.build(px, grids, tiny_cfg)
     got = ours.visual(v.pixel_values, v.window_index, v.rotary_positions, v.image_segment_ids, v.window_segment_ids)
-    assert max_diff(got, ref) <= TOL
+    assert max_diff(got[0], ref) <= TOL
 
 
 def test_vision_padding_changes_nothing(ours, tiny_cfg):
@@ -89,8 +89,28 @@ def test_vision_padding_changes_nothing(ours, tiny_cfg):
         v.pixel_values, v.window_index, v.rotary_positions, v.image_segment_ids, v.window_segment_ids)
     plain = run(VisionInputs.build(px, grids, tiny_cfg))
     padded = run(VisionInputs.build(px, grids, tiny_cfg, pad_to=64))
-    assert padded.shape[0] == 16
-    np.testing.assert_allclose(padded[: plain.shape[0]], plain, atol=1e-6)
+    assert padded.shape == (1, 16, tiny_cfg.text.hidden_size)
+    np.testing.assert_allclose(padded[0, : plain.shape[1]], plain[0], atol=1e-6)
+
+
+def test_one_vision_row_per_token_row_equals_one_list(ours, tiny_cfg):
+    """Packed batches give each token row its own vision row; the logits must not change."""
+    grids = [[[1, 4, 6], [1, 2, 2]], [], [[1, 6, 4]]]
+    rows = [image_prompt(g, [3] + [2] * len(g), start=r) if g else np.arange(20, 31) for r, g in enumerate(grids)]
+    length = max(map(len, rows))
+    ids = np.zeros((3, length), np.int64)
+    for r, seq in enumerate(rows):
+        ids[r, : len(seq)] = seq
+    mask = (np.arange(length)[None] < np.array([len(x) for x in rows])[:, None]).astype(np.int64)
+    row_pixels = [pixels(g, tiny_cfg.vision.patch_dim, seed=r) if g else None for r, g in enumerate(grids)]
+    flat_grids = np.array([g for row in grids for g in row])
+    flat_pixels = np.concatenate([p for p in row_pixels if p is not None])
+    one_list = ours.prepare_inputs(ids, flat_pixels, flat_grids, mask)
+    per_row = one_list.replace(vision=VisionInputs.stack_rows(list(zip(row_pixels, grids, strict=True)), tiny_cfg,
+                                                              pad_to=48))
+    assert per_row.vision.pixel_values.shape == (3, 48, tiny_cfg.vision.patch_dim)
+    want, got = np.asarray(ours.forward(one_list)), np.asarray(ours.forward(per_row))
+    assert max_diff(got[mask.astype(bool)], want[mask.astype(bool)]) <= 1e-5
 
 
 @pytest.mark.parametrize("with_mask", [False, True])
