@@ -50,6 +50,7 @@ class FakeOpenAI:
         self.attempts: collections.Counter = collections.Counter()
         self.faults: collections.Counter = collections.Counter()
         self.bodies: list[dict] = []
+        self.inflight = 0  # requests being handled now (a killed client leaves some behind)
         self.lock = threading.Lock()
         outer = self
 
@@ -72,6 +73,15 @@ class FakeOpenAI:
                     pass
 
             def do_POST(self):
+                with outer.lock:
+                    outer.inflight += 1
+                try:
+                    self._post()
+                finally:
+                    with outer.lock:
+                        outer.inflight -= 1
+
+            def _post(self):
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length))
                 qkey = urllib.parse.unquote(self.headers.get("X-Octomed-Question", ""))
@@ -135,6 +145,14 @@ class FakeOpenAI:
 
         self.server = Server(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+
+    def wait_idle(self, timeout_s: float = 5.0) -> None:
+        """Waits until no request is being handled."""
+        deadline = time.time() + timeout_s
+        quiet = 0  # requests still queued in the socket get a moment to show up
+        while quiet < 5 and time.time() < deadline:
+            quiet = quiet + 1 if not self.inflight else 0
+            time.sleep(0.01)
 
     @property
     def base_url(self) -> str:

@@ -207,6 +207,7 @@ def test_sigkill_midway_then_restart_requests_only_missing(tmp_path):
         assert proc.poll() is None, proc.communicate()
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+        srv.wait_idle()  # requests the killed client left behind must not count as the restart's
         first = dict(srv.served)
         store = CompletionStore(db)
         stored = {(c.question_key, c.sample_index) for c in store.iter_all()}
