@@ -18,7 +18,7 @@ from flax import nnx, struct
 from octomed_jax.models import positions as pos_lib
 from octomed_jax.models.config import ModelConfig
 from octomed_jax.models.layers import attention_mask, mrope_cos_sin
-from octomed_jax.models.text import TextModel
+from octomed_jax.models.text import KVCache, TextModel
 from octomed_jax.models.vision import VisionTower
 
 
@@ -129,6 +129,29 @@ class Qwen25VL(nnx.Module):
         """Logits [batch, seq, vocab] (jit-friendly: every input precomputed)."""
         return self.language_model.logits(self.hidden_states(inputs))
 
+    def decode_step(
+        self, inputs: ModelInputs, cache: KVCache, index: jax.Array | int, kv_segment_ids: jax.Array
+    ) -> tuple[jax.Array, KVCache]:
+        """Prefill or one decoding step against a key-value cache (the sampler's forward pass).
+
+        Args:
+          inputs: the new tokens [batch, seq] with their positions and (prefill only) images;
+            `segment_ids` is 1 on real tokens and 0 on padding.
+          cache: the cache (`KVCache.init` for a prefill).
+          index: cache slot of the first new token, the same for every row (prompts are left-padded).
+          kv_segment_ids: int [batch, cache_length], 1 on slots holding real tokens (prompt or generated)
+            and 0 on padding; slots at or after `index + seq` are masked causally.
+
+        Returns:
+          Final-norm hidden states [batch, seq, embed] (project with `language_model.logits`) and the cache.
+        """
+        t = self.cfg.text
+        x = self.embed(inputs)
+        cos, sin = mrope_cos_sin(inputs.positions, t.head_dim, t.rope_theta, t.mrope_section)
+        cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)
+        mask = attention_mask(inputs.segment_ids, kv_segment_ids, causal=True, q_offset=index)
+        return self.language_model.decode_step(x, cos, sin, mask, cache, index)
+
     def __call__(
         self,
         input_ids: Any,
@@ -185,4 +208,4 @@ def abstract_model(cfg: ModelConfig) -> Qwen25VL:
         return nnx.eval_shape(lambda: Qwen25VL(cfg, rngs=nnx.Rngs(0)))
 
 
-__all__ = ["ModelInputs", "Qwen25VL", "VisionInputs", "abstract_model", "init_model"]
+__all__ = ["KVCache", "ModelInputs", "Qwen25VL", "VisionInputs", "abstract_model", "init_model"]

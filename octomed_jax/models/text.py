@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from octomed_jax.models import stacking
 from octomed_jax.models.config import ModelConfig
@@ -15,6 +15,30 @@ from octomed_jax.models.layers import (
     dense,
     dot_product_attention,
 )
+
+
+@struct.dataclass
+class KVCache:
+    """Rotated keys and values of every layer, for decoding: k, v [layers, batch, length, kv_heads, head_dim].
+
+    Slot `i` of a row holds the token at cache index `i` (prompt then generated tokens); slots not yet
+    written are excluded by the causal mask, so they need no clearing.
+    """
+
+    k: jax.Array
+    v: jax.Array
+
+    @classmethod
+    def init(cls, cfg: ModelConfig, batch: int, length: int, dtype: jnp.dtype | None = None) -> KVCache:
+        """An all-zero cache of `length` slots per row, in the compute dtype by default."""
+        t = cfg.text
+        shape = (t.num_hidden_layers, batch, length, t.num_key_value_heads, t.head_dim)
+        dtype = cfg.jnp_dtype if dtype is None else dtype
+        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
+
+    @property
+    def length(self) -> int:
+        return int(self.k.shape[2])
 
 
 class Attention(nnx.Module):
@@ -94,3 +118,32 @@ class TextModel(nnx.Module):
             w = self.embed_tokens.embedding[...].astype(self.cfg.jnp_dtype)
             return jnp.einsum("...d,vd->...v", hidden, w, precision=jax.lax.Precision.HIGHEST)
         return self.lm_head(hidden)
+
+    def decode_step(
+        self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, cache: KVCache, index: jax.Array | int
+    ) -> tuple[jax.Array, KVCache]:
+        """Runs `x` [batch, seq, embed] (a prompt or one new token per row) against a key-value cache.
+
+        The keys/values of `x` are written into `cache` at slots `index .. index + seq - 1` (the same slots
+        for every row: prompts are left-padded), then every layer attends over the whole cache under
+        `mask` [batch, 1, seq, cache_length]. The cache is a carry of the layer scan, updated in place.
+
+        Returns:
+          Final-norm hidden states [batch, seq, embed] and the updated cache.
+        """
+
+        def body(layer: DecoderLayer, carry: tuple[jax.Array, jax.Array, jax.Array], i: jax.Array):
+            h, ck, cv = carry
+            attn = layer.self_attn
+            normed = layer.input_layernorm(h)
+            k_new, v_new = attn.project_kv(normed, cos, sin)
+            start = (i, 0, index, 0, 0)
+            ck = jax.lax.dynamic_update_slice(ck, k_new[None].astype(ck.dtype), start)
+            cv = jax.lax.dynamic_update_slice(cv, v_new[None].astype(cv.dtype), start)
+            h = h + attn(normed, cos, sin, mask, kv=(ck[i], cv[i]))
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            return h, ck, cv
+
+        layer_ids = jnp.arange(self.cfg.text.num_hidden_layers)
+        x, k, v = stacking.run(self.layers, body, (x, cache.k, cache.v), layer_ids, self.cfg)
+        return self.norm(x), KVCache(k=k, v=v)
