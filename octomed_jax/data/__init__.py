@@ -1,8 +1,15 @@
-"""Data for the student: image preprocessing, the Qwen tokenizer and the one chat template.
+"""Data for the student: image preprocessing, the Qwen tokenizer, the one chat template, and the Grain
+input pipeline (examples, packing, per-host batches, global batches, iterator checkpoints).
 
-NumPy/PIL/tokenizers only; no JAX here, so that data workers stay light.
+Importing the package loads NumPy/PIL/tokenizers only, so that data workers stay light; the pipeline
+(Grain), global batches (JAX/Flax) and checkpointing (Orbax) are imported on first use of their names.
 """
 
+import importlib
+from typing import Any
+
+from octomed_jax.data.config import DataConfig, ErrorBudget
+from octomed_jax.data.examples import Example, ExampleDecoder, Skipped, make_example, truncate_reasoning
 from octomed_jax.data.images import (
     MAX_PIXELS,
     MIN_PIXELS,
@@ -14,6 +21,7 @@ from octomed_jax.data.images import (
     preprocess_image,
     smart_resize,
 )
+from octomed_jax.data.packing import PackingStats, RowPacker, pack_rows
 from octomed_jax.data.template import (
     CHAT_TEMPLATE,
     DEFAULT_SYSTEM_PROMPT,
@@ -41,7 +49,48 @@ from octomed_jax.data.tokenizer import (
     save_tokenizer,
 )
 
+# Heavy names, imported on first use: name -> module.
+_LAZY = {
+    "DataErrorBudgetExceeded": "octomed_jax.data.pipeline",
+    "PackedBatchIterator": "octomed_jax.data.pipeline",
+    "host_examples": "octomed_jax.data.pipeline",
+    "make_iterator": "octomed_jax.data.pipeline",
+    "natural_weights": "octomed_jax.data.pipeline",
+    "TrainBatch": "octomed_jax.data.global_batch",
+    "abstract_train_batch": "octomed_jax.data.global_batch",
+    "to_global_batch": "octomed_jax.data.global_batch",
+    "to_local_batch": "octomed_jax.data.global_batch",
+    "train_batch_shardings": "octomed_jax.data.global_batch",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "DataConfig",
+    "DataErrorBudgetExceeded",
+    "ErrorBudget",
+    "Example",
+    "ExampleDecoder",
+    "PackedBatchIterator",
+    "PackingStats",
+    "RowPacker",
+    "Skipped",
+    "TrainBatch",
+    "abstract_train_batch",
+    "host_examples",
+    "make_example",
+    "make_iterator",
+    "natural_weights",
+    "pack_rows",
+    "to_global_batch",
+    "to_local_batch",
+    "train_batch_shardings",
+    "truncate_reasoning",
     "CHAT_TEMPLATE",
     "DEFAULT_SYSTEM_PROMPT",
     "ENDOFTEXT_ID",

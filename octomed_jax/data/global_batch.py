@@ -1,0 +1,154 @@
+"""Per-host packed numpy batches -> the global, batch-sharded `TrainBatch` the train step takes.
+
+Every host holds `batch_size` rows; `jax.make_array_from_process_local_data` assembles the global
+arrays (global batch = rows per host x process count) with the mesh's batch sharding
+(`sharding.batch_sharding`, logical axis "batch"). M-RoPE positions are per row [B, 3, L] on the host
+and [3, B, L] in the model, so they are transposed here and sharded on their second axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from jax.sharding import Mesh
+
+from octomed_jax import sharding as sharding_lib
+from octomed_jax.models.qwen2_5_vl import ModelInputs, VisionInputs
+
+_VISION_FIELDS = ("pixel_values", "window_index", "rotary_positions", "image_segment_ids", "window_segment_ids")
+
+
+@struct.dataclass
+class TrainBatch:
+    """One global training batch.
+
+    Attributes:
+      inputs: the model inputs (`Qwen25VL.forward`); `vision` has one row of patches per token row, or is
+        None for text-only data (`max_patches` = 0).
+      targets: int32 [B, L], the token each position is trained to predict.
+      loss_mask: float32 [B, L], 1 where the target is an assistant token.
+    """
+
+    inputs: ModelInputs
+    targets: jax.Array
+    loss_mask: jax.Array
+
+    @property
+    def num_loss_tokens(self) -> jax.Array:
+        return self.loss_mask.sum()
+
+
+def _batch_axis(name: str) -> int:
+    return 1 if name == "positions" else 0
+
+
+def _model_layout(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Host arrays in the model's layout: positions [B, 3, L] -> [3, B, L]."""
+    out = dict(batch)
+    out["positions"] = np.ascontiguousarray(np.swapaxes(np.asarray(batch["positions"]), 0, 1))
+    return out
+
+
+def _assemble(arrays: Mapping[str, Any]) -> TrainBatch:
+    vision = None
+    if "pixel_values" in arrays:
+        vision = VisionInputs(**{k: arrays[k] for k in _VISION_FIELDS})
+    return TrainBatch(
+        inputs=ModelInputs(
+            input_ids=arrays["input_ids"],
+            positions=arrays["positions"],
+            segment_ids=arrays["segment_ids"],
+            vision=vision,
+        ),
+        targets=arrays["targets"],
+        loss_mask=arrays["loss_mask"],
+    )
+
+
+def to_global_batch(
+    batch: Mapping[str, np.ndarray], mesh: Mesh, rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES
+) -> TrainBatch:
+    """Turns this host's packed batch into the global batch, sharded over the mesh's batch axes.
+
+    Every process must call it with a batch of the same shapes (collective).
+
+    Args:
+      batch: the host's batch from `PackedBatchIterator` (numpy, leading axis = rows on this host).
+      mesh: the training mesh.
+      rules: logical-to-mesh rules; "batch" names the batch axes.
+
+    Returns:
+      A `TrainBatch` of global `jax.Array`s, batch axis = rows per host x process count.
+    """
+    local = _model_layout(batch)
+    arrays = {}
+    for name, value in local.items():
+        value = np.asarray(value)
+        spec = sharding_lib.batch_sharding(mesh, rules, value.ndim, _batch_axis(name))
+        arrays[name] = jax.make_array_from_process_local_data(spec, value)
+    return _assemble(arrays)
+
+
+def to_local_batch(batch: Mapping[str, np.ndarray]) -> TrainBatch:
+    """The batch as unsharded device arrays on the default device (single-device tests and tools)."""
+    return _assemble({k: jnp.asarray(v) for k, v in _model_layout(batch).items()})
+
+
+def train_batch_shardings(
+    mesh: Mesh, rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES, *, with_vision: bool = True
+) -> TrainBatch:
+    """The `NamedSharding` of every field of a `TrainBatch` (for `jax.jit(in_shardings=...)`)."""
+    ndims = {
+        "input_ids": 2, "targets": 2, "loss_mask": 2, "segment_ids": 2, "positions": 3,
+        "pixel_values": 3, "window_index": 2, "rotary_positions": 3, "image_segment_ids": 2, "window_segment_ids": 2,
+    }
+    names = [n for n in ndims if with_vision or n not in _VISION_FIELDS]
+    return _assemble({n: sharding_lib.batch_sharding(mesh, rules, ndims[n], _batch_axis(n)) for n in names})
+
+
+def abstract_train_batch(
+    global_batch_size: int,
+    seq_len: int,
+    max_patches: int,
+    patch_dim: int,
+    mesh: Mesh | None = None,
+    rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES,
+) -> TrainBatch:
+    """`jax.ShapeDtypeStruct`s of a global batch (with shardings when a mesh is given), for AOT compiling.
+
+    Args:
+      global_batch_size: rows in the global batch.
+      seq_len: tokens per row.
+      max_patches: patches per row (0: text only).
+      patch_dim: values per patch (`VisionConfig.patch_dim`, 1176).
+      mesh: the mesh, for shardings.
+      rules: logical-to-mesh rules.
+    """
+    b, n, p = global_batch_size, seq_len, max_patches
+    shapes: dict[str, tuple[tuple[int, ...], Any]] = {
+        "input_ids": ((b, n), jnp.int32),
+        "targets": ((b, n), jnp.int32),
+        "loss_mask": ((b, n), jnp.float32),
+        "segment_ids": ((b, n), jnp.int32),
+        "positions": ((3, b, n), jnp.int32),
+    }
+    if p:
+        shapes |= {
+            "pixel_values": ((b, p, patch_dim), jnp.float32),
+            "window_index": ((b, p // 4), jnp.int32),
+            "rotary_positions": ((b, p, 2), jnp.int32),
+            "image_segment_ids": ((b, p), jnp.int32),
+            "window_segment_ids": ((b, p), jnp.int32),
+        }
+
+    def struct_of(name: str) -> jax.ShapeDtypeStruct:
+        shape, dtype = shapes[name]
+        spec = None if mesh is None else sharding_lib.batch_sharding(mesh, rules, len(shape), _batch_axis(name))
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=spec)
+
+    return _assemble({name: struct_of(name) for name in shapes})

@@ -1,0 +1,296 @@
+"""The Grain input pipeline: ArrayRecord shards of accepted traces -> packed per-host numpy batches.
+
+Per source: `MapDataset.source(ArrayRecordDataSource(shard_paths))`, each record decoded and tokenised
+by `ExampleDecoder` (lazily, with its record index), shuffled with a per-source seed, repeated for the
+epochs (reshuffled every epoch), and sliced `[process_index::process_count]`, so each host reads only its
+own share. The hosts' shares are mixed with the config's weights (`MapDataset.mix`: element k of the mix
+is a fixed (source, position) pair, so a single position restores every source's position).
+
+The mixed per-host stream is read in order, optionally by `mp_prefetch` worker processes (worker w
+computes elements w, w+W, ...; Grain interleaves them back in order), then packed (`RowPacker`) and
+batched in the main process. Because packing runs after the workers and the decoder is one-to-one
+(bad records become `Skipped` markers rather than being filtered out), the rows do not depend on the
+number of workers, and an iterator state restores exactly under any worker count: the state is the
+next stream position plus the stream positions of the examples in the packer's open rows, which are
+re-read by random access on restore.
+
+Grain's `IterDataset.mix` of per-source iterators would keep per-source iterator states instead, but
+`mp_prefetch` slices its sources per worker, so its output (and state) changes with the worker count.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import grain
+import numpy as np
+
+from octomed_jax.data.config import DataConfig
+from octomed_jax.data.examples import Example, ExampleDecoder, Skipped
+from octomed_jax.data.packing import PackingStats, RowPacker, pack_rows
+
+if TYPE_CHECKING:
+    from octomed_jax.models.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+_RECENT_SKIPS = 20  # skipped records remembered (source, index, reason) in the state and the error message
+_LOGGED_SKIPS = 100  # skipped records logged one by one; then every 1000th
+
+
+class DataErrorBudgetExceeded(RuntimeError):
+    """More bad records than `DataConfig.error_budget` allows; the message names the last one's source and
+    index and lists the recent ones."""
+
+
+def source_paths(data_dir: str, source: str) -> list[str]:
+    """The ArrayRecord shards of a source (see `data_pipeline.writer`).
+
+    Raises:
+      FileNotFoundError: no shard of that source under `data_dir`.
+    """
+    from data_pipeline.writer import shard_paths
+
+    paths = shard_paths(data_dir, source)
+    if not paths:
+        raise FileNotFoundError(f"no ArrayRecord shards for source {source!r} under {data_dir}/{source}/")
+    return paths
+
+
+def natural_weights(data_dir: str, sources: Sequence[str]) -> dict[str, float]:
+    """Weights proportional to the sources' record counts (a mix that uses every record once per epoch)."""
+    return {s: float(len(grain.sources.ArrayRecordDataSource(source_paths(data_dir, s)))) for s in sources}
+
+
+def source_seed(seed: int, source: str) -> int:
+    """A per-source shuffling seed, stable across runs and Python processes (no `hash()`)."""
+    return (seed * 1_000_003 + zlib.crc32(source.encode())) % (2**31 - 1)
+
+
+def host_examples(
+    cfg: DataConfig, model_cfg: ModelConfig, process_index: int, process_count: int
+) -> grain.MapDataset:
+    """This host's mixed stream of `Example | Skipped`, lazily decoded, in training order.
+
+    Args:
+      cfg: the data config.
+      model_cfg: the student's config (token ids, vision merge size).
+      process_index: this host's index.
+      process_count: the number of hosts.
+
+    Returns:
+      A `grain.MapDataset`; element k is decoded when read.
+    """
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    datasets, weights = [], []
+    for source, weight in cfg.sources.items():
+        records = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(source_paths(cfg.data_dir, source)))
+        ds = (
+            records.map_with_index(ExampleDecoder(source, cfg, model_cfg))
+            .shuffle(seed=source_seed(cfg.seed, source))
+            .repeat(cfg.epochs)
+        )
+        ds = ds[process_index::process_count]
+        if len(ds) == 0:
+            raise ValueError(f"source {source!r} has no record for process {process_index} of {process_count}")
+        datasets.append(ds)
+        weights.append(float(weight))
+    return datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, weights)
+
+
+class PackedBatchIterator(grain.DatasetIterator):
+    """Packed batches of one host, with an exact, worker-count independent `get_state` / `set_state`.
+
+    Each `next()` gives a dict of numpy arrays with a leading axis `cfg.batch_size` (see
+    `packing.pack_rows`); the last incomplete batch is dropped. `stats` and `counts()` report packing
+    efficiency and skipped records.
+    """
+
+    def __init__(self, examples: grain.MapDataset, cfg: DataConfig, model_cfg: ModelConfig, process: tuple[int, int]):
+        """Use `make_iterator`."""
+        super().__init__()
+        self._examples = examples
+        self._cfg = cfg
+        self._vcfg = model_cfg.vision
+        self._process = process
+        self._fingerprint = {**cfg.fingerprint(), "process": list(process), "stream_length": len(examples)}
+        self._reset()
+
+    def _reset(self) -> None:
+        self._next_index = 0
+        self._inner: Any = None
+        self._exhausted = False
+        self._packer: RowPacker[tuple[int, Example]] = RowPacker(
+            self._cfg.seq_len, self._cfg.max_patches, self._cfg.packing, self._cfg.max_open_rows
+        )
+        self._ready: collections.deque[list[tuple[int, Example]]] = collections.deque()
+        self.stats = PackingStats(seq_len=self._cfg.seq_len, max_patches=self._cfg.max_patches)
+        self._errors: collections.Counter[str] = collections.Counter()
+        self._drops: collections.Counter[str] = collections.Counter()
+        self._per_source: collections.Counter[str] = collections.Counter()
+        self._recent: collections.deque[list[Any]] = collections.deque(maxlen=_RECENT_SKIPS)
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    def _stream(self) -> Any:
+        if self._inner is None:
+            cfg = self._cfg
+            ds = self._examples[self._next_index :].to_iter_dataset(
+                grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.worker_buffer_size)
+            )
+            if cfg.num_workers > 0:
+                ds = ds.mp_prefetch(
+                    grain.MultiprocessingOptions(
+                        num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer_size
+                    )
+                )
+            self._inner = iter(ds)
+        return self._inner
+
+    def _skip(self, s: Skipped) -> None:
+        (self._errors if s.is_error else self._drops)[s.reason] += 1
+        self._recent.append([s.source, s.index, s.reason])
+        n = sum(self._errors.values()) + sum(self._drops.values())
+        if n <= _LOGGED_SKIPS or n % 1000 == 0:
+            log.warning("skipped %s record %d of source %r: %s", s.reason, s.index, s.source, s.message)
+        errors = sum(self._errors.values())
+        if s.is_error and self._cfg.error_budget.exceeded(errors, self._next_index):
+            b = self._cfg.error_budget
+            recent = ", ".join(f"{src}[{i}] {r}" for src, i, r in self._recent)
+            raise DataErrorBudgetExceeded(
+                f"data error budget exceeded: {errors} bad records among {self._next_index} read on process "
+                f"{self._process[0]} (max_errors={b.max_errors}, max_fraction={b.max_fraction} after "
+                f"{b.min_records} records); last: {s.reason} in source {s.source!r} at record index {s.index}: "
+                f"{s.message}. Errors by reason: {dict(self._errors)}. Recent skips: {recent}"
+            )
+
+    def _next_row(self) -> list[tuple[int, Example]]:
+        while not self._ready:
+            if self._exhausted:
+                raise StopIteration
+            try:
+                item = next(self._stream())
+            except StopIteration:
+                self._exhausted = True
+                self._ready.extend(self._packer.flush())
+                continue
+            index = self._next_index
+            self._next_index += 1
+            self._per_source[item.source] += 1
+            if isinstance(item, Skipped):
+                self._skip(item)
+            else:
+                self._ready.extend(self._packer.add((index, item), len(item), item.num_patches))
+        return self._ready.popleft()
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        rows = [self._next_row() for _ in range(self._cfg.batch_size)]
+        examples = [[e for _, e in row] for row in rows]
+        for row in examples:
+            self.stats.add_row(row)
+        return pack_rows(examples, self._cfg.seq_len, self._cfg.max_patches, self._vcfg)
+
+    # -- state ---------------------------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, Any]:
+        """Records read, skipped records by reason, per-source reads, recent skips, packing stats."""
+        return {
+            "records": self._next_index,
+            "errors": dict(sorted(self._errors.items())),
+            "dropped": dict(sorted(self._drops.items())),
+            "per_source": dict(sorted(self._per_source.items())),
+            "recent_skips": [list(x) for x in self._recent],
+            "packing": self.stats.to_dict(),
+        }
+
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "fingerprint": self._fingerprint,
+            "next_index": self._next_index,
+            "exhausted": self._exhausted,
+            "open_rows": [[i for i, _ in row] for row in self._packer.open_rows],
+            "ready_rows": [[i for i, _ in row] for row in self._ready],
+            **self.counts(),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"data iterator state version {state.get('version')}, this code reads {STATE_VERSION}")
+        saved = state["fingerprint"]
+        diff = {k: (saved.get(k), v) for k, v in self._fingerprint.items() if saved.get(k) != v}
+        if diff:
+            raise ValueError(
+                "the data iterator state was saved under another data config or host layout; "
+                f"(saved, now): {diff}"
+            )
+        self.close()
+        self._closed = False
+        self._reset()
+        self._next_index = int(state["next_index"])
+        self._exhausted = bool(state["exhausted"])
+
+        def fetch(i: int) -> tuple[int, Example]:
+            item = self._examples[i]  # random access: decode again, deterministically
+            if not isinstance(item, Example):
+                raise ValueError(f"stream element {i} was packed before but now decodes to {item}")
+            return i, item
+
+        # Re-place the open rows' examples in order: the packer ends up exactly as it was.
+        for row in state["open_rows"]:
+            packed = [fetch(i) for i in row]
+            self._packer.reopen(packed, sum(len(e) for _, e in packed), sum(e.num_patches for _, e in packed))
+        self._ready.extend([fetch(i) for i in row] for row in state["ready_rows"])
+        self.stats = PackingStats.from_dict(state["packing"])
+        self._errors.update(state["errors"])
+        self._drops.update(state["dropped"])
+        self._per_source.update(state["per_source"])
+        self._recent.extend(state["recent_skips"])
+
+    def close(self) -> None:
+        if self._inner is not None and hasattr(self._inner, "close"):
+            self._inner.close()
+        self._inner = None
+        self._closed = True
+
+    def __str__(self) -> str:
+        return f"PackedBatchIterator(process={self._process}, next_index={self._next_index})"
+
+
+def make_iterator(
+    cfg: DataConfig,
+    model_cfg: ModelConfig,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> PackedBatchIterator:
+    """The training iterator of this host: packed numpy batches of `cfg.batch_size` rows.
+
+    Args:
+      cfg: the data config.
+      model_cfg: the student's config.
+      process_index: this host's index (default `jax.process_index()`).
+      process_count: the number of hosts (default `jax.process_count()`).
+
+    Returns:
+      A `PackedBatchIterator`; `to_global_batch` turns its batches into global arrays, and
+      `checkpointing.save_args` / `restore_args` put its state into an Orbax checkpoint.
+    """
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    examples = host_examples(cfg, model_cfg, process_index, process_count)
+    return PackedBatchIterator(examples, cfg, model_cfg, (process_index, process_count))
+
+
+def describe(cfg: DataConfig) -> Mapping[str, Any]:
+    """Record counts of the configured sources, for the run log."""
+    return {s: len(grain.sources.ArrayRecordDataSource(source_paths(cfg.data_dir, s))) for s in cfg.sources}
