@@ -297,6 +297,7 @@ class Sampler:
         params: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
         *,
         key: jax.Array | None = None,
+        first_index: int = 0,
         progress: Callable[[int], None] | None = None,
     ) -> list[list[Completion]]:
         """Samples completions for every prompt.
@@ -305,8 +306,9 @@ class Sampler:
           prompts: tokenised prompts of any lengths, with or without images.
           params: one SamplingParams for all prompts, or one per prompt (different temperatures,
             budgets and `n` may share a batch).
-          key: a PRNG key; sample j of prompt i uses fold_in(fold_in(key, i), j). Without it, prompt i
-            uses fold_in(PRNGKey(params[i].seed), j), so a request's samples do not depend on its batch.
+          key: a PRNG key; sample j of prompt i uses fold_in(fold_in(key, first_index + i), j). Without it,
+            prompt i uses fold_in(PRNGKey(params[i].seed), j), so a request's samples do not depend on its batch.
+          first_index: index of the first prompt in a longer list processed in chunks (keys only).
           progress: called with the number of rows finished after each compiled call.
 
         Returns:
@@ -319,7 +321,7 @@ class Sampler:
         for p in params:
             p.validate()
         rows = [(i, j) for i, p in enumerate(params) for j in range(p.n)]
-        row_keys = self._row_keys(rows, params, key)
+        row_keys = self._row_keys(rows, params, key, first_index)
         # Similar lengths together: less padding, fewer distinct buckets.
         order = sorted(range(len(rows)), key=lambda r: (len(prompts[rows[r][0]].token_ids), r))
         results: list[list[Completion | None]] = [[None] * p.n for p in params]
@@ -336,10 +338,12 @@ class Sampler:
     # -- internals ----------------------------------------------------------------------------------------
 
     @staticmethod
-    def _row_keys(rows: list[tuple[int, int]], params: Sequence[SamplingParams], key: jax.Array | None) -> np.ndarray:
+    def _row_keys(
+        rows: list[tuple[int, int]], params: Sequence[SamplingParams], key: jax.Array | None, first_index: int
+    ) -> np.ndarray:
         if not rows:
             return np.zeros((0, 2), np.uint32)
-        prompt_ids = jnp.asarray([i for i, _ in rows], jnp.uint32)
+        prompt_ids = jnp.asarray([first_index + i for i, _ in rows], jnp.uint32)
         sample_ids = jnp.asarray([j for _, j in rows], jnp.uint32)
         if key is not None:
             base = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
@@ -435,9 +439,7 @@ class Sampler:
             spec = sharding_lib.logical_to_mesh(("layers", "batch", None, "kv_heads", None), self.rules)
             cache_sharding = NamedSharding(self.mesh, spec)
         graphdef, state = nnx.split(self.model)
-        self.compiled_shapes.add(
-            (b.input_ids.shape, budget, None if vision is None else vision.pixel_values.shape)
-        )
+        self.compiled_shapes.add((b.input_ids.shape, budget, None if vision is None else vision.pixel_values.shape))
         tokens, count, stopped = _generate_jit(
             graphdef,
             state,
@@ -472,4 +474,3 @@ __all__ = [
     "bucket",
     "sample_tokens",
 ]
-

@@ -1,0 +1,199 @@
+"""The evaluation loop as a library: a model, questions and sampling settings in; metrics out.
+
+`evaluate_model` is what `python -m octomed_jax.evaluate` runs per benchmark and what the training loop
+calls in process. Prompts go through THE chat template (`messages_for_question` + `encode_chat`), answers
+through THE extractor (`data_pipeline.answers.extract_answer`). Questions are encoded chunk by chunk, so
+image benchmarks never hold all their pixels in memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import jax
+
+from data_pipeline.answers import extract_answer
+from octomed_jax import sharding as sharding_lib
+from octomed_jax.data.images import OCTOMED_MAX_PIXELS
+from octomed_jax.evaluation.metrics import QuestionResult, Response, benchmark_metrics, summarize
+from octomed_jax.generation.prompts import question_prompt
+from octomed_jax.generation.sampler import Sampler, SamplingParams
+
+if TYPE_CHECKING:
+    from jax.sharding import Mesh
+    from transformers import PreTrainedTokenizerFast
+
+    from data_pipeline.records import Question
+    from octomed_jax.models.qwen2_5_vl import Qwen25VL
+
+# The paper's protocol (REFERENCE.md section 3): 5 seeds at temperature 0.6, top-p 0.95, 8,192 new tokens.
+PAPER_PARAMS = SamplingParams(temperature=0.6, top_p=0.95, max_new_tokens=8192)
+PAPER_SEEDS = (0, 1, 2, 3, 4)
+
+
+@dataclasses.dataclass
+class EvalResult:
+    """What an evaluation returns.
+
+    Attributes:
+      metrics: {"benchmarks": {name: benchmark_metrics}, "summary": summarize(...)}; a benchmark is a
+        question `source` (e.g. "medqa", "brain_tumor").
+      results: per benchmark, the per-question responses.
+    """
+
+    metrics: dict[str, Any]
+    results: dict[str, list[QuestionResult]]
+
+
+def generate_responses(
+    sampler: Sampler,
+    tokenizer: PreTrainedTokenizerFast,
+    questions: Sequence[Question],
+    params: SamplingParams,
+    *,
+    seeds: Sequence[int] = (0,),
+    system_prompt: str | None = None,
+    instruction: str | None = None,
+    max_pixels: int = OCTOMED_MAX_PIXELS,
+    chunk_size: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> list[QuestionResult]:
+    """Samples `params.n` responses per question and seed and parses their answers.
+
+    Seed s samples question i with the key fold_in(PRNGKey(s), i) (its samples j fold in j), so a
+    question's responses depend on the seed and its index, not on batching.
+
+    Args:
+      sampler: the sampler over the model.
+      tokenizer: the Qwen tokenizer (encodes prompts, decodes responses).
+      questions: the questions.
+      params: sampling settings (`n` samples per question and seed).
+      seeds: one pass over the questions per seed.
+      system_prompt: None for the template's default system prompt.
+      instruction: the question's last line (None: `formats.DEFAULT_INSTRUCTION`).
+      max_pixels: image resize cap.
+      chunk_size: questions encoded at a time.
+      progress: called with the number of responses finished.
+
+    Returns:
+      One `QuestionResult` per question, in order.
+    """
+    responses: list[list[list[Response]]] = [[] for _ in questions]
+    for seed in seeds:
+        key = jax.random.PRNGKey(seed)
+        for start in range(0, len(questions), chunk_size):
+            chunk = questions[start : start + chunk_size]
+            prompts = [
+                question_prompt(
+                    tokenizer, q, system_prompt=system_prompt, instruction=instruction, max_pixels=max_pixels
+                )
+                for q in chunk
+            ]
+            outs = sampler.generate(prompts, params, key=key, first_index=start, progress=progress)
+            for q_index, (q, completions) in enumerate(zip(chunk, outs, strict=True)):
+                texts = tokenizer.batch_decode([c.token_ids for c in completions], skip_special_tokens=True)
+                responses[start + q_index].append(
+                    [
+                        Response(
+                            text=t,
+                            num_tokens=c.num_tokens,
+                            answer=extract_answer(t, q.options),
+                            finish_reason=c.finish_reason,
+                        )
+                        for t, c in zip(texts, completions, strict=True)
+                    ]
+                )
+    return [QuestionResult(q.id, q.answer, r) for q, r in zip(questions, responses, strict=True)]
+
+
+def evaluate_model(
+    model: Qwen25VL,
+    questions: Sequence[Question],
+    params: SamplingParams,
+    *,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    seeds: Sequence[int] = (0,),
+    majority_k: Sequence[int] = (),
+    mesh: Mesh | None = None,
+    rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES,
+    sampler: Sampler | None = None,
+    system_prompt: str | None = None,
+    instruction: str | None = None,
+    max_pixels: int = OCTOMED_MAX_PIXELS,
+    max_batch: int = 32,
+    progress: bool | Callable[[int], None] = False,
+) -> EvalResult:
+    """Evaluates `model` on `questions` (any mix of benchmarks, grouped by `question.source`).
+
+    This is the training loop's eval step: pass the live model (sharded over the training `mesh` by
+    `rules`) and a fixed list of held-out questions; compiled shapes are cached across calls.
+
+    Args:
+      model: the student.
+      questions: the questions; their `source` names the benchmark, their `category` its category.
+      params: sampling settings (temperature 0 for greedy; `n` samples per seed).
+      tokenizer: the Qwen tokenizer (default: `load_tokenizer()`).
+      seeds: seeds to average over.
+      majority_k: report majority-vote accuracy over the first k responses of each question.
+      mesh: the mesh the parameters live on, if sharded.
+      rules: logical axis rules of that mesh.
+      sampler: reuse a sampler (its model is used; `mesh`, `rules`, `max_batch` are then ignored).
+      system_prompt: None for the template default.
+      instruction: the question's last line.
+      max_pixels: image resize cap.
+      max_batch: rows per compiled sampling call.
+      progress: True for a tqdm bar, or a callback taking the number of responses finished.
+
+    Returns:
+      An `EvalResult`.
+    """
+    if tokenizer is None:
+        from octomed_jax.data.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer()
+    if sampler is None:
+        sampler = Sampler(model, mesh=mesh, rules=rules, max_batch=max_batch)
+    groups: dict[str, list[Question]] = {}
+    for q in questions:
+        groups.setdefault(q.source, []).append(q)
+    bar = None
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(questions) * len(seeds) * params.n, desc="eval", unit="resp")
+        callback: Callable[[int], None] | None = bar.update
+    else:
+        callback = progress or None
+    try:
+        results = {
+            name: generate_responses(
+                sampler,
+                tokenizer,
+                qs,
+                params,
+                seeds=seeds,
+                system_prompt=system_prompt,
+                instruction=instruction,
+                max_pixels=max_pixels,
+                progress=callback,
+            )
+            for name, qs in groups.items()
+        }
+    finally:
+        if bar is not None:
+            bar.close()
+    per_benchmark = {name: benchmark_metrics(r, majority_k=majority_k) for name, r in results.items()}
+    categories = {name: qs[0].category for name, qs in groups.items()}
+    return EvalResult(
+        metrics={
+            "benchmarks": per_benchmark,
+            "summary": summarize(per_benchmark, categories),
+            "categories": categories,
+        },
+        results=results,
+    )
+
+
+__all__ = ["PAPER_PARAMS", "PAPER_SEEDS", "EvalResult", "evaluate_model", "generate_responses"]
