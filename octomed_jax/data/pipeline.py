@@ -104,6 +104,14 @@ def host_examples(
     return datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, weights)
 
 
+def _absl_flags_parsed() -> None:
+    """Grain's worker processes read absl flags; outside an absl app nobody parsed them, so take defaults."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
 class PackedBatchIterator(grain.DatasetIterator):
     """Packed batches of one host, with an exact, worker-count independent `get_state` / `set_state`.
 
@@ -145,6 +153,7 @@ class PackedBatchIterator(grain.DatasetIterator):
                 grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.worker_buffer_size)
             )
             if cfg.num_workers > 0:
+                _absl_flags_parsed()
                 ds = ds.mp_prefetch(
                     grain.MultiprocessingOptions(
                         num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer_size
