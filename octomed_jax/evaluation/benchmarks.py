@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from data_pipeline.records import Question
-from data_pipeline.sources import count_rejections, read_source
+from data_pipeline.sources import SOURCES, count_rejections
 
 TEXT, MM_REASONING, CLASSIFICATION = "text", "mm_reasoning", "mm_classification"
 CATEGORIES = (TEXT, MM_REASONING, CLASSIFICATION)
@@ -75,7 +75,8 @@ class Benchmark:
         where = path or os.path.join(data_dir, self.path)
         rejected: Counter[str] = Counter()
         out: list[Question] = []
-        for q in count_rejections(read_source(self.source, where, **self.options), rejected):
+        # The adapter itself, not `read_source`: classification options carry their own `name=`.
+        for q in count_rejections(SOURCES[self.source].read(where, **self.options), rejected):
             question = q.question if hasattr(q, "responses") else q  # released traces carry a question
             if self.text_only and question.images:
                 continue

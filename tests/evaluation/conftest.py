@@ -1,0 +1,99 @@
+"""A tiny full-vocabulary checkpoint with the real tokenizer, a small benchmark folder, and a live server."""
+
+import base64
+import csv
+import io
+import json
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def png_bytes(seed: int, size: tuple[int, int] = (60, 84)) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, size=(*size, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_url(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """An HF folder: the `tiny` preset (full vocabulary, real token ids), random weights, our tokenizer."""
+    from octomed_jax.data.template import CHAT_TEMPLATE
+    from octomed_jax.data.tokenizer import default_tokenizer_dir
+    from octomed_jax.hf import save_hf
+    from octomed_jax.models.config import get_preset
+    from octomed_jax.models.qwen2_5_vl import init_model
+
+    path = str(tmp_path_factory.mktemp("tiny_ckpt"))
+    save_hf(
+        init_model(get_preset("tiny"), seed=3), path, tokenizer_dir=default_tokenizer_dir(), chat_template=CHAT_TEMPLATE
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def model(checkpoint):
+    from octomed_jax.generation.loading import load_checkpoint
+
+    return load_checkpoint(checkpoint)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(checkpoint):
+    from octomed_jax.generation.loading import load_checkpoint_tokenizer
+
+    return load_checkpoint_tokenizer(checkpoint)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """MedQA (text) and PMC-VQA (image) in their public formats, at the registry's default paths."""
+    root = tmp_path_factory.mktemp("bench")
+    (root / "medqa").mkdir()
+    rows = [
+        {
+            "question": "A 45-year-old man has crushing chest pain. What is the first test?",
+            "options": {"A": "ECG", "B": "MRI", "C": "Colonoscopy", "D": "EEG", "E": "Biopsy"},
+            "answer": "ECG",
+            "answer_idx": "A",
+        },
+        {
+            "question": "Which vitamin deficiency causes scurvy?",
+            "options": {"A": "Vitamin A", "B": "Vitamin C", "C": "Vitamin D", "D": "Vitamin K", "E": "Vitamin B12"},
+            "answer": "Vitamin C",
+            "answer_idx": "B",
+        },
+    ]
+    (root / "medqa" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "pmc_vqa" / "images").mkdir(parents=True)
+    with open(root / "pmc_vqa" / "test.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            ["Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D", "Answer_label"]
+        )
+        for i in range(2):
+            (root / "pmc_vqa" / "images" / f"fig{i}.png").write_bytes(png_bytes(i))
+            w.writerow([f"fig{i}.png", f"What modality is figure {i}?", "CT", "A:CT", "B:MRI", "C:X-ray", "D:PET", "A"])
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def server(model, tokenizer):
+    """A live server on a free loopback port: (base_url, server)."""
+    from octomed_jax.generation.sampler import Sampler
+    from octomed_jax.serve import ServeConfig, make_server
+
+    cfg = ServeConfig(max_request_bytes=256 * 1024, max_image_pixels=16_000_000, batch_wait_s=0.2, default_max_tokens=8)
+    srv = make_server(Sampler(model, max_batch=8), tokenizer, cfg, "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}", srv
+    srv.shutdown()
+    srv.server_close()
