@@ -11,7 +11,7 @@ from PIL import Image
 
 from data_pipeline.records import AcceptedTrace, ImageRef, Question
 from data_pipeline.writer import ARRAY_RECORD_OPTIONS, TraceWriter, shard_name
-from octomed_jax.data import DataConfig
+from octomed_jax.data import DataConfig, make_example
 from octomed_jax.models.config import get_preset
 
 WORDS = "the patient shows signs of acute infection so we weigh imaging labs and history before deciding".split()
@@ -95,3 +95,17 @@ def data_config(data_dir: str, **overrides) -> DataConfig:
     )
     base.update(overrides)
     return DataConfig(**base)
+
+
+def synthetic_example(index: int, grids: list[tuple[int, int, int]], n_text: int, seed: int = 0):
+    """An Example from random token ids (no tokenizer): text, then each image's vision tokens."""
+    rng = np.random.default_rng(seed + index)
+    ids = list(rng.integers(10, 1000, size=n_text))
+    for g in grids:
+        pads = [MODEL_CFG.image_token_id] * (int(np.prod(g)) // 4)
+        ids += [151652, *pads, 151653, *rng.integers(10, 1000, size=3)]
+    ids = np.asarray(ids, np.int32)
+    mask = np.zeros(len(ids), bool)
+    mask[len(ids) // 2 :] = True
+    pixels = [rng.standard_normal((int(np.prod(g)), 1176)).astype(np.float32) for g in grids]
+    return make_example("syn", index, ids, mask, pixels, [np.asarray(g) for g in grids], MODEL_CFG)

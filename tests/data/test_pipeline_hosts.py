@@ -75,7 +75,10 @@ def test_two_processes_read_disjoint_shares_whose_union_is_the_data(tmp_path):
     procs = [
         subprocess.Popen(
             [sys.executable, str(script), str(port), str(i), data_dir, str(outs[i])],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for i in range(2)
     ]

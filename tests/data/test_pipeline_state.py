@@ -96,9 +96,7 @@ def test_restore_through_orbax_checkpoint_manager(data_dir, reference, tmp_path)
 
     fresh = make_iterator(u.data_config(data_dir), u.MODEL_CFG, process_index=0, process_count=1)
     with ocp.CheckpointManager(str(tmp_path / "ckpt")) as manager:
-        restored = checkpointing.restore(
-            manager, fresh, state=ocp.args.StandardRestore({"w": np.zeros(4)})
-        )
+        restored = checkpointing.restore(manager, fresh, state=ocp.args.StandardRestore({"w": np.zeros(4)}))
     np.testing.assert_array_equal(restored["state"]["w"], np.arange(4.0))
     assert_batches_equal([next(fresh) for _ in range(2)], reference[0][SPLIT : SPLIT + 2])
 
