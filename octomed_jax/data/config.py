@@ -73,7 +73,7 @@ class DataConfig:
     data_dir: str
     sources: Mapping[str, float]
     seq_len: int = 8192
-    max_patches: int = 8192
+    max_patches: int = 4096
     batch_size: int = 8
     epochs: int = 1
     seed: int = 0
