@@ -1,25 +1,11 @@
 """A tiny full-vocabulary checkpoint with the real tokenizer, a small benchmark folder, and a live server."""
 
-import base64
 import csv
-import io
 import json
 import threading
 
-import numpy as np
 import pytest
-from PIL import Image
-
-
-def png_bytes(seed: int, size: tuple[int, int] = (60, 84)) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, size=(*size, 3), dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def data_url(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode()
+from eval_helpers import png_bytes
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import os
 import urllib.parse
 
 import pytest
-from conftest import data_url, png_bytes
+from eval_helpers import data_url, png_bytes
 from PIL import Image
 
 from data_pipeline.formats import render_question

@@ -1,18 +1,11 @@
 """A tiny random transformers Qwen2.5-VL and our model loaded from the same weights (shared with tests/model)."""
 
-import importlib.util
-import os
-
 import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-_spec = importlib.util.spec_from_file_location(
-    "model_test_helpers", os.path.join(os.path.dirname(__file__), "..", "model", "conftest.py")
-)
-helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helpers)
+from gen_helpers import helpers  # noqa: E402
 
 
 @pytest.fixture(scope="session")

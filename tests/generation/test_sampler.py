@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from conftest import helpers
+from gen_helpers import helpers
 
 from octomed_jax import sharding as sharding_lib
 from octomed_jax.generation import Prompt, Sampler, SamplingParams, bucket, sample_tokens
