@@ -175,4 +175,82 @@ def get_config() -> ml_collections.ConfigDict:
     r.store = ""  # completion store; "" -> <out>/completions[-i-of-n].sqlite
     r.files_per_source = 1  # ArrayRecord files per source per build job
     r.out_dir = "data/recipes/base"
+    add_training_defaults(config)
     return config
+
+
+# Logical axis -> mesh axes (`data`, `fsdp`, `tensor`): FSDP over the embedding dimension, tensor
+# parallelism over heads / MLP / vocabulary, the batch over both data-parallel axes. Written out here
+# (configs stay importable without JAX); equal to `octomed_jax.sharding.DEFAULT_RULES` (tested).
+SHARDING_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("vocab", "tensor"),
+    ("patch", None),
+    ("norm", None),
+    ("layers", None),
+)
+
+
+def add_training_defaults(config: ml_collections.ConfigDict) -> None:
+    """The training half of a config: the paper's SFT hyperparameters (REFERENCE.md section 2) as defaults.
+
+    LR 5e-5, cosine schedule, warmup ratio 0.1, effective batch 512 examples, 3 epochs. With packing, a
+    row of 8192 tokens holds about 8 OctoMed examples (mean ~1,000 tokens), so 64 rows ~ 512 examples.
+    Optimizer betas, weight decay and precision are not disclosed; these are LLaMA-Factory's defaults
+    with bf16 compute and fp32 master weights.
+    """
+    config.init_from = ""  # a Hugging Face Qwen2.5-VL folder; "" = random initialisation
+    config.model = ml_collections.ConfigDict(
+        dict(preset="7b", dtype="bfloat16", param_dtype="float32", scan_layers=True, remat_policy="nothing_saveable")
+    )
+    config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # -1: the remaining devices
+    config.rules = [list(r) for r in SHARDING_RULES]
+    config.data = ml_collections.ConfigDict(
+        dict(
+            data_dir="",  # "" -> recipe.out_dir
+            sources=ml_collections.ConfigDict(),  # name -> weight; empty: every built source by record count
+            seq_len=8192,
+            max_patches=8192,  # vision patches per packed row (a 512x512 image is ~1,300)
+            rows_per_host=-1,  # per micro-batch; -1: one per batch-parallel device of the host
+            epochs=3,
+            seed=0,
+            packing="best_fit",
+            overlong="truncate_reasoning",
+            num_workers=0,
+            max_errors=1000,
+            max_error_fraction=0.01,
+            system_prompt="",  # "" -> Qwen's default system prompt
+        )
+    )
+    config.optim = ml_collections.ConfigDict(
+        dict(
+            learning_rate=5e-5,
+            schedule="cosine",
+            warmup_ratio=0.1,
+            final_lr_ratio=0.0,
+            weight_decay=0.0,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            grad_clip=1.0,
+            freeze=[],  # any of "vision", "merger", "language"
+        )
+    )
+    config.train = ml_collections.ConfigDict(
+        dict(
+            global_batch_rows=64,
+            num_steps=-1,  # -1: the configured epochs, estimated from the manifest's token counts
+            prompt_tokens_estimate=150,  # per trace, for that estimate (question + options + template)
+            loss_chunk=1024,
+            max_loss_tokens=-1,  # per micro-batch; -1: every position may carry loss
+            log_every=10,
+            seed=0,
+        )
+    )
+    config.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, async_save=True))
+    config.eval = ml_collections.ConfigDict(dict(every=0, at_start=False, max_questions=200, max_new_tokens=2048))
+    config.export = ml_collections.ConfigDict(dict(hf=True, dtype="bfloat16"))

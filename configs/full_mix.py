@@ -68,4 +68,5 @@ def get_config() -> ml_collections.ConfigDict:
     r.sources = all_sources()
     r.traces_per_question = 16
     r.out_dir = "data/recipes/full_mix"
+    config.init_from = "checkpoints/Qwen2.5-VL-7B-Instruct"  # the public HF checkpoint, downloaded by the user
     return config

@@ -14,6 +14,7 @@ the file or tensor and exit with status 1.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from absl import app, flags
 
@@ -26,12 +27,17 @@ flags.DEFINE_string("tokenizer", None, "Tokenizer folder to ship with an HF expo
 flags.mark_flags_as_required(["to", "checkpoint", "out"])
 
 
-def to_hf(checkpoint: str, out: str, dtype: str | None, tokenizer: str | None) -> None:
-    from octomed_jax import checkpoint as ckpt_lib
+def export_for_serving(model: Any, out: str, *, dtype: str | None = None, tokenizer: str | None = None) -> None:
+    """Writes `model` as an HF folder with the tokenizer, our chat template and the processor config."""
     from octomed_jax.hf import save_hf
 
-    model = ckpt_lib.load_model(checkpoint)
     save_hf(model, out, dtype=dtype, **_serving_files(tokenizer))
+
+
+def to_hf(checkpoint: str, out: str, dtype: str | None, tokenizer: str | None) -> None:
+    from octomed_jax import checkpoint as ckpt_lib
+
+    export_for_serving(ckpt_lib.load_model(checkpoint), out, dtype=dtype, tokenizer=tokenizer)
 
 
 def _serving_files(tokenizer: str | None) -> dict:

@@ -95,3 +95,20 @@ def create_model(make_model: Any, mesh: Mesh, rules: Rules) -> Any:
 
         state = jax.jit(init, out_shardings=shardings)()
         return nnx.merge(graphdef, state)
+
+
+def place_unsharded(module: Any, mesh: Mesh) -> None:
+    """Replicates over `mesh` every array of `module` that sits on one device (e.g. optimizer step counts).
+
+    Arrays created outside jit land on one device; the train step returns them replicated over the
+    mesh, and that change of sharding would otherwise compile the step a second time.
+    """
+    state = nnx.state(module)
+    replicated = NamedSharding(mesh, P())
+
+    def place(x: Any) -> Any:
+        if isinstance(x, jax.Array) and isinstance(x.sharding, jax.sharding.SingleDeviceSharding):
+            return jax.device_put(x, replicated)
+        return x
+
+    nnx.update(module, jax.tree.map(place, state))

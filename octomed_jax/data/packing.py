@@ -155,6 +155,7 @@ class PackingStats:
         return self.patches / (self.rows * self.max_patches) if self.rows and self.max_patches else 0.0
 
     def add_row(self, row: Sequence[Example]) -> None:
+        """Counts one emitted row."""
         self.rows += 1
         self.examples += len(row)
         self.tokens += sum(len(e) for e in row)
@@ -163,6 +164,7 @@ class PackingStats:
         self.truncated_examples += sum(e.truncated > 0 for e in row)
 
     def to_dict(self) -> dict[str, Any]:
+        """The counters (ints, JSON-able) plus the derived `efficiency` and `patch_fill`."""
         d = dataclasses.asdict(self)
         d["efficiency"] = round(self.efficiency, 6)
         d["patch_fill"] = round(self.patch_fill, 6)
@@ -170,6 +172,7 @@ class PackingStats:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PackingStats:
+        """Inverse of `to_dict` (derived fields ignored)."""
         return cls(**{f.name: int(d[f.name]) for f in dataclasses.fields(cls) if f.name in d})
 
 

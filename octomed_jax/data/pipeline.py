@@ -219,6 +219,8 @@ class PackedBatchIterator(grain.DatasetIterator):
         }
 
     def get_state(self) -> dict[str, Any]:
+        """JSON-able state: stream position, open and pending rows as stream positions, counters, and the
+        config fingerprint it is valid under."""
         return {
             "version": STATE_VERSION,
             "fingerprint": self._fingerprint,
@@ -230,6 +232,11 @@ class PackedBatchIterator(grain.DatasetIterator):
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
+        """Resumes at a `get_state()` state (any worker count); the open rows' examples are decoded again.
+
+        Raises:
+          ValueError: a state of another version, data config (`DataConfig.fingerprint`) or host layout.
+        """
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"data iterator state version {state.get('version')}, this code reads {STATE_VERSION}")
         saved = state["fingerprint"]
@@ -263,6 +270,7 @@ class PackedBatchIterator(grain.DatasetIterator):
         self._recent.extend(state["recent_skips"])
 
     def close(self) -> None:
+        """Stops the worker processes, if any (idempotent); `set_state` reopens."""
         if self._inner is not None and hasattr(self._inner, "close"):
             self._inner.close()
         self._inner = None

@@ -3,20 +3,13 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 
+from octomed_jax.data import TrainBatch as Batch
 from octomed_jax.models import positions
 from octomed_jax.models.config import ModelConfig
 from octomed_jax.models.qwen2_5_vl import ModelInputs, VisionInputs
 
 IMAGE = 151655
-
-
-@struct.dataclass
-class Batch:
-    inputs: ModelInputs
-    targets: jax.Array
-    loss_mask: jax.Array
 
 
 def example(rng, n_prompt, n_answer, grid=None):

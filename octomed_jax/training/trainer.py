@@ -1,0 +1,309 @@
+"""The training loop: mesh, model, optimizer, data, checkpoints, metrics, in-process eval, HF export.
+
+`train(config, workdir)` is what `python -m octomed_jax.train` runs. A restarted run resumes from the
+latest checkpoint in `workdir` (model, optimizer, step, RNG and data position), so the losses after a
+restart equal those of a run never interrupted. SIGTERM (preemption) saves a checkpoint and exits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+from flax import nnx
+from tqdm import tqdm
+
+from octomed_jax import sharding as sharding_lib
+from octomed_jax.data import DataConfig, make_iterator, natural_weights, to_global_batch
+from octomed_jax.data.config import ErrorBudget
+from octomed_jax.models.config import ModelConfig, get_preset
+from octomed_jax.models.qwen2_5_vl import Qwen25VL
+from octomed_jax.training import checkpointing
+from octomed_jax.training.metrics import MetricsWriter, device_peak_flops, train_flops
+from octomed_jax.training.optimizer import make_optimizer
+from octomed_jax.training.step import LossConfig, jit_train_step
+
+DEMO_HINT = (
+    "To see the whole pipeline run on this machine with nothing to download: python -m octomed_jax.train --config=demo"
+)
+
+
+class SetupError(ValueError):
+    """The config points at something that is not there (data, weights); the message says what to provide."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the step and the batch."""
+
+
+def maybe_initialize_distributed() -> None:
+    """Multi-host: `jax.distributed.initialize` from the launcher's environment (SLURM, TPU, explicit)."""
+    if jax.process_count() > 1 or os.environ.get("OCTOMED_SKIP_DISTRIBUTED"):
+        return
+    coordinator = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if coordinator:
+        jax.distributed.initialize(
+            coordinator,
+            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+            process_id=int(os.environ["JAX_PROCESS_ID"]),
+        )
+    elif "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        jax.distributed.initialize()
+    elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
+        jax.distributed.initialize()
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+    m = config.model
+    return get_preset(
+        m.preset, dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers, remat_policy=m.remat_policy
+    )
+
+
+def data_config(config: ml_collections.ConfigDict, data_dir: str, rows_per_host: int) -> DataConfig:
+    d = config.data
+    sources = dict(d.sources) if d.sources else _built_sources(data_dir)
+    return DataConfig(
+        data_dir=data_dir,
+        sources=sources,
+        seq_len=d.seq_len,
+        max_patches=d.max_patches,
+        batch_size=rows_per_host,
+        epochs=d.epochs,
+        seed=d.seed,
+        packing=d.packing,
+        overlong=d.overlong,
+        max_pixels=config.recipe.images.max_pixels,
+        num_workers=d.num_workers,
+        error_budget=ErrorBudget(max_errors=d.max_errors, max_fraction=d.max_error_fraction),
+        system_prompt=d.system_prompt or None,
+    )
+
+
+def _built_sources(data_dir: str) -> dict[str, float]:
+    """Every source the build wrote, weighted by its record count (each record seen once per epoch)."""
+    with open(os.path.join(data_dir, "manifest.json")) as f:
+        files = json.load(f)["files"]
+    names = [s for s, entries in files.items() if sum(e["records"] for e in entries) > 0]
+    if not names:
+        raise SetupError(f"{data_dir}/manifest.json lists no source with accepted traces")
+    return natural_weights(data_dir, names)
+
+
+def resolve_data_dir(config: ml_collections.ConfigDict) -> str:
+    return config.data.data_dir or config.recipe.out_dir
+
+
+def check_inputs(config: ml_collections.ConfigDict) -> None:
+    """Fails at once, saying what to provide, when the data or the initial weights are missing."""
+    data_dir = resolve_data_dir(config)
+    problems = []
+    if not os.path.exists(os.path.join(data_dir, "manifest.json")):
+        problems.append(
+            f"no accepted traces at {data_dir} (manifest.json missing): build them with "
+            f"`python -m data_pipeline.build --recipe={config.recipe.name} --out={data_dir}` "
+            "or set --config.data.data_dir"
+        )
+    if config.init_from and not os.path.exists(os.path.join(config.init_from, "config.json")):
+        problems.append(
+            f"no Hugging Face checkpoint at {config.init_from}: put Qwen2.5-VL-7B-Instruct there "
+            "(config.json + safetensors) or set --config.init_from=PATH ('' trains from random weights)"
+        )
+    if problems:
+        raise SetupError("cannot start training:\n  - " + "\n  - ".join(problems) + "\n" + DEMO_HINT)
+
+
+def batch_geometry(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tuple[int, int]:
+    """(rows per host per micro-batch, micro-batches per step) reaching `train.global_batch_rows`."""
+    batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    rows_per_host = config.data.rows_per_host
+    if rows_per_host <= 0:  # one row per batch-parallel device of this host
+        rows_per_host = max(1, batch_ways // jax.process_count())
+    rows_per_micro = rows_per_host * jax.process_count()
+    if rows_per_micro % batch_ways:
+        raise SetupError(f"{rows_per_micro} rows per micro-batch do not split over {batch_ways} batch-parallel devices")
+    target = config.train.global_batch_rows
+    if target % rows_per_micro:
+        raise SetupError(
+            f"train.global_batch_rows={target} is not a multiple of the {rows_per_micro} rows per micro-batch"
+        )
+    return rows_per_host, target // rows_per_micro
+
+
+def estimate_steps(config: ml_collections.ConfigDict, data_dir: str) -> int:
+    """Optimizer steps for the configured epochs, from the manifest's token counts (for the LR schedule)."""
+    if config.train.num_steps > 0:
+        return config.train.num_steps
+    with open(os.path.join(data_dir, "manifest.json")) as f:
+        manifest = json.load(f)
+    totals = manifest["totals"]
+    tokens = totals["response_tokens"] + totals["traces_kept"] * config.train.prompt_tokens_estimate
+    per_step = config.train.global_batch_rows * config.data.seq_len * 0.97
+    return max(1, math.ceil(config.data.epochs * tokens / per_step))
+
+
+@dataclasses.dataclass
+class Preemption:
+    """Set by SIGTERM; the loop saves and exits at the next step boundary."""
+
+    requested: bool = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "requested", True))
+
+
+def build_model(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: jax.sharding.Mesh,
+                rules: sharding_lib.Rules) -> Qwen25VL:
+    if config.init_from:
+        from octomed_jax.hf import load_hf
+
+        m = config.model
+        return load_hf(config.init_from, dtype=m.param_dtype, compute_dtype=m.dtype, mesh=mesh, rules=rules,
+                       scan_layers=m.scan_layers, remat_policy=m.remat_policy)
+    seed = config.train.seed
+    return sharding_lib.create_model(lambda: Qwen25VL(model_cfg, rngs=nnx.Rngs(seed)), mesh, rules)
+
+
+def stack_micro_batches(batches: list[Any]) -> Any:
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *batches)
+
+
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    evaluate_fn: Callable[[Qwen25VL, int], dict[str, float]] | None = None,
+) -> dict[str, Any]:
+    """Trains as `config` says, checkpointing into `workdir`; returns a summary of the run.
+
+    Args:
+      config: a config from `configs/` (`recipe`, `model`, `mesh`, `data`, `optim`, `train`, ...).
+      workdir: checkpoints, metrics.jsonl, tensorboard/ and the final `hf/` export go here.
+      evaluate_fn: in-process evaluation, called as `evaluate_fn(model, step)` every `eval.every` steps and
+        at the end; its metrics are logged with the training metrics.
+    """
+    maybe_initialize_distributed()
+    check_inputs(config)
+    data_dir = resolve_data_dir(config)
+    model_cfg = model_config(config)
+    mesh = sharding_lib.make_mesh(dict(config.mesh))
+    rules = tuple(tuple(r) for r in config.rules)
+    rows_per_host, micro_steps = batch_geometry(config, mesh)
+    total_steps = estimate_steps(config, data_dir)
+    logging.info("mesh %s, %d rows/host x %d micro-batches, %d steps", dict(mesh.shape), rows_per_host,
+                 micro_steps, total_steps)
+
+    model = build_model(config, model_cfg, mesh, rules)
+    tx, schedule = make_optimizer(config.optim, total_steps)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)  # moments created like (and sharded as) the params
+    sharding_lib.place_unsharded(optimizer, mesh)
+    data_cfg = data_config(config, data_dir, rows_per_host)
+    data_iter = make_iterator(data_cfg, model_cfg)
+    manager = checkpointing.make_manager(os.path.join(workdir, "checkpoints"), save_every=config.checkpoint.every,
+                                         keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+    rng = jax.random.key(config.train.seed)
+    restored = checkpointing.restore_latest(manager, model, optimizer, rng, data_iter)
+    start = 0
+    if restored is not None:
+        start, rng = restored
+        logging.info("resumed from step %d", start)
+
+    loss_cfg = LossConfig(chunk=config.train.loss_chunk,
+                          max_loss_tokens=config.train.max_loss_tokens if config.train.max_loss_tokens > 0 else None)
+    step_fn = jit_train_step(loss_cfg)
+    writer = MetricsWriter(workdir)
+    preemption = Preemption()
+    preemption.install()
+    peak = device_peak_flops()
+    summary: dict[str, Any] = {"start_step": start, "losses": {}, "eval": {}}
+    if evaluate_fn is not None and start == 0 and config.eval.at_start:
+        summary["eval"][0] = _evaluate(evaluate_fn, model, 0, writer)
+
+    step = start
+    progress = tqdm(total=total_steps, initial=start, desc="train", disable=jax.process_index() != 0,
+                    dynamic_ncols=True)
+    tokens_trained = 0.0
+    try:
+        while step < total_steps:
+            t0 = time.perf_counter()
+            try:
+                host_batches = [next(data_iter) for _ in range(micro_steps)]
+            except StopIteration:
+                logging.info("data exhausted after %d steps", step)
+                break
+            with jax.set_mesh(mesh):
+                batch = stack_micro_batches([to_global_batch(b, mesh, rules) for b in host_batches])
+                metrics = step_fn(model, optimizer, batch)
+            step += 1
+            loss = float(metrics.loss)
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss is {loss} at step {step} (batch of data position {data_iter.get_state()}); "
+                    "the last checkpoint before it is intact"
+                )
+            dt = time.perf_counter() - t0
+            real = float(metrics.real_tokens)
+            tokens_trained += float(metrics.loss_tokens)
+            patches = sum(float((b["image_segment_ids"] > 0).sum()) for b in host_batches if "image_segment_ids" in b)
+            flops = train_flops(model_cfg, real, patches * jax.process_count(), config.data.seq_len)
+            scalars = {
+                "loss": loss,
+                "learning_rate": float(schedule(step - 1)),
+                "grad_norm": float(metrics.grad_norm),
+                "loss_tokens": float(metrics.loss_tokens),
+                "tokens_per_second": real / dt,
+                "packing_efficiency": real / (config.train.global_batch_rows * config.data.seq_len),
+                "step_time": dt,
+                "dropped_loss_tokens": int(metrics.dropped_loss_tokens),
+            }
+            if peak:
+                scalars["mfu"] = flops / dt / (peak * jax.device_count())
+            summary["losses"][step] = loss
+            if step % config.train.log_every == 0 or step == total_steps:
+                writer.write(step, scalars)
+            progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{scalars['tokens_per_second']:.0f}")
+            progress.update(1)
+            checkpointing.save(manager, step, model, optimizer, rng, data_iter)
+            if evaluate_fn is not None and config.eval.every > 0 and step % config.eval.every == 0:
+                summary["eval"][step] = _evaluate(evaluate_fn, model, step, writer)
+            if preemption.requested:
+                logging.warning("SIGTERM: saving step %d and exiting", step)
+                if manager.latest_step() != step:
+                    checkpointing.save(manager, step, model, optimizer, rng, data_iter, force=True)
+                manager.wait_until_finished()
+                summary["preempted"] = True
+                return summary
+    finally:
+        progress.close()
+    if manager.latest_step() != step:
+        checkpointing.save(manager, step, model, optimizer, rng, data_iter, force=True)
+    manager.wait_until_finished()
+    if evaluate_fn is not None and step not in summary["eval"]:
+        summary["eval"][step] = _evaluate(evaluate_fn, model, step, writer)
+    if config.export.hf:
+        from octomed_jax.export import export_for_serving
+
+        export_for_serving(model, os.path.join(workdir, "hf"), dtype=config.export.dtype or None)
+    writer.close()
+    summary.update(end_step=step, tokens_trained=tokens_trained, data=data_iter.counts())
+    return summary
+
+
+def _evaluate(evaluate_fn: Callable[[Qwen25VL, int], dict[str, float]], model: Qwen25VL, step: int,
+              writer: MetricsWriter) -> dict[str, float]:
+    metrics = evaluate_fn(model, step)
+    writer.write(step, metrics, prefix="eval")
+    return metrics
+
+
+__all__ = ["NonFiniteLossError", "SetupError", "train"]
