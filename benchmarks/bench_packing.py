@@ -69,9 +69,11 @@ def efficiency(n: int, seq_len: int, max_patches: int) -> None:
     kept = [(t, p) for t, p in sizes if t <= seq_len and p <= max_patches]
     tokens = np.array([t for t, _ in sizes])
     print(f"\n== packing efficiency: {n} examples, seq_len {seq_len}, max_patches {max_patches} ==")
-    print(f"example tokens: mean {tokens.mean():.0f}, p50 {np.median(tokens):.0f}, p99 {np.percentile(tokens, 99):.0f},"
-          f" max {tokens.max()}; with images {np.mean([p > 0 for _, p in sizes]):.0%};"
-          f" dropped as overlong {1 - len(kept) / n:.3%}")
+    print(
+        f"example tokens: mean {tokens.mean():.0f}, p50 {np.median(tokens):.0f}, p99 {np.percentile(tokens, 99):.0f},"
+        f" max {tokens.max()}; with images {np.mean([p > 0 for _, p in sizes]):.0%};"
+        f" dropped as overlong {1 - len(kept) / n:.3%}"
+    )
     print(f"{'algorithm':>10} {'open rows':>9} {'rows':>7} {'efficiency':>10} {'patch fill':>10} {'pack s':>7}")
     for algorithm in ("best_fit", "first_fit"):
         for open_rows in (1, 4, 16, 64):
@@ -84,8 +86,10 @@ def efficiency(n: int, seq_len: int, max_patches: int) -> None:
             elapsed = time.process_time() - start
             real = sum(t for row in rows for t, _ in row)
             patches = sum(p for row in rows for _, p in row)
-            print(f"{algorithm:>10} {open_rows:>9} {len(rows):>7} {real / (len(rows) * seq_len):>10.2%} "
-                  f"{patches / (len(rows) * max_patches):>10.2%} {elapsed:>7.2f}")
+            print(
+                f"{algorithm:>10} {open_rows:>9} {len(rows):>7} {real / (len(rows) * seq_len):>10.2%} "
+                f"{patches / (len(rows) * max_patches):>10.2%} {elapsed:>7.2f}"
+            )
 
 
 def write_shards(out: str, source: str, n: int, image_fraction: float, seed: int = 0) -> None:
@@ -96,8 +100,10 @@ def write_shards(out: str, source: str, n: int, image_fraction: float, seed: int
     from data_pipeline.writer import TraceWriter
 
     rng = random.Random(seed)
-    words = ("the patient presents with findings consistent with acute inflammation of the lower lobe so we "
-             "consider infection versus malignancy and weigh imaging laboratory results history").split()
+    words = (
+        "the patient presents with findings consistent with acute inflammation of the lower lobe so we "
+        "consider infection versus malignancy and weigh imaging laboratory results history"
+    ).split()
     sigma = 0.8
     mu = np.log(REASONING_MEAN) - sigma**2 / 2
     with TraceWriter(out) as w:
@@ -114,9 +120,15 @@ def write_shards(out: str, source: str, n: int, image_fraction: float, seed: int
                 buf = io.BytesIO()
                 Image.fromarray(np.stack([arr, arr, 255 - arr], -1)).save(buf, format="JPEG", quality=90)
                 images = (ImageRef(data=buf.getvalue(), format="jpeg"),)
-            q = Question(id=f"q{i:06d}", source=source, category="mm_reasoning" if with_images else "text",
-                         question=question, options={k: f"option {k} text here" for k in "ABCDE"}, answer="B",
-                         images=images)
+            q = Question(
+                id=f"q{i:06d}",
+                source=source,
+                category="mm_reasoning" if with_images else "text",
+                question=question,
+                options={k: f"option {k} text here" for k in "ABCDE"},
+                answer="B",
+                images=images,
+            )
             response = f"<think>\n{reasoning}\n</think>\n\nThe answer is \\boxed{{B}} (option B text here)."
             w.add(AcceptedTrace(question=q, response=response, format="cot", teacher="synthetic", sample_index=0))
 
@@ -128,22 +140,33 @@ def throughput(records: int, seq_len: int, max_patches: int, batch_size: int) ->
 
     model_cfg = get_preset("7b")
     _tokenizer(None)  # load once, outside the timings
-    print(f"\n== pipeline throughput: seq_len {seq_len}, max_patches {max_patches}, batch {batch_size}, "
-          "workers 0, read threads 1 ==")
+    print(
+        f"\n== pipeline throughput: seq_len {seq_len}, max_patches {max_patches}, batch {batch_size}, "
+        "workers 0, read threads 1 =="
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for source, image_fraction in (("text_only", 0.0), ("octomed_mix", IMAGE_FRACTION)):
             write_shards(tmp, source, records, image_fraction)
-            cfg = DataConfig(data_dir=tmp, sources={source: 1.0}, seq_len=seq_len, max_patches=max_patches,
-                             batch_size=batch_size, read_threads=1, max_open_rows=16)
+            cfg = DataConfig(
+                data_dir=tmp,
+                sources={source: 1.0},
+                seq_len=seq_len,
+                max_patches=max_patches,
+                batch_size=batch_size,
+                read_threads=1,
+                max_open_rows=16,
+            )
             it = make_iterator(cfg, model_cfg, process_index=0, process_count=1)
             wall, cpu = time.perf_counter(), time.process_time()
             n_batches = sum(1 for _ in it)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             p = it.counts()["packing"]
-            print(f"{source:>12}: {p['examples']} examples in {p['rows']} rows "
-                  f"({n_batches} batches), {p['tokens']} tokens, efficiency {p['efficiency']:.2%}, patch fill "
-                  f"{p['patch_fill']:.2%}; {p['tokens'] / cpu:,.0f} tokens/s/core "
-                  f"({p['tokens'] / wall:,.0f} tokens/s wall, {cpu:.1f} s CPU)")
+            print(
+                f"{source:>12}: {p['examples']} examples in {p['rows']} rows "
+                f"({n_batches} batches), {p['tokens']} tokens, efficiency {p['efficiency']:.2%}, patch fill "
+                f"{p['patch_fill']:.2%}; {p['tokens'] / cpu:,.0f} tokens/s/core "
+                f"({p['tokens'] / wall:,.0f} tokens/s wall, {cpu:.1f} s CPU)"
+            )
 
             # Packing and batching alone (examples already decoded), to separate it from decoding.
             examples = [e for e in it._examples if hasattr(e, "input_ids")]  # noqa: SLF001

@@ -104,8 +104,16 @@ def train_batch_shardings(
 ) -> TrainBatch:
     """The `NamedSharding` of every field of a `TrainBatch` (for `jax.jit(in_shardings=...)`)."""
     ndims = {
-        "input_ids": 2, "targets": 2, "loss_mask": 2, "segment_ids": 2, "positions": 3,
-        "pixel_values": 3, "window_index": 2, "rotary_positions": 3, "image_segment_ids": 2, "window_segment_ids": 2,
+        "input_ids": 2,
+        "targets": 2,
+        "loss_mask": 2,
+        "segment_ids": 2,
+        "positions": 3,
+        "pixel_values": 3,
+        "window_index": 2,
+        "rotary_positions": 3,
+        "image_segment_ids": 2,
+        "window_segment_ids": 2,
     }
     names = [n for n in ndims if with_vision or n not in _VISION_FIELDS]
     return _assemble({n: sharding_lib.batch_sharding(mesh, rules, ndims[n], _batch_axis(n)) for n in names})

@@ -79,10 +79,13 @@ class RowPacker(Generic[T]):
           ValueError: when the item alone exceeds a budget (the decoder drops or truncates those first).
         """
         if tokens > self.seq_len or patches > self.max_patches or tokens < 1:
-            raise ValueError(f"an item of {tokens} tokens / {patches} patches does not fit a row "
-                             f"of {self.seq_len} / {self.max_patches}")
+            raise ValueError(
+                f"an item of {tokens} tokens / {patches} patches does not fit a row "
+                f"of {self.seq_len} / {self.max_patches}"
+            )
         fits = [
-            i for i, r in enumerate(self._open)
+            i
+            for i, r in enumerate(self._open)
             if r.tokens + tokens <= self.seq_len and r.patches + patches <= self.max_patches
         ]
         closed: list[list[T]] = []

@@ -72,9 +72,7 @@ def source_seed(seed: int, source: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(source.encode())) % (2**31 - 1)
 
 
-def host_examples(
-    cfg: DataConfig, model_cfg: ModelConfig, process_index: int, process_count: int
-) -> grain.MapDataset:
+def host_examples(cfg: DataConfig, model_cfg: ModelConfig, process_index: int, process_count: int) -> grain.MapDataset:
     """This host's mixed stream of `Example | Skipped`, lazily decoded, in training order.
 
     Args:
@@ -243,8 +241,7 @@ class PackedBatchIterator(grain.DatasetIterator):
         diff = {k: (saved.get(k), v) for k, v in self._fingerprint.items() if saved.get(k) != v}
         if diff:
             raise ValueError(
-                "the data iterator state was saved under another data config or host layout; "
-                f"(saved, now): {diff}"
+                f"the data iterator state was saved under another data config or host layout; (saved, now): {diff}"
             )
         self.close()
         self._closed = False
