@@ -68,7 +68,7 @@ def test_greedy_equals_transformers(tiny_vocab_pair, prompts, name):
 
 
 def test_batch_of_different_lengths_equals_transformers(tiny_vocab_pair, prompts):
-    """Text and image rows of different lengths in one batch; and the same on a data x tensor mesh."""
+    """Text and image rows of different lengths in one batch (left-padded by us, as by transformers)."""
     hf, ours, _, _ = tiny_vocab_pair
     batch = [prompts["image"], prompts["short_text"], prompts["small_image"], prompts["text"]]
     want = hf_generate(hf, batch)
