@@ -216,6 +216,7 @@ def add_training_defaults(config: ml_collections.ConfigDict) -> None:
             seq_len=8192,
             max_patches=8192,  # vision patches per packed row (a 512x512 image is ~1,300)
             rows_per_host=-1,  # per micro-batch; -1: one per batch-parallel device of the host
+            num_shards=-1,  # fixed data shards (same batches on any process count); -1: one per process
             epochs=3,
             seed=0,
             packing="best_fit",

@@ -36,7 +36,9 @@ def train_state(model: nnx.Module, optimizer: nnx.Optimizer, rng: jax.Array) -> 
     return {
         "params": nnx.to_pure_dict(nnx.state(model, nnx.Param)),
         "optimizer": nnx.to_pure_dict(nnx.state(optimizer)),
-        "rng": jax.random.key_data(rng),
+        # A host-local NumPy array: every process holds the same key, and a single-device jax.Array
+        # cannot be written from several hosts.
+        "rng": np.asarray(jax.random.key_data(rng)),
     }
 
 
@@ -69,7 +71,8 @@ def restore_latest(
         return None
     current = train_state(model, optimizer, rng)
     target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), current
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding) if isinstance(x, jax.Array) else x,
+        current,
     )
     state = ocp.args.StandardRestore(target)
     args = data_ckpt.restore_args(data_iterator, state=state) if data_iterator else ocp.args.Composite(state=state)

@@ -24,8 +24,9 @@ from flax import nnx
 from tqdm import tqdm
 
 from octomed_jax import sharding as sharding_lib
-from octomed_jax.data import DataConfig, make_iterator, natural_weights, to_global_batch
+from octomed_jax.data import DataConfig, natural_weights, to_global_batch
 from octomed_jax.data.config import ErrorBudget
+from octomed_jax.data.shards import ShardedIterator
 from octomed_jax.models.config import ModelConfig, get_preset
 from octomed_jax.models.qwen2_5_vl import Qwen25VL
 from octomed_jax.training import checkpointing
@@ -48,7 +49,8 @@ class NonFiniteLossError(FloatingPointError):
 
 def maybe_initialize_distributed() -> None:
     """Multi-host: `jax.distributed.initialize` from the launcher's environment (SLURM, TPU, explicit)."""
-    if jax.process_count() > 1 or os.environ.get("OCTOMED_SKIP_DISTRIBUTED"):
+    # Must run before anything touches the XLA backend (even jax.process_count()).
+    if jax.distributed.is_initialized():
         return
     coordinator = os.environ.get("JAX_COORDINATOR_ADDRESS")
     if coordinator:
@@ -208,7 +210,8 @@ def train(
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)  # moments created like (and sharded as) the params
     sharding_lib.place_unsharded(optimizer, mesh)
     data_cfg = data_config(config, data_dir, rows_per_host)
-    data_iter = make_iterator(data_cfg, model_cfg)
+    num_shards = config.data.num_shards if config.data.num_shards > 0 else jax.process_count()
+    data_iter = ShardedIterator(data_cfg, model_cfg, num_shards, jax.process_index(), jax.process_count())
     manager = checkpointing.make_manager(os.path.join(workdir, "checkpoints"), save_every=config.checkpoint.every,
                                          keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
     rng = jax.random.key(config.train.seed)
