@@ -253,5 +253,10 @@ def add_training_defaults(config: ml_collections.ConfigDict) -> None:
         )
     )
     config.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, async_save=True))
-    config.eval = ml_collections.ConfigDict(dict(every=0, at_start=False, max_questions=200, max_new_tokens=2048))
+    # In-process eval on held-out benchmark subsets (octomed_jax.evaluation registry names, "all", or a
+    # category); "" data_dir: none. Greedy by default (the paper's 0.6 / 0.95 x 5 seeds is for `evaluate`).
+    config.eval = ml_collections.ConfigDict(
+        dict(every=1000, at_start=False, data_dir="", benchmarks="all", max_questions=100, max_new_tokens=2048,
+             temperature=0.0, top_p=1.0)
+    )
     config.export = ml_collections.ConfigDict(dict(hf=True, dtype="bfloat16"))

@@ -176,6 +176,58 @@ def build_model(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh:
     return sharding_lib.create_model(lambda: Qwen25VL(model_cfg, rngs=nnx.Rngs(seed)), mesh, rules)
 
 
+def flatten_eval_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """`evaluate_model` metrics -> flat scalars for the metrics log (accuracy per benchmark and category)."""
+    out = {"accuracy/overall": metrics["summary"]["overall"]}
+    for category, m in metrics["summary"]["categories"].items():
+        out[f"accuracy/{category}"] = m["accuracy"]
+    for name, m in metrics["benchmarks"].items():
+        out[f"accuracy/{name}"] = m["accuracy"]
+        out[f"response_tokens/{name}"] = m["mean_response_tokens"]
+        out[f"unparseable/{name}"] = m["unparseable"]
+    return out
+
+
+def make_benchmark_eval(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, rules: sharding_lib.Rules
+) -> Callable[[Qwen25VL, int], dict[str, float]] | None:
+    """The in-process eval: held-out subsets of `eval.benchmarks` under `eval.data_dir`, greedy by default.
+
+    Returns None (no eval, with a warning) when no benchmark data is configured or found: training does
+    not depend on it.
+    """
+    from octomed_jax.evaluation import benchmarks as bench_lib
+    from octomed_jax.evaluation.run import evaluate_model
+    from octomed_jax.generation import SamplingParams
+
+    e = config.eval
+    if not e.data_dir or not e.benchmarks:
+        logging.warning("no in-process eval: set --config.eval.data_dir and --config.eval.benchmarks")
+        return None
+    questions = []
+    for bench in bench_lib.select(e.benchmarks):
+        try:
+            qs, _ = bench.load(e.data_dir, limit=e.max_questions)
+        except FileNotFoundError as err:
+            logging.warning("eval benchmark %s skipped: %s", bench.name, err)
+            continue
+        questions.extend(qs)
+    if not questions:
+        logging.warning("no in-process eval: no benchmark questions found under %s", e.data_dir)
+        return None
+    params = SamplingParams(temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens)
+    system_prompt = config.data.system_prompt or None
+
+    def evaluate(model: Qwen25VL, step: int) -> dict[str, float]:
+        result = evaluate_model(model, questions, params, mesh=mesh, rules=rules, system_prompt=system_prompt,
+                                max_pixels=config.recipe.images.max_pixels, progress=jax.process_index() == 0)
+        flat = flatten_eval_metrics(result.metrics)
+        logging.info("eval at step %d: %s", step, {k: v for k, v in flat.items() if k.startswith("accuracy/")})
+        return flat
+
+    return evaluate
+
+
 def stack_micro_batches(batches: list[Any]) -> Any:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *batches)
 
@@ -192,7 +244,7 @@ def train(
       config: a config from `configs/` (`recipe`, `model`, `mesh`, `data`, `optim`, `train`, ...).
       workdir: checkpoints, metrics.jsonl, tensorboard/ and the final `hf/` export go here.
       evaluate_fn: in-process evaluation, called as `evaluate_fn(model, step)` every `eval.every` steps and
-        at the end; its metrics are logged with the training metrics.
+        at the end; its metrics are logged with the training metrics. Default: `make_benchmark_eval`.
     """
     maybe_initialize_distributed()
     check_inputs(config)
@@ -224,6 +276,8 @@ def train(
     loss_cfg = LossConfig(chunk=config.train.loss_chunk,
                           max_loss_tokens=config.train.max_loss_tokens if config.train.max_loss_tokens > 0 else None)
     step_fn = jit_train_step(loss_cfg)
+    if evaluate_fn is None:
+        evaluate_fn = make_benchmark_eval(config, mesh, rules)
     writer = MetricsWriter(workdir)
     preemption = Preemption()
     preemption.install()

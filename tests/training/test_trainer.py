@@ -155,3 +155,27 @@ def test_full_mix_without_data_or_weights_fails_at_once(tmp_path):
     assert r.returncode != 0
     assert "manifest.json missing" in r.stderr and "Qwen2.5-VL-7B-Instruct" in r.stderr
     assert "--config=demo" in r.stderr
+
+
+def test_in_process_eval_is_logged_with_training(data_dir, tmp_path):
+    """A held-out MedQA subset (public jsonl layout) evaluated at start, every 2 steps and at the end."""
+    bench = tmp_path / "bench" / "medqa"
+    bench.mkdir(parents=True)
+    rows = [{"question": f"Case {i}: which drug?", "options": {"A": "aspirin", "B": "heparin", "C": "insulin"},
+             "answer": "heparin", "answer_idx": "B", "meta_info": "step1"} for i in range(3)]
+    (bench / "test.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = tiny_config.get_config()
+    cfg.data.data_dir = data_dir
+    cfg.train.num_steps = 3
+    cfg.export.hf = False
+    cfg.eval.update(data_dir=str(tmp_path / "bench"), benchmarks="medqa", every=2, at_start=True, max_new_tokens=4)
+    from octomed_jax.training.trainer import train
+
+    summary = train(cfg, str(tmp_path / "run"))
+    assert sorted(summary["eval"]) == [0, 2, 3]
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 2, 3]
+    for r in evals:
+        assert 0.0 <= r["accuracy/medqa"] <= 100.0 and r["accuracy/text"] == r["accuracy/medqa"]
+        assert 0 < r["response_tokens/medqa"] <= 4
