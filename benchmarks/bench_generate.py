@@ -12,18 +12,14 @@ both figures, the ratio ours / transformers, and whether the greedy tokens agree
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
-import tempfile
 import time
 
 import numpy as np
 import torch
-import transformers
+from common import same_model_both_sides, small_config
 
 from octomed_jax.generation import Prompt, Sampler, SamplingParams
-from octomed_jax.hf import load_hf
-from octomed_jax.models.config import get_preset, to_hf_dict
 
 NEVER = 151_999  # outside the vocabulary: no row stops early
 
@@ -37,18 +33,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
 
-    base = get_preset("tiny")
-    text = dataclasses.replace(base.text, hidden_size=args.width, intermediate_size=4 * args.width,
-                               num_hidden_layers=args.layers, num_attention_heads=args.width // 16,
-                               num_key_value_heads=args.width // 32, mrope_section=(2, 3, 3))
-    cfg = base.replace(text=text, vision=dataclasses.replace(base.vision, out_hidden_size=args.width))
-    hcfg = transformers.Qwen2_5_VLConfig(**{k: v for k, v in to_hf_dict(cfg).items()
-                                            if k not in ("architectures", "model_type")})
-    torch.manual_seed(0)
-    hf = transformers.Qwen2_5_VLForConditionalGeneration(hcfg).eval()
-    folder = tempfile.mkdtemp()
-    hf.save_pretrained(folder)
-    ours = load_hf(folder)
+    cfg = small_config(args.layers, args.width)
+    hf, ours = same_model_both_sides(cfg)
+    hf.eval()
     torch.set_num_threads(os.cpu_count() or 1)
 
     rng = np.random.RandomState(0)

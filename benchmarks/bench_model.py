@@ -10,8 +10,6 @@ and its gradient with respect to every parameter. Prints seconds per step and th
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import tempfile
 import time
 
 import jax
@@ -19,11 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import torch
-import transformers
+from common import same_model_both_sides, small_config
 from flax import nnx
-
-from octomed_jax.hf import load_hf
-from octomed_jax.models.config import get_preset, to_hf_dict
 
 
 def main() -> None:
@@ -35,18 +30,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     args = p.parse_args()
 
-    base = get_preset("tiny")
-    text = dataclasses.replace(base.text, hidden_size=args.width, intermediate_size=4 * args.width,
-                               num_hidden_layers=args.layers, num_attention_heads=args.width // 16,
-                               num_key_value_heads=args.width // 32, mrope_section=(2, 3, 3))
-    cfg = base.replace(text=text, vision=dataclasses.replace(base.vision, out_hidden_size=args.width))
-    hcfg = transformers.Qwen2_5_VLConfig(**{k: v for k, v in to_hf_dict(cfg).items()
-                                            if k not in ("architectures", "model_type")})
-    torch.manual_seed(0)
-    hf = transformers.Qwen2_5_VLForConditionalGeneration(hcfg)
-    folder = tempfile.mkdtemp()
-    hf.save_pretrained(folder)
-    ours = load_hf(folder)
+    cfg = small_config(args.layers, args.width)
+    hf, ours = same_model_both_sides(cfg)
 
     rng = np.random.RandomState(0)
     grid = [1, 8, 8]

@@ -10,20 +10,16 @@ step. `--loss_fraction` below 1 shows what gathering only the loss positions sav
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import tempfile
 import time
 
 import jax
 import ml_collections
 import numpy as np
 import torch
-import transformers
+from common import same_model_both_sides, small_config
 from flax import nnx
 
 from octomed_jax.data import TrainBatch
-from octomed_jax.hf import load_hf
-from octomed_jax.models.config import get_preset, to_hf_dict
 from octomed_jax.training.optimizer import make_optimizer
 from octomed_jax.training.step import LossConfig, jit_train_step
 
@@ -38,18 +34,8 @@ def main() -> None:
     p.add_argument("--loss_fraction", type=float, default=1.0)
     args = p.parse_args()
 
-    base = get_preset("tiny")
-    text = dataclasses.replace(base.text, hidden_size=args.width, intermediate_size=4 * args.width,
-                               num_hidden_layers=args.layers, num_attention_heads=args.width // 16,
-                               num_key_value_heads=args.width // 32)
-    cfg = base.replace(text=text, vision=dataclasses.replace(base.vision, out_hidden_size=args.width))
-    hcfg = transformers.Qwen2_5_VLConfig(**{k: v for k, v in to_hf_dict(cfg).items()
-                                            if k not in ("architectures", "model_type")})
-    torch.manual_seed(0)
-    hf = transformers.Qwen2_5_VLForConditionalGeneration(hcfg)
-    folder = tempfile.mkdtemp()
-    hf.save_pretrained(folder)
-    model = load_hf(folder)
+    cfg = small_config(args.layers, args.width)
+    hf, model = same_model_both_sides(cfg)
 
     rng = np.random.RandomState(0)
     ids = rng.randint(10, 150000, size=(args.batch, args.seq))

@@ -116,12 +116,16 @@ class Qwen25VL(nnx.Module):
             gathered = jnp.take_along_axis(features, rank[..., None], axis=1)
         return jnp.where(is_image[..., None], gathered, x)
 
-    def hidden_states(self, inputs: ModelInputs) -> jax.Array:
-        """Final-norm hidden states [batch, seq, embed]; the loss projects only where it needs to."""
+    def embed_with_rotary(self, inputs: ModelInputs) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Input embeddings (image features scattered in) and the M-RoPE cos/sin of their positions."""
         t = self.cfg.text
         x = self.embed(inputs)
         cos, sin = mrope_cos_sin(inputs.positions, t.head_dim, t.rope_theta, t.mrope_section)
-        cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)
+        return x, cos.astype(x.dtype), sin.astype(x.dtype)
+
+    def hidden_states(self, inputs: ModelInputs) -> jax.Array:
+        """Final-norm hidden states [batch, seq, embed]; the loss projects only where it needs to."""
+        x, cos, sin = self.embed_with_rotary(inputs)
         mask = attention_mask(inputs.segment_ids, inputs.segment_ids, causal=True)
         return self.language_model(x, cos, sin, mask)
 
@@ -145,10 +149,7 @@ class Qwen25VL(nnx.Module):
         Returns:
           Final-norm hidden states [batch, seq, embed] (project with `language_model.logits`) and the cache.
         """
-        t = self.cfg.text
-        x = self.embed(inputs)
-        cos, sin = mrope_cos_sin(inputs.positions, t.head_dim, t.rope_theta, t.mrope_section)
-        cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)
+        x, cos, sin = self.embed_with_rotary(inputs)
         mask = attention_mask(inputs.segment_ids, kv_segment_ids, causal=True, q_offset=index)
         return self.language_model.decode_step(x, cos, sin, mask, cache, index)
 

@@ -102,3 +102,11 @@ def test_mesh_errors():
         sharding.make_mesh({"data": 3, "tensor": 4})
     with pytest.raises(ValueError, match="unknown"):
         sharding.make_mesh({"model": 8})
+
+
+def test_config_rules_equal_library_defaults():
+    """configs/ writes the rules out (no JAX import there); they must stay the library's defaults."""
+    from configs import base
+
+    assert tuple(tuple(r) for r in base.SHARDING_RULES) == sharding.DEFAULT_RULES
+    assert [tuple(r) for r in base.get_config().rules] == [tuple(r) for r in sharding.DEFAULT_RULES]
