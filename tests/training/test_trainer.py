@@ -179,3 +179,32 @@ def test_in_process_eval_is_logged_with_training(data_dir, tmp_path):
     for r in evals:
         assert 0.0 <= r["accuracy/medqa"] <= 100.0 and r["accuracy/text"] == r["accuracy/medqa"]
         assert 0 < r["response_tokens/medqa"] <= 4
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step(data_dir, tmp_path):
+    cfg = tiny_config.get_config()
+    cfg.data.data_dir = data_dir
+    cfg.optim.update(learning_rate=1e30, warmup_ratio=0.0, schedule="constant", grad_clip=0.0)
+    cfg.train.num_steps = 4
+    cfg.export.hf = False
+    from octomed_jax.training.trainer import NonFiniteLossError, train
+
+    with pytest.raises(NonFiniteLossError, match=r"at step [2-4] \(batch of data position"):
+        train(cfg, str(tmp_path))
+
+
+def test_init_from_a_hugging_face_folder(tmp_path):
+    from octomed_jax.hf import save_hf
+    from octomed_jax.models.qwen2_5_vl import init_model
+    from octomed_jax.training.trainer import build_model, model_config
+
+    cfg = tiny_config.get_config()
+    source = init_model(model_config(cfg), seed=7)
+    save_hf(source, str(tmp_path / "hf"))
+    cfg.init_from = str(tmp_path / "hf")
+    mesh = sharding.make_mesh(dict(cfg.mesh))
+    model = build_model(cfg, model_config(cfg), mesh, sharding.DEFAULT_RULES)
+    want = {k: v.get_value() for k, v in nnx.to_flat_state(nnx.state(source, nnx.Param))}
+    for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        np.testing.assert_array_equal(np.asarray(v.get_value()), np.asarray(want[k]), err_msg=str(k))
+        assert v.get_value().sharding.mesh.shape == mesh.shape
