@@ -197,9 +197,9 @@ def estimate_memory(
     Saved activations: what the remat policy keeps per layer for rows_per_device x seq_len tokens (text)
     and x max_patches patches (vision), in the compute dtype. Transients: fp32 gradients (twice with
     gradient accumulation: the running sum and the micro-batch's), the largest single layer's backward
-    working set (attention logits, probabilities and their gradient in fp32 - the XLA attention path
-    materialises them - and the MLP intermediates), one FSDP-gathered layer of weights, and the loss's
-    logits chunk.
+    working set (attention logits, probabilities and their gradients, which the XLA attention path that
+    `jax.nn.dot_product_attention` takes by default materialises, and the MLP intermediates), one
+    FSDP-gathered layer of weights, and the loss's logits chunk.
     """
     t, v = model_cfg.text, model_cfg.vision
     tensor = mesh.shape["tensor"]
@@ -220,7 +220,9 @@ def estimate_memory(
     activations = rows_per_device * (act * (text_saved + vision_saved) + act * around)
 
     def layer_working_set(n: int, width: int, ff: int, heads: int) -> float:
-        scores = 3 * heads * n * n * 4  # logits, probabilities, their gradient (fp32)
+        # fp32 logits, probabilities, their bf16 copy, and both gradients: five score-sized buffers, which
+        # matches the TPU compiler's temporaries for the same layout (docs/scale_out.md) within a few GB.
+        scores = 5 * heads * n * n * 4
         mlp = 4 * n * ff * act  # gate, up, activation, and a gradient
         return rows_per_device * (scores + mlp + 6 * n * width * act)
 
@@ -338,7 +340,9 @@ def layered_cost(
     }
 
 
-def plan_topology(config: ml_collections.ConfigDict, name: str, *, compile_gpu: bool = True) -> dict[str, Any]:
+def plan_topology(
+    config: ml_collections.ConfigDict, name: str, *, compile_gpu: bool = True, layered: bool = True
+) -> dict[str, Any]:
     """Lowers (and compiles) the configured train step for one topology; returns its figures.
 
     Args:
@@ -346,6 +350,8 @@ def plan_topology(config: ml_collections.ConfigDict, name: str, *, compile_gpu: 
       name: a topology ("v5p:4x4x4", "gpu:8", ...; see `get_topology`).
       compile_gpu: for GPU topologies, also compile on the fake CPU devices (slow for 7B on few cores);
         otherwise lower only.
+      layered: for TPU topologies, also compose the whole step's cost from small unrolled compiles
+        (`layered_cost`; several minutes for 7B); otherwise no compiler step time.
 
     Returns:
       A JSON-serialisable dict: mesh, batch geometry, bytes per device, FLOPs, times, days.
@@ -364,7 +370,9 @@ def plan_topology(config: ml_collections.ConfigDict, name: str, *, compile_gpu: 
                        compile=topo.platform == "tpu" or compile_gpu)
     state, batch, compiled = out["state"], out["batch"], out["compiled"]
     lower_s, compile_s = out["lower_seconds"], out["compile_seconds"]
-    cost = layered_cost(config, model_cfg, mesh, rules, rows_per_host, micro_steps) if topo.platform == "tpu" else {}
+    cost = {}
+    if topo.platform == "tpu" and layered:
+        cost = layered_cost(config, model_cfg, mesh, rules, rows_per_host, micro_steps)
 
     model_state, opt_state = state[0], state[1]  # the (model, optimizer) pair
     param_bytes = device_bytes(model_state)
@@ -483,6 +491,8 @@ def _parse(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict, flags.FlagVa
                                              sys_argv=argv)
     flags.DEFINE_multi_string("topology", [], "v5p:2x2x2, v5p:4x4x4, v6e:4x4, gpu:8, h100:8, ... (repeatable)",
                               flag_values=fv)
+    flags.DEFINE_bool("layered_cost", True, "TPU: compose the step's cost from unrolled 1-2 layer compiles "
+                      "(XLA's cost analysis counts a scanned loop's body once).", flag_values=fv)
     flags.DEFINE_string("json", None, "Also write the figures to this JSON file.", flag_values=fv)
     flags.DEFINE_bool("gpu_compile", True, "Compile GPU topologies on the fake CPU devices (else lower only).",
                       flag_values=fv)
@@ -500,7 +510,8 @@ def run(argv: Sequence[str]) -> list[dict[str, Any]]:
     results = []
     for name in fv.topology:
         print(f"plan: {name} ...", file=sys.stderr, flush=True)
-        results.append(plan_topology(config, name, compile_gpu=fv.gpu_compile))
+        results.append(plan_topology(config, name, compile_gpu=fv.gpu_compile, layered=fv.layered_cost))
+        print(format_table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)  # progress on long runs
     print(format_table(results))
     if any(r["platform"] == "gpu" for r in results):
         print("GPU rows: memory is an estimate (estimate_memory); step time at "
