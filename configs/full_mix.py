@@ -69,4 +69,11 @@ def get_config() -> ml_collections.ConfigDict:
     r.traces_per_question = 16
     r.out_dir = "data/recipes/full_mix"
     config.init_from = "checkpoints/Qwen2.5-VL-7B-Instruct"  # the public HF checkpoint, downloaded by the user
+    # Scale-out defaults, checked by `python -m octomed_jax.plan` (docs/scale_out.md): save only each layer's
+    # input (the attention logits of 8192-token rows dominate memory, so keeping more buys little), one
+    # 8192-token row per device per micro-batch, FSDP over every device. 7B: ~63 GB of a v5p chip's 95 GB
+    # (TPU compiler) and ~66 GB of an 80 GB H100 at 8 GPUs (estimate).
+    config.model.remat_policy = "nothing_saveable"
+    config.data.rows_per_host = -1
+    config.mesh.update(data=1, fsdp=-1, tensor=1)
     return config
