@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -289,9 +290,22 @@ def compile_step(
                            "lower_seconds": time.perf_counter() - t0, "compile_seconds": None}
     if compile:
         t0 = time.perf_counter()
-        out["compiled"] = lowered.compile()
+        try:
+            out["compiled"] = lowered.compile()
+        except jax.errors.JaxRuntimeError as e:
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            out["compile_error"] = str(e).splitlines()[0]  # the TPU compiler refuses a step that cannot fit
         out["compile_seconds"] = time.perf_counter() - t0
     return out
+
+
+def _required_temp(message: str) -> float | None:
+    """The temporaries the TPU compiler said it needed, from "...HLO temporaries (31.34G) exceeds...", in bytes."""
+    match = re.search(r"temporaries \(([\d.]+)([KMGT])\)", message)
+    if not match:
+        return None
+    return float(match.group(1)) * 1024 ** ("KMGT".index(match.group(2)) + 1)  # XLA prints binary units
 
 
 def _with_depth(model_cfg: ModelConfig, text_layers: int, vision_blocks: int) -> ModelConfig:
@@ -371,7 +385,7 @@ def plan_topology(
     state, batch, compiled = out["state"], out["batch"], out["compiled"]
     lower_s, compile_s = out["lower_seconds"], out["compile_seconds"]
     cost = {}
-    if topo.platform == "tpu" and layered:
+    if topo.platform == "tpu" and layered and compiled is not None:
         cost = layered_cost(config, model_cfg, mesh, rules, rows_per_host, micro_steps)
 
     model_state, opt_state = state[0], state[1]  # the (model, optimizer) pair
@@ -396,7 +410,13 @@ def plan_topology(
         # Donated state aliases the outputs; the peak is what is live at once.
         compiler["total"] = compiler["argument"] + compiler["output"] - compiler["alias"] + compiler["temp"]
         memory["compiler"] = compiler
-    if topo.platform == "tpu":
+    if topo.platform == "tpu" and compiled is None:  # out of HBM: the compiler's own count of what it needed
+        source = "compiler: out of HBM"
+        memory["compile_error"] = out["compile_error"]
+        memory["activations"] = None
+        memory["temporaries"] = _required_temp(out["compile_error"])
+        memory["total"] = param_bytes + optimizer_bytes + batch_bytes + (memory["temporaries"] or 0.0)
+    elif topo.platform == "tpu":
         source = "compiler"
         memory["activations"] = None  # inside the compiler's temporaries
         memory["temporaries"] = memory["compiler"]["temp"]
@@ -433,7 +453,7 @@ def plan_topology(
         "micro_steps": micro_steps,
         "hbm_bytes": topo.hbm_bytes,
         "memory": memory,
-        "fits": memory["total"] <= topo.hbm_bytes,
+        "fits": memory["total"] <= topo.hbm_bytes and "compile_error" not in memory,
         "hbm_fraction": memory["total"] / topo.hbm_bytes,
         "flops_per_step_model": step_model_flops,
         "flops_per_step_compiler": compiler_flops,
@@ -470,6 +490,8 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
         step_c = f"{r['step_seconds_compiler']:.2f}" if r["step_seconds_compiler"] else "-"
         days_c = f"{r['days_at_compiler_estimate']:.1f}" if r["days_at_compiler_estimate"] else "-"
         compile_s = f"{r['compile_seconds']:.0f}" if r["compile_seconds"] is not None else "lowered only"
+        if r.get("cost_compile_seconds"):
+            compile_s += f" (+{r['cost_compile_seconds']:.0f} cost)"
         activations = _gb(m["activations"]) if m["activations"] is not None else "in temp"
         lines.append(
             f"| {r['topology']} ({r['devices']}) | {mesh} | {r['rows_per_device']} x {r['micro_steps']} "
