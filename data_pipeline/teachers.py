@@ -15,6 +15,7 @@ import base64
 import collections
 import dataclasses
 import email.utils
+import importlib
 import json
 import logging
 import os
@@ -540,6 +541,8 @@ def register_teacher_kind(kind: str, factory: TeacherFactory) -> None:
 
 
 register_teacher_kind("openai", OpenAITeacher)
+# Kinds defined elsewhere in the package, imported (and so registered) on first use.
+_LAZY_KINDS = {"demo": "data_pipeline.demo_world"}
 
 
 def make_teacher(
@@ -552,6 +555,8 @@ def make_teacher(
     if hasattr(settings, "to_dict"):
         settings = settings.to_dict()
     kind = settings.get("kind", "openai") or "openai"
+    if kind not in TEACHER_KINDS and kind in _LAZY_KINDS:
+        importlib.import_module(_LAZY_KINDS[kind])
     if kind not in TEACHER_KINDS:
         raise KeyError(f"unknown teacher kind {kind!r}; known: {sorted(TEACHER_KINDS)}")
     return TEACHER_KINDS[kind](

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from data_pipeline.demo_world import read_demo_world
 from data_pipeline.sources.base import (
     ImageSettings,
     Item,
@@ -84,6 +85,7 @@ SOURCES: dict[str, SourceAdapter] = {
         SourceAdapter("image_folder", read_image_folder, "mm_classification", "ImageFolder classification set"),
         SourceAdapter("classification_csv", read_classification_csv, "mm_classification", "csv image -> label"),
         SourceAdapter("released_traces", read_released_traces, "mixed", "OctoMed released traces (parquet/jsonl)"),
+        SourceAdapter("demo_world", read_demo_world, "mixed", "the demo's synthetic world, generated (no files)"),
     )
 }
 
@@ -109,6 +111,7 @@ __all__ = [
     "SourceAdapter",
     "count_rejections",
     "read_classification_csv",
+    "read_demo_world",
     "read_headqa",
     "read_image_folder",
     "read_medmcqa",

@@ -152,6 +152,14 @@ PRESETS: dict[str, ModelConfig] = {
         dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, fullatt_block_indexes=(1, 3),
              window_size=56),
     ),
+    # The demo student (`configs/demo.py`): Qwen2.5-VL-shaped, the full vocabulary (the real tokenizer's
+    # ids), tied embeddings so the 151,936 x width table is counted once; small enough to train on a CPU.
+    "demo": _preset(
+        dict(vocab_size=151936, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+             num_attention_heads=4, num_key_value_heads=2, mrope_section=(4, 6, 6), tie_word_embeddings=True),
+        dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, fullatt_block_indexes=(1,),
+             window_size=56),
+    ),
     "tiny_vocab": _preset(
         dict(vocab_size=152000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, mrope_section=(2, 3, 3)),

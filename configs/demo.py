@@ -1,0 +1,70 @@
+"""The demo: the whole recipe in miniature on a laptop CPU, nothing to download.
+
+    python -m octomed_jax.train --config=demo
+    python -m octomed_jax.train --config=demo --config.recipe.traces_per_question=1 --workdir=runs/demo_k1
+
+Recipe: the synthetic world of `data_pipeline.demo_world` (text, image classification and image + text
+questions), its synthetic teacher (8 samples per question, wrong about a third of the time), rejection
+sampling, K accepted traces per question. Training: a tiny Qwen2.5-VL-shaped student from random
+initialisation, through the same tokenizer, template, packing, sharded step, checkpoints, in-process eval
+and HF export as `full_mix`. `entry` makes `octomed_jax.train` run `octomed_jax.demo.run`, which builds the
+data when it is missing, evaluates before and after training and writes a report.
+
+The training length is fixed in steps (not epochs), so runs with different K compare at equal compute,
+as the paper's "4 traces x 1 epoch vs 1 trace x 3 epochs" does.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import base
+from configs.base import source
+
+
+def demo_sources(num_train: int, num_test: int) -> ml_collections.ConfigDict:
+    """One generated source per category; `path` "." is not read (the questions are generated)."""
+    return ml_collections.ConfigDict(
+        {
+            f"demo_{category}": source(
+                "demo_world", ".", category=category, name=f"demo_{category}", num_train=num_train, num_test=num_test
+            )
+            for category in base.CATEGORIES
+        }
+    )
+
+
+def get_config() -> ml_collections.ConfigDict:
+    from data_pipeline.demo_world import teacher_settings
+
+    config = base.get_config()
+    config.entry = "octomed_jax.demo:run"
+    r = config.recipe
+    r.name = "demo"
+    r.seed = 0
+    r.source_root = "."
+    r.sources = demo_sources(num_train=320, num_test=40)
+    teacher = ml_collections.ConfigDict(teacher_settings(error_rate=0.35, truncation_rate=0.05, seed=0, n=8))
+    r.teachers = ml_collections.ConfigDict({c: teacher for c in base.CATEGORIES})
+    r.traces_per_question = 4
+    # The world's splits are disjoint by construction (tested); templated stems would share 16-grams.
+    r.decontamination.enabled = False
+    r.concurrency = 4
+    r.out_dir = ""  # "" -> <workdir>/data, so runs with other recipe fields never share shards
+    r.images.max_pixels = 56 * 56  # the world's images stay 56x56: 16 patches, 4 vision tokens
+
+    config.model.update(preset="demo", dtype="float32", param_dtype="float32", scan_layers=True, remat_policy="none")
+    config.mesh.update(data=1, fsdp=-1, tensor=1)
+    config.data.update(seq_len=512, max_patches=512, rows_per_host=8, epochs=1000, seed=0, num_workers=0)
+    config.optim.update(learning_rate=3e-3, warmup_ratio=0.05, final_lr_ratio=0.05, weight_decay=0.0, eps=1e-8)
+    config.train.update(global_batch_rows=8, num_steps=150, loss_chunk=512, max_loss_tokens=1152, log_every=10)
+    config.checkpoint.update(every=100_000, keep=1, async_save=False)  # one checkpoint, at the end
+    config.eval.update(every=0, at_start=True, max_questions=40, max_new_tokens=64, temperature=0.0, top_p=1.0)
+    config.export.update(hf=True, dtype="float32")
+    config.demo = ml_collections.ConfigDict(
+        dict(
+            hf_check=True,  # reload the export with transformers and answer one held-out question
+            report="demo_report",  # <workdir>/demo_report.{json,png}
+        )
+    )
+    return config

@@ -1,0 +1,456 @@
+"""A small synthetic medical world for the demo: questions generated from a seed, shipped as code.
+
+Nothing here is medical fact: it is a closed world with its own knowledge tables, small enough for a
+tiny student to learn in minutes on a CPU, and built so that each of the paper's three question
+categories needs what it needs in the real data:
+
+- text: a vignette names two findings; the diagnosis is the one disease of `TEXT_DISEASES` whose two
+  findings they are. Each finding belongs to two diseases (the table is a cycle), so one finding alone
+  never decides.
+- mm_classification: a 56x56 "scan" with one round lesion on a noisy grey background; the lesion's
+  colour is its class (`LESIONS`). `lesion_of_pixels` recovers it with a fixed rule.
+- mm_reasoning: the lesion in the image and a finding in the text together decide the diagnosis
+  (`mm_diagnosis`): each disease presents as two (lesion, finding) pairs, so neither the image nor the
+  text alone is enough.
+
+Questions are multiple choice over every disease (or lesion) of their table, always listed in table
+order, like the graded options of a classification benchmark (5 options for text, 4 for the image
+categories). A fixed option order makes the letter a function of the diagnosis: a student this small
+would otherwise spend most of a CPU budget learning to look up which letter precedes a name. Questions
+are `Question` records like the real sources', with disjoint "train" and "test" splits; question i of a
+split depends only on (seed, category, split, i), so any prefix of a split is the same whatever its size.
+
+`DemoTeacher` (registered as teacher kind "demo") answers like a real teacher would: it reads the
+question text and the image pixels, consults the tables, and writes a short chain of thought; it is
+wrong (or cut off) at a configurable rate, deterministically per (question, sample index, seed).
+
+The `demo_world` source adapter (`read_demo_world`) reads no files: its `path` is ignored.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_pipeline import formats
+from data_pipeline.hashing import stable_hash
+from data_pipeline.records import LETTERS, ImageRef, Question
+from data_pipeline.teachers import Completion, TeacherConfig, register_teacher_kind
+
+IMAGE_SIZE = 56  # 4x4 patches of 14 px -> 4 merged vision tokens per image
+SPLIT_SALT = {"train": 0, "test": 1}
+
+# Text: five findings on a cycle; disease i has findings i and i+1.
+FINDINGS = ("fever", "rash", "itching", "fatigue", "cough")
+TEXT_DISEASES = ("measles", "eczema", "allergy", "hepatitis", "pneumonia")
+
+# Images: the lesion's colour is its class.
+LESIONS = ("hemorrhage", "exudate", "cyst", "nodule")
+LESION_COLOURS = ("red", "yellow", "blue", "green")
+LESION_RGB = ((200, 40, 40), (215, 200, 40), (40, 70, 210), (40, 170, 60))
+
+# Image + text: lesion i with finding j is disease (i + j) mod 4, so each disease has two presentations.
+MM_FINDINGS = ("fever", "pain")
+MM_DISEASES = ("dengue", "gout", "abscess", "cancer")
+
+TEXT_STEM = "A {age}-year-old {sex} has {f1} and {f2}. What is the most likely diagnosis?"
+CLASSIFICATION_STEM = "Which lesion does this scan show?"
+MM_STEM = "A {age}-year-old {sex} has {finding}. The scan is shown. What is the most likely diagnosis?"
+
+
+def text_findings(disease_index: int) -> tuple[str, str]:
+    """The two findings of `TEXT_DISEASES[disease_index]`."""
+    return FINDINGS[disease_index], FINDINGS[(disease_index + 1) % len(FINDINGS)]
+
+
+def mm_diagnosis(lesion: str, finding: str) -> str:
+    """The disease of a lesion class with a finding."""
+    return MM_DISEASES[(LESIONS.index(lesion) + MM_FINDINGS.index(finding)) % len(MM_DISEASES)]
+
+
+def mm_presentations(disease: str) -> list[tuple[str, str]]:
+    """The (lesion, finding) pairs that mean `disease`."""
+    return [(lesion, f) for lesion in LESIONS for f in MM_FINDINGS if mm_diagnosis(lesion, f) == disease]
+
+
+def text_diagnosis(findings: Sequence[str]) -> str | None:
+    """The disease whose two findings are exactly `findings` (any order), or None."""
+    wanted = set(findings)
+    hits = [d for i, d in enumerate(TEXT_DISEASES) if set(text_findings(i)) == wanted]
+    return hits[0] if len(hits) == 1 else None
+
+
+# --- images -------------------------------------------------------------------------------------------------
+
+
+def lesion_image(rng: np.random.Generator, lesion: int, size: int = IMAGE_SIZE) -> np.ndarray:
+    """uint8 [size, size, 3]: a noisy grey background with one round lesion of class `lesion`'s colour."""
+    grey = rng.uniform(100, 150)
+    img = grey + rng.normal(0.0, 10.0, (size, size, 1)) + rng.normal(0.0, 4.0, (size, size, 3))
+    radius = rng.uniform(0.2, 0.32) * size
+    cy, cx = rng.uniform(radius + 2, size - radius - 2, 2)
+    yy, xx = np.mgrid[:size, :size]
+    inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
+    colour = np.asarray(LESION_RGB[lesion], np.float64) + rng.normal(0.0, 12.0, 3)
+    img[inside] = colour + rng.normal(0.0, 8.0, (int(inside.sum()), 3))
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """PNG encoding of a uint8 RGB array (deterministic for the same pixels)."""
+    import PIL.Image
+
+    buf = io.BytesIO()
+    PIL.Image.fromarray(pixels, "RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """uint8 [H, W, 3] from encoded image bytes."""
+    import PIL.Image
+
+    return np.asarray(PIL.Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def lesion_of_pixels(pixels: np.ndarray) -> int:
+    """The lesion class an image shows, by a fixed rule: the colour of its pixels far from the median grey.
+
+    Pixels whose channels spread (max - min) more than 60 are lesion pixels (the background is grey,
+    every lesion colour is saturated); their mean colour's nearest `LESION_RGB` is the class.
+    """
+    p = pixels.astype(np.float64)
+    spread = p.max(axis=-1) - p.min(axis=-1)
+    lesion = p[spread > 60]
+    if lesion.shape[0] == 0:
+        lesion = p.reshape(-1, 3)
+    mean = lesion.mean(axis=0)
+    return int(np.argmin([np.sum((mean - np.asarray(c)) ** 2) for c in LESION_RGB]))
+
+
+# --- questions ----------------------------------------------------------------------------------------------
+
+
+def _rng(seed: int, category: str, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, SPLIT_SALT[split], stable_hash(category) & 0xFFFF, index])
+
+
+def _options(table: Sequence[str], answer: str) -> tuple[dict[str, str], str]:
+    """Every entry of the table as an option, in table order, and the answer's letter."""
+    return {LETTERS[i]: t for i, t in enumerate(table)}, LETTERS[table.index(answer)]
+
+
+def _person(rng: np.random.Generator) -> dict[str, Any]:
+    return {"age": int(rng.integers(18, 86)), "sex": ("man", "woman")[int(rng.integers(2))]}
+
+
+def _text_question(rng: np.random.Generator, index: int) -> tuple[str, dict[str, str], str, None, dict[str, str]]:
+    d = index % len(TEXT_DISEASES)  # balanced over diseases
+    f1, f2 = text_findings(d)
+    if rng.integers(2):
+        f1, f2 = f2, f1
+    options, answer = _options(TEXT_DISEASES, TEXT_DISEASES[d])
+    stem = TEXT_STEM.format(f1=f1, f2=f2, **_person(rng))
+    return stem, options, answer, None, {"findings": f"{f1},{f2}", "diagnosis": TEXT_DISEASES[d]}
+
+
+def _classification_question(rng: np.random.Generator, index: int) -> tuple[Any, ...]:
+    lesion = index % len(LESIONS)
+    options, answer = _options(LESIONS, LESIONS[lesion])
+    pixels = lesion_image(rng, lesion)
+    return CLASSIFICATION_STEM, options, answer, pixels, {"lesion": LESIONS[lesion], "diagnosis": LESIONS[lesion]}
+
+
+def _mm_question(rng: np.random.Generator, index: int) -> tuple[Any, ...]:
+    pairs = [(lesion, f) for lesion in LESIONS for f in MM_FINDINGS]
+    lesion, finding = pairs[index % len(pairs)]  # balanced over the 8 presentations
+    diagnosis = mm_diagnosis(lesion, finding)
+    options, answer = _options(MM_DISEASES, diagnosis)
+    pixels = lesion_image(rng, LESIONS.index(lesion))
+    stem = MM_STEM.format(finding=finding, **_person(rng))
+    meta = {"lesion": lesion, "findings": finding, "diagnosis": diagnosis}
+    return stem, options, answer, pixels, meta
+
+
+_MAKERS = {"text": _text_question, "mm_classification": _classification_question, "mm_reasoning": _mm_question}
+
+
+def make_question(seed: int, category: str, split: str, index: int, *, source: str | None = None) -> Question:
+    """Question `index` of a split; depends only on its arguments."""
+    if category not in _MAKERS:
+        raise ValueError(f"demo world has no category {category!r}; known: {sorted(_MAKERS)}")
+    stem, options, answer, pixels, meta = _MAKERS[category](_rng(seed, category, split, index), index)
+    images = () if pixels is None else (ImageRef(data=png_bytes(pixels), format="png"),)
+    return Question(
+        id=f"{split}-{index:05d}",
+        source=source or f"demo_{category}",
+        category=category,
+        question=stem,
+        options=options,
+        answer=answer,
+        images=images,
+        split=split,
+        metadata=meta,
+    ).validate()
+
+
+def _signature(q: Question) -> tuple[Any, ...]:
+    """What makes two questions the same question for a student: text, options, image bytes."""
+    return q.question, tuple(q.options.items()), tuple(im.data for im in q.images)
+
+
+def generate_split(
+    seed: int, category: str, split: str, num_questions: int, *, source: str | None = None, num_train: int = 0
+) -> Iterator[Question]:
+    """The questions of a split, in order.
+
+    Args:
+      seed: the world's seed.
+      category: "text", "mm_reasoning" or "mm_classification".
+      split: "train" or "test".
+      num_questions: how many.
+      source: the questions' `source` (default `demo_<category>`).
+      num_train: for the test split, the size of the train split it must not overlap: a test question
+        equal to one of those (same text, options and image) is skipped and the next index generated, so
+        the split is still a pure function of its arguments.
+
+    Yields:
+      `Question`s.
+    """
+    if split not in SPLIT_SALT:
+        raise ValueError(f"demo world splits are {sorted(SPLIT_SALT)}, not {split!r}")
+    train = set()
+    if split == "test" and num_train:
+        train = {_signature(q) for q in generate_split(seed, category, "train", num_train, source=source)}
+    made, i = 0, 0
+    while made < num_questions:
+        q = make_question(seed, category, split, i, source=source)
+        i += 1
+        if _signature(q) not in train:
+            made += 1
+            yield q
+
+
+def read_demo_world(
+    path: str | Path,
+    *,
+    split: str = "train",
+    seed: int = 0,
+    category: str = "text",
+    name: str = "",
+    num_train: int = 400,
+    num_test: int = 40,
+    **_: Any,
+) -> Iterator[Question]:
+    """Source adapter: the demo world's questions of one category; `path` is not read (nothing on disk).
+
+    Args:
+      path: ignored (recipes write "."; the build checks that it exists).
+      split: "train" (`num_train` questions) or "test" (`num_test`, none equal to a train question).
+      seed: the world's seed (the recipe seed unless the entry sets one).
+      category: which category.
+      name: the questions' `source` (default `demo_<category>`).
+      num_train: train split size.
+      num_test: held-out split size.
+
+    Yields:
+      `Question`s (never `Rejected`: generated questions are valid by construction).
+    """
+    del path
+    if split == "train":
+        return generate_split(seed, category, "train", num_train, source=name or None)
+    return generate_split(seed, category, split, num_test, source=name or None, num_train=num_train)
+
+
+def held_out(recipe: Any, *, limit: int | None = None) -> list[Question]:
+    """The held-out ("test") questions of every `demo_world` source of a recipe, `limit` per source."""
+    out: list[Question] = []
+    for key in sorted(recipe.sources):
+        entry = recipe.sources[key]
+        if entry.adapter != "demo_world":
+            continue
+        options = dict(entry.options.to_dict()) if hasattr(entry.options, "to_dict") else dict(entry.options)
+        options.setdefault("seed", int(recipe.seed))
+        if limit is not None:
+            options["num_test"] = min(int(limit), int(options.get("num_test", limit)))
+        out.extend(read_demo_world(entry.path, split="test", **options))
+    return out
+
+
+# --- the teacher --------------------------------------------------------------------------------------------
+
+_TEXT_REASONING = (
+    "Findings: {fa} and {fb}. Together they mean {d}.",
+    "{Fa} with {fb} points to {d}.",
+    "The patient has {fa} and {fb}, typical of {d}.",
+    "{Fa} and {fb}: this is {d}.",
+)
+_CLASS_REASONING = (
+    "The scan shows a {colour} lesion, {a} {lesion}.",
+    "A {colour} spot is visible: {lesion}.",
+    "The lesion is {colour}, so it is {a} {lesion}.",
+    "{Colour} lesion, which means {lesion}.",
+)
+_MM_REASONING = (
+    "The scan shows a {colour} lesion ({lesion}). With {finding}, this is {d}.",
+    "{Colour} lesion: {lesion}. {Lesion} plus {finding} means {d}.",
+    "The {colour} lesion is {a} {lesion}; with {finding} it points to {d}.",
+    "Image: {colour} {lesion}. Finding: {finding}. Diagnosis: {d}.",
+)
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _cap(s: str) -> str:
+    return s[:1].upper() + s[1:]
+
+
+def read_question(question: Question) -> dict[str, Any]:
+    """What a reader of the question sees: findings named in the text (in order), the lesion in the image."""
+    stem = question.question.lower()
+    vocab = FINDINGS if question.category == "text" else MM_FINDINGS
+    found = sorted((stem.index(f), f) for f in vocab if re.search(rf"\b{f}\b", stem))
+    seen: dict[str, Any] = {"findings": [f for _, f in found]}
+    if question.images and question.images[0].data is not None:
+        seen["lesion"] = LESIONS[lesion_of_pixels(decode_png(question.images[0].data))]
+    return seen
+
+
+def solve(question: Question) -> str | None:
+    """The diagnosis the tables give for what the question shows (text and pixels only, not the key)."""
+    seen = read_question(question)
+    if question.category == "text":
+        return text_diagnosis(seen["findings"])
+    if question.category == "mm_classification":
+        return seen.get("lesion")
+    if "lesion" in seen and len(seen["findings"]) == 1:
+        return mm_diagnosis(seen["lesion"], seen["findings"][0])
+    return None
+
+
+def _reasoning(question: Question, diagnosis: str, seen: Mapping[str, Any], rng: random.Random) -> str:
+    """A short chain of thought reaching `diagnosis`, citing the findings / lesion that lead there.
+
+    When `diagnosis` is what the question shows, the findings are cited as read; otherwise the reasoning
+    misreads them (another finding, another lesion colour), as a wrong teacher trace does.
+    """
+    template = rng.randrange(len(_TEXT_REASONING))
+    if question.category == "text":
+        fa, fb = seen["findings"][:2] if text_diagnosis(seen["findings"]) == diagnosis else (None, None)
+        if fa is None:
+            fa, fb = text_findings(TEXT_DISEASES.index(diagnosis))
+            if rng.random() < 0.5:
+                fa, fb = fb, fa
+        return _TEXT_REASONING[template].format(fa=fa, fb=fb, Fa=_cap(fa), d=diagnosis)
+    if question.category == "mm_classification":
+        colour = LESION_COLOURS[LESIONS.index(diagnosis)]
+        return _CLASS_REASONING[template].format(
+            colour=colour, Colour=_cap(colour), lesion=diagnosis, a=_article(diagnosis)
+        )
+    pairs = mm_presentations(diagnosis)
+    actual = (seen.get("lesion"), (seen["findings"] or [None])[0])
+    lesion, finding = actual if actual in pairs else pairs[rng.randrange(len(pairs))]
+    colour = LESION_COLOURS[LESIONS.index(lesion)]
+    return _MM_REASONING[template].format(
+        colour=colour, Colour=_cap(colour), lesion=lesion, Lesion=_cap(lesion), a=_article(lesion),
+        finding=finding, d=diagnosis,
+    )
+
+
+class DemoTeacher:
+    """A synthetic teacher for the demo world, behind the `teachers.Teacher` protocol.
+
+    For each sample it solves the question from its text and pixels, then, with probability
+    `error_rate`, commits to a wrong option instead (its reasoning then misreads the findings or the
+    lesion, as a real teacher's wrong trace does), and with probability `truncation_rate` stops inside
+    its reasoning (no answer). Its phrasing varies between samples, so several accepted traces of one
+    question are distinct. Everything is a function of (seed, question key, sample index).
+
+    Settings come from the recipe's teacher entry; `extra_body` holds `error_rate`, `truncation_rate`
+    and `seed` (what a real endpoint would receive as extra sampling parameters).
+    """
+
+    def __init__(self, config: TeacherConfig, *, image_root: str | None = None, message_builder: Any = None):
+        del image_root, message_builder  # questions carry their image bytes; the prompt is the question
+        extra = dict(config.extra_body)
+        self.name = config.name
+        self.prompt_version = config.prompt_version
+        self.max_n_per_request = max(1, int(config.max_n_per_request))
+        self.price_input_per_1m = float(config.price_input_per_1m)
+        self.price_output_per_1m = float(config.price_output_per_1m)
+        self.error_rate = float(extra.get("error_rate", 0.35))
+        self.truncation_rate = float(extra.get("truncation_rate", 0.05))
+        self.seed = int(extra.get("seed", 0))
+        if not 0.0 <= self.error_rate <= 1.0 or not 0.0 <= self.truncation_rate <= 1.0:
+            raise ValueError(f"demo teacher {self.name!r}: error_rate and truncation_rate must be in [0, 1]")
+
+    def respond(self, question: Question, sample_index: int) -> str:
+        """The response text of one sample (`<think>` reasoning, then the answer line)."""
+        rng = random.Random(stable_hash("demo-teacher", self.seed, question.key, sample_index))
+        seen = read_question(question)
+        truth = solve(question)
+        letters = [k for k, v in question.options.items() if v == truth]
+        letter = letters[0] if letters else rng.choice(list(question.options))
+        if rng.random() < self.error_rate:
+            letter = rng.choice([k for k in question.options if k != letter])
+        reasoning = _reasoning(question, question.options[letter], seen, rng)
+        if rng.random() < self.truncation_rate:
+            return f"<think>\n{reasoning.rsplit(' ', 2)[0]}"  # cut off before the answer
+        return formats.format_response(
+            style=formats.COT, letter=letter, option_text=question.options[letter], reasoning=reasoning
+        )
+
+    def sample(self, question: Question, sample_indices: Sequence[int]) -> list[Completion]:
+        """One completion per requested sample index."""
+        out = []
+        for i in sample_indices:
+            text = self.respond(question, i)
+            out.append(
+                Completion(
+                    question_key=question.key,
+                    teacher=self.name,
+                    prompt_version=self.prompt_version,
+                    sample_index=int(i),
+                    content=text,
+                    finish_reason="stop" if "</think>" in text else "length",
+                    prompt_tokens=len(formats.render_question(question).split()),  # a word count as a proxy
+                    completion_tokens=len(text.split()),
+                )
+            )
+        return out
+
+
+register_teacher_kind("demo", DemoTeacher)
+
+
+def teacher_settings(*, error_rate: float = 0.35, truncation_rate: float = 0.05, seed: int = 0, n: int = 8) -> dict:
+    """A recipe teacher entry for the demo teacher (`kind="demo"`)."""
+    return dict(
+        kind="demo",
+        name="demo-teacher",
+        base_url="",
+        model="demo-world",
+        api_key_env="",
+        prompt_version=f"demo-v1-e{error_rate:g}-t{truncation_rate:g}-s{seed}",
+        system_prompt="",
+        n=n,
+        max_n_per_request=n,
+        temperature=1.0,
+        top_p=1.0,
+        max_tokens=256,
+        price_input_per_1m=0.0,
+        price_output_per_1m=0.0,
+        extra_body={"error_rate": error_rate, "truncation_rate": truncation_rate, "seed": seed},
+    )
+
+
+def option_counts() -> Mapping[str, int]:
+    """Options per category (chance accuracy is 1 / options)."""
+    return {"text": len(TEXT_DISEASES), "mm_reasoning": len(MM_DISEASES), "mm_classification": len(LESIONS)}

@@ -1,0 +1,87 @@
+"""A shortened demo end to end, through the real command: build, eval, train, eval, HF export, transformers
+reload, report; then a rerun into a fresh workdir gives the same report figures."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SHORT = [
+    "--config.recipe.sources.demo_text.options.num_train=16",
+    "--config.recipe.sources.demo_mm_reasoning.options.num_train=16",
+    "--config.recipe.sources.demo_mm_classification.options.num_train=16",
+    "--config.recipe.sources.demo_text.options.num_test=3",
+    "--config.recipe.sources.demo_mm_reasoning.options.num_test=3",
+    "--config.recipe.sources.demo_mm_classification.options.num_test=3",
+    "--config.train.num_steps=3",
+    "--config.eval.max_new_tokens=16",
+]
+
+
+def run_demo(workdir, *extra):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the demo runs on the real local devices
+    env["JAX_PLATFORMS"] = "cpu"
+    cmd = [sys.executable, "-m", "octomed_jax.train", "--config=demo", f"--workdir={workdir}", *SHORT, *extra]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(os.path.join(workdir, "demo_report.json")) as f:
+        return json.load(f), proc.stdout
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("demo") / "run")
+    report, stdout = run_demo(workdir)
+    return workdir, report, stdout
+
+
+def test_report_has_every_field_and_is_printed(first):
+    workdir, report, stdout = first
+    from octomed_jax.demo import REPORT_FIELDS
+
+    assert set(REPORT_FIELDS) <= set(report)
+    assert set(report["categories"]) == {"text", "mm_reasoning", "mm_classification"}
+    chance = {"text": 20.0, "mm_reasoning": 25.0, "mm_classification": 25.0}
+    for category, m in report["categories"].items():
+        assert m["chance"] == chance[category] and m["questions"] == 3
+        assert 0.0 <= m["before"] <= 100.0 and 0.0 <= m["after"] <= 100.0
+    assert report["steps"] == 3 and len(report["losses"]) == 3
+    assert report["tokens_trained"] > 0
+    assert os.path.getsize(os.path.join(workdir, "demo_report.png")) > 10_000
+    assert "=== OctoMed-JAX demo" in stdout and "traces accepted" in stdout
+    assert {"build", "train_and_eval", "total"} <= set(report["timings_s"])
+
+
+def test_build_manifest_counts_are_consistent(first):
+    workdir, report, _ = first
+    with open(os.path.join(workdir, "data", "manifest.json")) as f:
+        manifest = json.load(f)
+    t, tr = manifest["totals"], report["traces"]
+    assert tr["traces_per_question"] == 4 and tr["questions_in"] == 48 == tr["questions_kept"]
+    assert tr["samples"] == 48 * 8  # n = 8 teacher samples per question
+    assert tr["traces_accepted"] == t["traces_kept"] == sum(e["records"] for es in manifest["files"].values()
+                                                              for e in es)
+    assert tr["questions_kept"] <= tr["traces_accepted"] <= 4 * tr["questions_kept"]
+    # the teacher is wrong about a third of the time: rejection sampling dropped those samples
+    assert 0.45 <= tr["samples_correct"] / tr["samples"] <= 0.8
+    dropped = t["dropped_samples"]
+    assert dropped["wrong_answer"] + dropped.get("no_answer", 0) == tr["samples"] - tr["samples_correct"]
+
+
+def test_hf_export_reloads_with_transformers_and_answers(first):
+    workdir, report, _ = first
+    pytest.importorskip("torch")
+    hf = report["hf_check"]
+    assert hf is not None and hf["question_key"].startswith("demo_mm_reasoning/test-")
+    assert isinstance(hf["response"], str) and hf["correct"] == (hf["answer"] == hf["truth"])
+    assert os.path.exists(os.path.join(workdir, "hf", "config.json"))
+
+
+def test_rerun_into_a_fresh_workdir_gives_the_same_figures(first, tmp_path):
+    _, report, _ = first
+    again, _ = run_demo(str(tmp_path / "rerun"), "--config.demo.hf_check=False")
+    for field in ("categories", "traces", "tokens_trained", "steps", "final_loss", "losses"):
+        assert again[field] == report[field], field

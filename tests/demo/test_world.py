@@ -1,0 +1,152 @@
+"""The demo world and its teacher: answerable questions, balanced classes, images readable by a rule,
+teacher error rate, traces that parse, wrong traces rejected by the real rejection sampler."""
+
+import collections
+
+import numpy as np
+import pytest
+
+from data_pipeline import demo_world as w
+from data_pipeline.answers import extract_answer
+from data_pipeline.filters import rejection_sample
+from data_pipeline.formats import split_teacher_response
+from data_pipeline.sources import SOURCES, read_source
+from data_pipeline.teachers import make_teacher
+
+CATEGORIES = ("text", "mm_reasoning", "mm_classification")
+
+
+@pytest.fixture(scope="module")
+def train():
+    return {c: list(w.generate_split(0, c, "train", 80)) for c in CATEGORIES}
+
+
+def test_text_table_needs_both_findings():
+    for i, disease in enumerate(w.TEXT_DISEASES):
+        f1, f2 = w.text_findings(i)
+        assert w.text_diagnosis([f2, f1]) == disease
+        # each finding alone belongs to two diseases, so it never decides
+        assert sum(f1 in w.text_findings(j) for j in range(len(w.TEXT_DISEASES))) == 2
+    assert w.text_diagnosis(["fever", "fever"]) is None
+
+
+def test_mm_table_needs_image_and_text():
+    for disease in w.MM_DISEASES:
+        pairs = w.mm_presentations(disease)
+        assert len(pairs) == 2
+        assert len({lesion for lesion, _ in pairs}) == 2 and len({f for _, f in pairs}) == 2
+    for lesion in w.LESIONS:  # the image alone leaves two diseases open, and so does the finding alone
+        assert len({w.mm_diagnosis(lesion, f) for f in w.MM_FINDINGS}) == 2
+    for f in w.MM_FINDINGS:
+        assert len({w.mm_diagnosis(lesion, f) for lesion in w.LESIONS}) == 4
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_every_question_is_answerable_from_its_text_and_pixels(train, category):
+    for q in train[category]:
+        q.validate()
+        assert w.solve(q) == q.options[q.answer] == q.metadata["diagnosis"], q.key
+        assert (len(q.images) == 1) == (category != "text")
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_classes_are_balanced(train, category):
+    counts = collections.Counter(q.metadata["diagnosis"] for q in train[category])
+    assert len(counts) == w.option_counts()[category]
+    assert max(counts.values()) - min(counts.values()) <= 1
+    letters = collections.Counter(q.answer for q in train[category])
+    assert len(letters) == w.option_counts()[category]
+
+
+def test_image_class_is_recoverable_from_pixels_by_the_rule():
+    rng = np.random.default_rng(5)
+    for i in range(200):
+        lesion = i % len(w.LESIONS)
+        pixels = w.lesion_image(rng, lesion)
+        assert pixels.shape == (w.IMAGE_SIZE, w.IMAGE_SIZE, 3) and pixels.dtype == np.uint8
+        assert w.lesion_of_pixels(w.decode_png(w.png_bytes(pixels))) == lesion
+
+
+def test_generation_is_seeded_and_splits_are_disjoint():
+    a = list(w.generate_split(3, "mm_reasoning", "train", 12))
+    b = list(w.generate_split(3, "mm_reasoning", "train", 12))
+    assert a == b
+    assert list(w.generate_split(4, "mm_reasoning", "train", 12)) != a
+    # a prefix of a split does not depend on the split size
+    assert list(w.generate_split(3, "mm_reasoning", "train", 5)) == a[:5]
+    for category in CATEGORIES:
+        tr = {(q.question, tuple(q.options.items()), tuple(i.data for i in q.images))
+              for q in w.generate_split(0, category, "train", 200)}
+        test = list(w.generate_split(0, category, "test", 40, num_train=200))
+        assert len(test) == 40
+        assert not tr & {(q.question, tuple(q.options.items()), tuple(i.data for i in q.images)) for q in test}
+
+
+def test_registered_as_a_source_adapter():
+    assert "demo_world" in SOURCES
+    # `name` is also read_source's own first parameter, so the adapter is called through the registry entry
+    qs = list(SOURCES["demo_world"].read(".", split="test", category="text", name="demo_text", num_train=50,
+                                         num_test=7, seed=0))
+    assert [q.id for q in read_source("demo_world", ".", split="test", category="text", num_test=2)] == [
+        "test-00000", "test-00001"]
+    assert len(qs) == 7 and {q.source for q in qs} == {"demo_text"} and {q.split for q in qs} == {"test"}
+
+
+def teacher(error_rate=0.35, truncation_rate=0.05, seed=0, n=8):
+    return make_teacher(w.teacher_settings(error_rate=error_rate, truncation_rate=truncation_rate, seed=seed, n=n))
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_teacher_error_rate_and_parsing(train, category):
+    t = teacher()
+    outcomes = collections.Counter()
+    for q in train[category]:
+        for c in t.sample(q, range(8)):
+            reasoning, final = split_teacher_response(c.content)
+            letter = extract_answer(final, q.options)
+            if c.finish_reason == "length":
+                assert letter is None and final == ""
+                outcomes["cut"] += 1
+                continue
+            assert reasoning and c.content.startswith("<think>\n")
+            assert letter is not None, c.content
+            outcomes[letter == q.answer] += 1
+    n = sum(outcomes.values())
+    wrong = outcomes[False] / (outcomes[True] + outcomes[False])
+    assert 0.28 <= wrong <= 0.42, outcomes  # 0.35 configured; 640 samples
+    assert 0.01 <= outcomes["cut"] / n <= 0.10, outcomes
+
+
+def test_teacher_is_deterministic_and_varies_its_wording(train):
+    q = train["text"][0]
+    a, b = teacher().sample(q, range(8)), teacher().sample(q, [7, 3])
+    assert [c.content for c in b] == [a[7].content, a[3].content]
+    assert [c.content for c in teacher(seed=1).sample(q, range(8))] != [c.content for c in a]
+    correct = {c.content for q in train["text"][:10] for c in teacher(0.0, 0.0).sample(q, range(8))}
+    assert len(correct) >= 20  # several phrasings per question, so K distinct traces exist
+
+
+def test_correct_traces_cite_what_the_question_shows(train):
+    t = teacher(error_rate=0.0, truncation_rate=0.0)
+    for q in train["mm_reasoning"][:16]:
+        for c in t.sample(q, range(4)):
+            reasoning, _ = split_teacher_response(c.content)
+            assert q.metadata["lesion"] in reasoning.lower() and q.metadata["findings"] in reasoning
+            assert reasoning.rstrip(".").endswith(q.metadata["diagnosis"])
+
+
+def test_wrong_traces_are_rejected_and_k_distinct_kept(train):
+    t = teacher(error_rate=0.5)
+    for q in train["mm_reasoning"][:20]:
+        comps = t.sample(q, range(8))
+        n_right = sum(extract_answer(split_teacher_response(c.content)[1], q.options) == q.answer for c in comps)
+        r = rejection_sample(q, comps, k=4, response_format="cot", seed=0)
+        assert r.n_correct == n_right
+        assert r.dropped.get("wrong_answer", 0) + r.dropped.get("no_answer", 0) == 8 - n_right
+        assert len(r.traces) <= 4 and len({tr.response for tr in r.traces}) == len(r.traces)
+        for tr in r.traces:
+            assert extract_answer(tr.response, q.options) == q.answer
+    always_wrong = teacher(error_rate=1.0, truncation_rate=0.0)
+    q = train["text"][0]
+    r = rejection_sample(q, always_wrong.sample(q, range(8)), k=4, response_format="cot", seed=0)
+    assert not r.traces and r.dropped == {"wrong_answer": 8}
