@@ -50,6 +50,37 @@ def build_if_missing(config: ml_collections.ConfigDict, data_dir: str, *, progre
         return json.load(f)
 
 
+def init_student(config: ml_collections.ConfigDict, path: str) -> str:
+    """Writes the random student as an HF folder at `path`, initialised as transformers initialises Qwen2.5-VL.
+
+    transformers draws every linear kernel of the language model from normal(0, initializer_range=0.02); our
+    layers default to LeCun normal, which at width 128 is 4x larger and drowns the 0.02-scale token
+    embeddings in the residual stream (a tiny student then learns to read images long before it learns
+    to read words). Training starts from this folder through `config.init_from`, as `full_mix` starts from
+    the public checkpoint. The draw is seeded by `train.seed`.
+    """
+    import jax
+    from flax import nnx
+
+    from octomed_jax.hf import save_hf
+    from octomed_jax.models.qwen2_5_vl import init_model
+    from octomed_jax.training.trainer import model_config
+
+    if os.path.exists(os.path.join(path, "config.json")):
+        return path
+    model = init_model(model_config(config), seed=config.train.seed)
+    state = nnx.state(model.language_model, nnx.Param)
+    flat = dict(nnx.to_flat_state(state))
+    key = jax.random.key(config.train.seed + 1)
+    for i, (name, var) in enumerate(sorted(flat.items(), key=lambda kv: str(kv[0]))):
+        if name[-1] == "kernel":
+            var.set_value(0.02 * jax.random.normal(jax.random.fold_in(key, i), var.get_value().shape,
+                                                   var.get_value().dtype))
+    nnx.update(model.language_model, nnx.from_flat_state(flat))
+    save_hf(model, path)
+    return path
+
+
 def chance(category: str) -> float:
     """Accuracy (%) of guessing among the category's options."""
     return 100.0 / demo_world.option_counts()[category]
@@ -223,6 +254,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     manifest = build_if_missing(config, data_dir)
     config = ml_collections.ConfigDict(config.to_dict())  # a copy: the caller's config stays as given
     config.data.data_dir = data_dir
+    if not config.init_from and config.demo.init == "transformers":
+        config.init_from = init_student(config, os.path.join(workdir, "init"))
     timings["build"] = time.perf_counter() - t_start
 
     questions = demo_world.held_out(config.recipe, limit=config.eval.max_questions)
