@@ -69,11 +69,13 @@ def get_config() -> ml_collections.ConfigDict:
     r.traces_per_question = 16
     r.out_dir = "data/recipes/full_mix"
     config.init_from = "checkpoints/Qwen2.5-VL-7B-Instruct"  # the public HF checkpoint, downloaded by the user
-    # Scale-out defaults, checked by `python -m octomed_jax.plan` (docs/scale_out.md): save only each layer's
-    # input (the attention logits of 8192-token rows dominate memory, so keeping more buys little), one
-    # 8192-token row per device per micro-batch, FSDP over every device. 7B: ~63 GB of a v5p chip's 95 GB
-    # (TPU compiler) and ~66 GB of an 80 GB H100 at 8 GPUs (estimate).
+    # Scale-out defaults, checked by `python -m octomed_jax.plan` (docs/scale_out.md). The attention of 8192-token
+    # rows dominates memory (the XLA path keeps [heads, 8192, 8192] fp32 scores), so: save only each layer's input,
+    # one row per batch shard per micro-batch, and 4-way tensor parallelism (heads split 7/1/4 per device for
+    # text q/kv and vision) with FSDP over the rest. 7B per device: v5p 8 chips 40 GB, 64 chips 18 GB of 95 GB;
+    # v6e 16 chips 27 of 32 GB (TPU compiler); 8 x H100 ~35 of 80 GB (estimate). With tensor=1 a 64-chip v5p
+    # needs 100 GB: the loss scans the micro-batch's flattened tokens, which every device then holds.
     config.model.remat_policy = "nothing_saveable"
     config.data.rows_per_host = -1
-    config.mesh.update(data=1, fsdp=-1, tensor=1)
+    config.mesh.update(data=1, fsdp=-1, tensor=4)
     return config

@@ -6,7 +6,7 @@ import pytest
 
 from octomed_jax import plan
 
-TINY = ["--config.model.preset=tiny_vocab", "--config.data.seq_len=128", "--config.data.max_patches=32",
+TINY = ["--config.mesh.tensor=1", "--config.model.preset=tiny_vocab", "--config.data.seq_len=128", "--config.data.max_patches=32",
         "--config.train.global_batch_rows=8", "--config.train.loss_chunk=64"]
 
 
