@@ -205,7 +205,8 @@ def add_training_defaults(config: ml_collections.ConfigDict) -> None:
     """
     config.init_from = ""  # a Hugging Face Qwen2.5-VL folder; "" = random initialisation
     config.model = ml_collections.ConfigDict(
-        dict(preset="7b", dtype="bfloat16", param_dtype="float32", scan_layers=True, remat_policy="nothing_saveable")
+        dict(preset="7b", dtype="bfloat16", param_dtype="float32", scan_layers=True, remat_policy="nothing_saveable",
+             attention_impl="xla")  # "cudnn": flash attention on GPU
     )
     config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # -1: the remaining devices
     config.rules = [list(r) for r in SHARDING_RULES]
@@ -247,7 +248,7 @@ def add_training_defaults(config: ml_collections.ConfigDict) -> None:
             num_steps=-1,  # -1: the configured epochs, estimated from the manifest's token counts
             prompt_tokens_estimate=150,  # per trace, for that estimate (question + options + template)
             loss_chunk=1024,
-            max_loss_tokens=-1,  # per micro-batch; -1: every position may carry loss
+            max_loss_tokens=-1,  # per packed row; -1: every position may carry loss
             log_every=10,
             seed=0,
         )

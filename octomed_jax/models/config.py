@@ -77,6 +77,8 @@ class ModelConfig:
       scan_layers: run the stacked layers with `nnx.scan` (one compiled layer) instead of unrolled.
       remat_policy: name of a `jax.checkpoint_policies` policy, "full" (save nothing but the layer
         input) or "none" (no rematerialisation).
+      attention_impl: `jax.nn.dot_product_attention` implementation: "xla" (any backend) or "cudnn"
+        (flash attention on GPU, bf16 compute).
     """
 
     text: TextConfig = TextConfig()
@@ -89,6 +91,7 @@ class ModelConfig:
     dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"
+    attention_impl: str = "xla"
 
     def __post_init__(self):
         t = self.text
@@ -100,6 +103,8 @@ class ModelConfig:
             raise ValueError(
                 f"vision out_hidden_size {self.vision.out_hidden_size} != text hidden_size {t.hidden_size}"
             )
+        if self.attention_impl not in ("xla", "cudnn"):
+            raise ValueError(f"attention_impl {self.attention_impl!r}: use 'xla' or 'cudnn'")
         bad = [i for i in self.vision.fullatt_block_indexes if not 0 <= i < self.vision.depth]
         if bad:
             raise ValueError(f"fullatt_block_indexes {bad} outside 0..{self.vision.depth - 1}")

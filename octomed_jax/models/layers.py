@@ -124,10 +124,14 @@ def attention_mask(
     return mask[:, None]
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+def dot_product_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, implementation: str | None = None
+) -> jax.Array:
     """q [B, T, N, H], k/v [B, S, K, H] (K divides N: grouped-query) -> [B, T, N, H].
 
-    `jax.nn.dot_product_attention` picks cuDNN flash attention on GPU; on CPU it is the XLA path.
-    The XLA path takes the logits and softmax in fp32 whatever the compute dtype.
+    `jax.nn.dot_product_attention` with `implementation` None or "xla" is the XLA path (logits and
+    softmax in fp32 whatever the compute dtype; it materialises [B, N, T, S] scores); "cudnn" asks for
+    cuDNN flash attention on GPU (fp16/bf16 only, and not every shape).
     """
-    return jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+    return jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask,
+                                        implementation=implementation)

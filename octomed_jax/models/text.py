@@ -45,6 +45,7 @@ class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         t = cfg.text
         self.num_heads, self.num_kv_heads, self.head_dim = t.num_attention_heads, t.num_key_value_heads, t.head_dim
+        self.attention_impl = cfg.attention_impl
         q_dim, kv_dim = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.q_proj = dense(t.hidden_size, q_dim, ("embed", "heads"), cfg, rngs, use_bias=True)
         self.k_proj = dense(t.hidden_size, kv_dim, ("embed", "kv_heads"), cfg, rngs, use_bias=True)
@@ -70,7 +71,7 @@ class Attention(nnx.Module):
         b, s, _ = x.shape
         q = apply_rotary(self.q_proj(x).reshape(b, s, self.num_heads, self.head_dim), cos, sin)
         k, v = self.project_kv(x, cos, sin) if kv is None else kv
-        out = dot_product_attention(q, k, v, mask)
+        out = dot_product_attention(q, k, v, mask, self.attention_impl)
         return self.o_proj(out.reshape(b, s, self.num_heads * self.head_dim))
 
 

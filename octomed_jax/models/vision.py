@@ -30,6 +30,7 @@ class VisionBlock(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         v = cfg.vision
         self.num_heads = v.num_heads
+        self.attention_impl = cfg.attention_impl
         self.norm1 = RMSNorm(v.hidden_size, v.rms_norm_eps, cfg)
         self.norm2 = RMSNorm(v.hidden_size, v.rms_norm_eps, cfg)
         self.qkv = dense(v.hidden_size, 3 * v.hidden_size, ("embed", "heads"), cfg, rngs, use_bias=True)
@@ -43,7 +44,7 @@ class VisionBlock(nnx.Module):
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         mask = attention_mask(segment_ids, segment_ids, causal=False)
-        out = dot_product_attention(q, k, v, mask)
+        out = dot_product_attention(q, k, v, mask, self.attention_impl)
         x = x + self.proj(out.reshape(r, n, d))
         return x + self.mlp(self.norm2(x))
 

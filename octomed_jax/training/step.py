@@ -29,8 +29,8 @@ class Batch(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    chunk: int = 1024  # tokens per vocabulary-projection chunk
-    max_loss_tokens: int | None = None  # per micro-batch; None: every position is a candidate
+    chunk: int = 1024  # positions per row per vocabulary-projection chunk
+    max_loss_tokens: int | None = None  # per row; None: every position is a candidate
 
 
 @struct.dataclass

@@ -68,7 +68,8 @@ def maybe_initialize_distributed() -> None:
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
     m = config.model
     return get_preset(
-        m.preset, dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers, remat_policy=m.remat_policy
+        m.preset, dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers, remat_policy=m.remat_policy,
+        attention_impl=m.get("attention_impl", "xla"),
     )
 
 
@@ -171,7 +172,8 @@ def build_model(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh:
 
         m = config.model
         return load_hf(config.init_from, dtype=m.param_dtype, compute_dtype=m.dtype, mesh=mesh, rules=rules,
-                       scan_layers=m.scan_layers, remat_policy=m.remat_policy)
+                       scan_layers=m.scan_layers, remat_policy=m.remat_policy,
+                       attention_impl=m.get("attention_impl", "xla"))
     seed = config.train.seed
     return sharding_lib.create_model(lambda: Qwen25VL(model_cfg, rngs=nnx.Rngs(seed)), mesh, rules)
 

@@ -6,8 +6,8 @@ import pytest
 
 from octomed_jax import plan
 
-TINY = ["--config.mesh.tensor=1", "--config.model.preset=tiny_vocab", "--config.data.seq_len=128", "--config.data.max_patches=32",
-        "--config.train.global_batch_rows=8", "--config.train.loss_chunk=64"]
+TINY = ["--config.mesh.tensor=1", "--config.model.preset=tiny_vocab", "--config.data.seq_len=128",
+        "--config.data.max_patches=32", "--config.train.global_batch_rows=8", "--config.train.loss_chunk=64"]
 
 
 def run_plan(tmp_path, *extra):
