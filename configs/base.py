@@ -83,24 +83,17 @@ def gpt_4o() -> ml_collections.ConfigDict:
 
 def student_endpoint() -> ml_collections.ConfigDict:
     """The student (Qwen2.5-VL-7B-Instruct) served by an OpenAI-compatible server, e.g. vLLM or ours."""
-    return ml_collections.ConfigDict(
-        dict(
-            kind="openai",
-            name="student-qwen2.5-vl-7b",
-            base_url="http://127.0.0.1:8000/v1",
-            model="Qwen/Qwen2.5-VL-7B-Instruct",
-            api_key_env="",
-            prompt_version="student-v1",
-            system_prompt=COT_SYSTEM_PROMPT,
-            n=16,
-            max_n_per_request=16,
-            temperature=0.6,
-            top_p=0.95,
-            max_tokens=4096,
-            price_input_per_1m=0.0,
-            price_output_per_1m=0.0,
-        )
+    cfg = gpt_4o()  # same sampling settings as the multimodal teacher; a local, free, keyless endpoint
+    cfg.update(
+        name="student-qwen2.5-vl-7b",
+        base_url="http://127.0.0.1:8000/v1",
+        model="Qwen/Qwen2.5-VL-7B-Instruct",
+        api_key_env="",
+        prompt_version="student-v1",
+        price_input_per_1m=0.0,
+        price_output_per_1m=0.0,
     )
+    return cfg
 
 
 def judge_endpoint() -> ml_collections.ConfigDict:
