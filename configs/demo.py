@@ -57,7 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.mesh.update(data=1, fsdp=-1, tensor=1)
     config.data.update(seq_len=512, max_patches=512, rows_per_host=4, epochs=1000, seed=0, num_workers=0)
     config.optim.update(learning_rate=5e-3, warmup_ratio=0.05, final_lr_ratio=0.05, weight_decay=0.0, eps=1e-8)
-    config.train.update(global_batch_rows=4, num_steps=150, loss_chunk=512, max_loss_tokens=640, log_every=10)
+    config.train.update(global_batch_rows=4, num_steps=300, loss_chunk=512, max_loss_tokens=192, log_every=10)
     config.checkpoint.update(every=100_000, keep=1, async_save=False)  # one checkpoint, at the end
     config.eval.update(every=0, at_start=True, max_questions=40, max_new_tokens=64, temperature=0.0, top_p=1.0)
     config.export.update(hf=True, dtype="float32")

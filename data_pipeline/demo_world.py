@@ -4,14 +4,14 @@ Nothing here is medical fact: it is a closed world with its own knowledge tables
 tiny student to learn in minutes on a CPU, and built so that each of the paper's three question
 categories needs what it needs in the real data:
 
-- text: a vignette names two findings; the diagnosis is the one disease of `TEXT_DISEASES` whose two
-  findings they are. Each finding belongs to two diseases (the table is a cycle), so one finding alone
-  never decides.
+- text: a vignette names a key finding and a non-specific one (seen with every disease); the diagnosis
+  is the disease of `TEXT_DISEASES` whose key finding it is, so the student must find the one word
+  that decides among words that do not.
 - mm_classification: a 56x56 "scan" with one round lesion on a noisy grey background; the lesion's
   colour is its class (`LESIONS`). `lesion_of_pixels` recovers it with a fixed rule.
-- mm_reasoning: the lesion in the image and a finding in the text together decide the diagnosis
-  (`mm_diagnosis`): each disease presents as two (lesion, finding) pairs, so neither the image nor the
-  text alone is enough.
+- mm_reasoning: the lesion in the image names the disease and the finding in the text its form (acute
+  with fever, chronic with pain): `mm_diagnosis` gives one of 8 diseases, so the image alone leaves two
+  open and the text alone four.
 
 Questions are multiple choice over every disease (or lesion) of their table, always listed in table
 order, like the graded options of a classification benchmark (5 options for text, 4 for the image
@@ -47,7 +47,8 @@ IMAGE_SIZE = 56  # 4x4 patches of 14 px -> 4 merged vision tokens per image
 SPLIT_SALT = {"train": 0, "test": 1}
 
 # Text: five findings on a cycle; disease i has findings i and i+1.
-FINDINGS = ("fever", "rash", "itching", "fatigue", "cough")
+FINDINGS = ("fever", "rash", "itching", "jaundice", "cough")  # key findings: FINDINGS[i] means TEXT_DISEASES[i]
+COMMON_FINDINGS = ("fatigue", "headache", "nausea")  # seen with every disease: they decide nothing
 TEXT_DISEASES = ("measles", "eczema", "allergy", "hepatitis", "pneumonia")
 
 # Images: the lesion's colour is its class.
@@ -57,21 +58,18 @@ LESION_RGB = ((200, 40, 40), (215, 200, 40), (40, 70, 210), (40, 170, 60))
 
 # Image + text: lesion i with finding j is disease (i + j) mod 4, so each disease has two presentations.
 MM_FINDINGS = ("fever", "pain")
-MM_DISEASES = ("dengue", "gout", "abscess", "cancer")
+MM_FORMS = ("acute", "chronic")  # MM_FINDINGS[i] gives MM_FORMS[i]
+MM_BASES = ("bleed", "infection", "cyst disease", "tumour")  # LESIONS[i] gives MM_BASES[i]
+MM_DISEASES = tuple(f"{form} {base}" for base in MM_BASES for form in MM_FORMS)
 
 TEXT_STEM = "A {age}-year-old {sex} has {f1} and {f2}. What is the most likely diagnosis?"
 CLASSIFICATION_STEM = "Which lesion does this scan show?"
 MM_STEM = "A {age}-year-old {sex} has {finding}. The scan is shown. What is the most likely diagnosis?"
 
 
-def text_findings(disease_index: int) -> tuple[str, str]:
-    """The two findings of `TEXT_DISEASES[disease_index]`."""
-    return FINDINGS[disease_index], FINDINGS[(disease_index + 1) % len(FINDINGS)]
-
-
 def mm_diagnosis(lesion: str, finding: str) -> str:
-    """The disease of a lesion class with a finding."""
-    return MM_DISEASES[(LESIONS.index(lesion) + MM_FINDINGS.index(finding)) % len(MM_DISEASES)]
+    """The disease of a lesion class (which disease) with a finding (which form)."""
+    return MM_DISEASES[len(MM_FORMS) * LESIONS.index(lesion) + MM_FINDINGS.index(finding)]
 
 
 def mm_presentations(disease: str) -> list[tuple[str, str]]:
@@ -80,10 +78,9 @@ def mm_presentations(disease: str) -> list[tuple[str, str]]:
 
 
 def text_diagnosis(findings: Sequence[str]) -> str | None:
-    """The disease whose two findings are exactly `findings` (any order), or None."""
-    wanted = set(findings)
-    hits = [d for i, d in enumerate(TEXT_DISEASES) if set(text_findings(i)) == wanted]
-    return hits[0] if len(hits) == 1 else None
+    """The disease of the one key finding among `findings`, or None (no key finding, or two)."""
+    keys = {f for f in findings if f in FINDINGS}
+    return TEXT_DISEASES[FINDINGS.index(keys.pop())] if len(keys) == 1 else None
 
 
 # --- images -------------------------------------------------------------------------------------------------
@@ -151,9 +148,9 @@ def _person(rng: np.random.Generator) -> dict[str, Any]:
 
 def _text_question(rng: np.random.Generator, index: int) -> tuple[str, dict[str, str], str, None, dict[str, str]]:
     d = index % len(TEXT_DISEASES)  # balanced over diseases
-    f1, f2 = text_findings(d)
-    if rng.integers(2):
-        f1, f2 = f2, f1
+    key = FINDINGS[d]
+    common = COMMON_FINDINGS[int(rng.integers(len(COMMON_FINDINGS)))]
+    f1, f2 = (key, common) if rng.integers(2) else (common, key)
     options, answer = _options(TEXT_DISEASES, TEXT_DISEASES[d])
     stem = TEXT_STEM.format(f1=f1, f2=f2, **_person(rng))
     return stem, options, answer, None, {"findings": f"{f1},{f2}", "diagnosis": TEXT_DISEASES[d]}
@@ -285,10 +282,10 @@ def held_out(recipe: Any, *, limit: int | None = None) -> list[Question]:
 # --- the teacher --------------------------------------------------------------------------------------------
 
 _TEXT_REASONING = (
-    "Findings: {fa} and {fb}. Together they mean {d}.",
-    "{Fa} with {fb} points to {d}.",
-    "The patient has {fa} and {fb}, typical of {d}.",
-    "{Fa} and {fb}: this is {d}.",
+    "The key finding is {fa}; {fb} is non-specific. {Fa} means {d}.",
+    "{Fa} points to {d}.",
+    "Of {fa} and {fb}, only {fa} decides: {d}.",
+    "{Fa}: this is {d}.",
 )
 _CLASS_REASONING = (
     "The scan shows a {colour} lesion, {a} {lesion}.",
@@ -315,7 +312,7 @@ def _cap(s: str) -> str:
 def read_question(question: Question) -> dict[str, Any]:
     """What a reader of the question sees: findings named in the text (in order), the lesion in the image."""
     stem = question.question.lower()
-    vocab = FINDINGS if question.category == "text" else MM_FINDINGS
+    vocab = FINDINGS + COMMON_FINDINGS if question.category == "text" else MM_FINDINGS
     found = sorted((stem.index(f), f) for f in vocab if re.search(rf"\b{f}\b", stem))
     seen: dict[str, Any] = {"findings": [f for _, f in found]}
     if question.images and question.images[0].data is not None:
@@ -343,12 +340,9 @@ def _reasoning(question: Question, diagnosis: str, seen: Mapping[str, Any], rng:
     """
     template = rng.randrange(len(_TEXT_REASONING))
     if question.category == "text":
-        fa, fb = seen["findings"][:2] if text_diagnosis(seen["findings"]) == diagnosis else (None, None)
-        if fa is None:
-            fa, fb = text_findings(TEXT_DISEASES.index(diagnosis))
-            if rng.random() < 0.5:
-                fa, fb = fb, fa
-        return _TEXT_REASONING[template].format(fa=fa, fb=fb, Fa=_cap(fa), d=diagnosis)
+        key = FINDINGS[TEXT_DISEASES.index(diagnosis)]  # a wrong trace misreads the key finding
+        common = next((f for f in seen["findings"] if f in COMMON_FINDINGS), COMMON_FINDINGS[0])
+        return _TEXT_REASONING[template].format(fa=key, fb=common, Fa=_cap(key), d=diagnosis)
     if question.category == "mm_classification":
         colour = LESION_COLOURS[LESIONS.index(diagnosis)]
         return _CLASS_REASONING[template].format(
