@@ -502,7 +502,7 @@ def test_missing_input_path_names_it(tmp_path):
 def test_registry():
     expected = {
         "medqa", "medmcqa", "headqa", "mmlu_pro", "medxpertqa_text", "medxpertqa_mm", "pmc_vqa", "vqa_rad",
-        "slake", "nejm", "image_folder", "classification_csv", "released_traces",
+        "slake", "nejm", "image_folder", "classification_csv", "released_traces", "demo_world",
     }  # fmt: skip
     assert set(SOURCES) == expected
     assert all(a.name == k for k, a in SOURCES.items())

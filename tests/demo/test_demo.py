@@ -44,7 +44,7 @@ def test_report_has_every_field_and_is_printed(first):
 
     assert set(REPORT_FIELDS) <= set(report)
     assert set(report["categories"]) == {"text", "mm_reasoning", "mm_classification"}
-    chance = {"text": 20.0, "mm_reasoning": 25.0, "mm_classification": 25.0}
+    chance = {"text": 20.0, "mm_reasoning": 12.5, "mm_classification": 25.0}  # 5, 8 and 4 options
     for category, m in report["categories"].items():
         assert m["chance"] == chance[category] and m["questions"] == 3
         assert 0.0 <= m["before"] <= 100.0 and 0.0 <= m["after"] <= 100.0
