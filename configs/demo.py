@@ -63,7 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.export.update(hf=True, dtype="float32")
     config.demo = ml_collections.ConfigDict(
         dict(
-            init="transformers",  # random student drawn as transformers draws it (see demo.init_student); "": ours
+            init="transformers",  # random student saved as an HF folder, loaded via init_from (demo.init_student)
             hf_check=True,  # reload the export with transformers and answer one held-out question
             report="demo_report",  # <workdir>/demo_report.{json,png}
         )

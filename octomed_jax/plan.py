@@ -51,7 +51,7 @@ from octomed_jax.models.qwen2_5_vl import abstract_model  # noqa: E402
 from octomed_jax.training.metrics import PEAK_FLOPS, train_flops  # noqa: E402
 from octomed_jax.training.optimizer import make_optimizer  # noqa: E402
 from octomed_jax.training.step import LossConfig, train_step  # noqa: E402
-from octomed_jax.training.trainer import batch_geometry, model_config  # noqa: E402
+from octomed_jax.training.trainer import batch_geometry, loss_config, model_config  # noqa: E402
 
 TPU_INSTALL_HINT = (
     'TPU topologies need libtpu, which is not in the default install: pip install -e ".[tpu]" '
@@ -135,11 +135,6 @@ def get_topology(name: str) -> Topology:
     except Exception as e:  # libtpu missing, or a topology libtpu does not know
         raise PlanError(f"cannot describe TPU topology {name}: {e}\n{TPU_INSTALL_HINT}") from e
     return Topology(name, "tpu", tuple(desc.devices), PEAK_FLOPS[peak_key], hbm)
-
-
-def loss_config(config: ml_collections.ConfigDict) -> LossConfig:
-    t = config.train
-    return LossConfig(chunk=t.loss_chunk, max_loss_tokens=t.max_loss_tokens if t.max_loss_tokens > 0 else None)
 
 
 def abstract_train_state(

@@ -230,6 +230,12 @@ def make_benchmark_eval(
     return evaluate
 
 
+def loss_config(config: ml_collections.ConfigDict) -> LossConfig:
+    """The step's loss settings from `config.train` (max_loss_tokens <= 0: every position)."""
+    t = config.train
+    return LossConfig(chunk=t.loss_chunk, max_loss_tokens=t.max_loss_tokens if t.max_loss_tokens > 0 else None)
+
+
 def stack_micro_batches(batches: list[Any]) -> Any:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *batches)
 
@@ -275,9 +281,7 @@ def train(
         start, rng = restored
         logging.info("resumed from step %d", start)
 
-    loss_cfg = LossConfig(chunk=config.train.loss_chunk,
-                          max_loss_tokens=config.train.max_loss_tokens if config.train.max_loss_tokens > 0 else None)
-    step_fn = jit_train_step(loss_cfg)
+    step_fn = jit_train_step(loss_config(config))
     if evaluate_fn is None:
         evaluate_fn = make_benchmark_eval(config, mesh, rules)
     writer = MetricsWriter(workdir)
