@@ -2,8 +2,8 @@
 
 `load_hf` reads config.json and safetensors (one file or shards with an index; the legacy key layout
 or transformers 5.x's `model.language_model.*`). Given a mesh, every parameter is built with
-`jax.make_array_from_callback`, so each host reads from the memory-mapped files only the slices of
-the tensors that land on its own devices. `save_hf` writes the legacy layout, which
+`jax.make_array_from_callback`, so each host reads from the files (`safe_open(...).get_slice`) only the
+slices of the tensors that land on its own devices. `save_hf` writes the legacy layout, which
 `Qwen2_5_VLForConditionalGeneration.from_pretrained` loads with no missing or unexpected keys.
 """
 
@@ -98,20 +98,23 @@ def load_hf(
     graphdef, abstract_state = nnx.split(abstract)
     shardings = sharding_lib.state_shardings(abstract_state, mesh, rules) if mesh is not None else None
     param_dtype = cfg.jnp_param_dtype
+    patch_shape = _patch_shape(cfg)
     expected_names: set[str] = set()
 
-    def read(name: str, kind: keys.Kind, shape: tuple[int, ...]) -> np.ndarray:
+    def check(name: str, kind: keys.Kind, shape: tuple[int, ...]) -> None:
         if name not in hf_key:
             layout = "model.language_model.*" if new_layout else "legacy"
             raise CheckpointError(f"{path}: tensor {name} ({layout} layout) is missing")
-        tensor = keys.from_hf(kind, ckpt[hf_key[name]])
-        if tensor.shape != shape:
-            hf_shape = ckpt[hf_key[name]].shape
+        stored = hf_key[name]
+        found, expected = ckpt.shape(stored), keys.hf_shape(kind, shape, patch_shape)
+        if found != expected:
             raise CheckpointError(
-                f"{ckpt.where(hf_key[name])}: tensor {hf_key[name]} has shape {tuple(hf_shape)}, "
-                f"expected {keys.hf_shape(kind, shape, hf_shape[1:])} for this config"
+                f"{ckpt.where(stored)}: tensor {stored} has shape {found}, expected {expected} for this config"
             )
-        return tensor
+
+    def part(name: str, kind: keys.Kind, index: tuple[slice, ...]) -> np.ndarray:
+        array = keys.read_part(kind, lambda hf_index: ckpt.read(hf_key[name], hf_index), index)
+        return np.asarray(array, dtype=param_dtype)
 
     flat = []
     for p, leaf, tmap in _param_maps(abstract_state):
@@ -119,13 +122,14 @@ def load_hf(
         expected_names.update(names)
         shape = tuple(leaf.get_value().shape)
         layer_shape = shape[1:] if tmap.num_layers is not None else shape
-        views = [read(n, tmap.kind, layer_shape) for n in names]
+        for name in names:
+            check(name, tmap.kind, layer_shape)
 
-        def slice_of(index: tuple[slice, ...], views=views, tmap=tmap) -> np.ndarray:
+        def slice_of(index: tuple[slice, ...], names=names, tmap=tmap) -> np.ndarray:
             if tmap.num_layers is None:
-                return np.asarray(views[0][index], dtype=param_dtype)
+                return part(names[0], tmap.kind, index)
             layers = range(tmap.num_layers)[index[0]]
-            return np.stack([np.asarray(views[i][index[1:]], dtype=param_dtype) for i in layers])
+            return np.stack([part(names[i], tmap.kind, index[1:]) for i in layers])
 
         if shardings is None:
             value = jnp.asarray(slice_of(tuple(slice(None) for _ in shape)))
@@ -141,6 +145,12 @@ def load_hf(
         raise CheckpointError(f"{path}: unexpected tensors {unexpected[:3]}{more}: not a Qwen2.5-VL checkpoint?")
     state = nnx.from_flat_state(flat)
     return nnx.merge(graphdef, state)
+
+
+def _patch_shape(cfg: ModelConfig) -> tuple[int, ...]:
+    """The trailing axes of the HF patch embedding (Conv3d) weight: channels, time, height, width."""
+    v = cfg.vision
+    return (v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
 
 
 def _lookup(tree: Any, path: tuple[str, ...]) -> Any:
@@ -174,12 +184,13 @@ def save_hf(
       tokenizer_dir: a folder whose tokenizer files are copied beside the weights.
       chat_template: the Jinja chat template to ship (tokenizer_config.json and chat_template.jinja).
       processor_config: preprocessor_config.json contents for the image processor.
-      max_shard_bytes: largest safetensors shard (5 GB like transformers).
+      max_shard_bytes: largest safetensors shard; process 0 holds one whole shard in host memory while
+        writing it, so this bounds the export's memory (transformers 5 defaults to 50 GB shards).
     """
     cfg = model.cfg
     out_dtype = np.dtype(jnp.dtype(dtype or cfg.param_dtype))
     state = nnx.state(model, nnx.Param)
-    patch_shape = (cfg.vision.in_channels, cfg.vision.temporal_patch_size, cfg.vision.patch_size, cfg.vision.patch_size)
+    patch_shape = _patch_shape(cfg)
     tensors = []
     for _, leaf, tmap in _param_maps(state):
         value = leaf.get_value()

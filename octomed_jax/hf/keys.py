@@ -10,6 +10,7 @@ layout that Hub checkpoints use (`model.layers.N.*`, `visual.*`, `lm_head.*`); t
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -76,13 +77,21 @@ def to_legacy(name: str) -> str:
     return name
 
 
-def from_hf(kind: Kind, tensor: np.ndarray) -> np.ndarray:
-    """A view of an HF tensor in our layout (memory maps stay lazy: no bytes are read here)."""
+def read_part(kind: Kind, read_hf: Callable[[tuple[slice, ...]], np.ndarray], index: tuple[slice, ...]) -> np.ndarray:
+    """`ours[index]` in our layout, reading only the part of the HF tensor that holds it.
+
+    Args:
+      kind: how the two layouts differ.
+      read_hf: reads a part of the HF tensor, given one slice per leading HF axis.
+      index: one slice per axis of our (unstacked) parameter.
+    """
     if kind == "linear":
-        return tensor.T
-    if kind == "conv":
-        return tensor.reshape(tensor.shape[0], -1).T
-    return tensor
+        return read_hf(index[::-1]).T
+    if kind == "conv":  # our rows flatten an output channel's whole patch: read whole patches, then pick rows
+        rows, channels = index
+        patches = read_hf((channels,))
+        return patches.reshape(patches.shape[0], -1).T[rows]
+    return read_hf(index)
 
 
 def to_hf(kind: Kind, array: np.ndarray, hf_shape: tuple[int, ...]) -> np.ndarray:

@@ -2,24 +2,29 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 
+import ml_dtypes
 import numpy as np
 import pytest
 from conftest import hf_logits, image_prompt, pixels, transformers
+from flax import nnx
+from safetensors.numpy import save_file
 
 from octomed_jax import checkpoint as ckpt_lib
-from octomed_jax.hf import CheckpointError, load_hf, save_hf
-from octomed_jax.hf.safetensors_io import Checkpoint, LazyTensor, save_file
+from octomed_jax import sharding
+from octomed_jax.hf import CheckpointError, keys, load_hf, save_hf
+from octomed_jax.hf.safetensors_io import Checkpoint
 from octomed_jax.models.config import get_preset
 from octomed_jax.models.qwen2_5_vl import init_model
 
 
 def tensors(folder):
     ckpt = Checkpoint(folder)
-    return {k: np.asarray(ckpt[k]) for k in ckpt.keys()}
+    return {k: ckpt.read(k) for k in ckpt.keys()}
 
 
 def test_hf_to_ours_to_hf_is_byte_identical(hf_checkpoint, ours, tmp_path):
@@ -49,30 +54,75 @@ def test_ours_to_hf_loads_in_transformers_with_same_logits(preset, tmp_path):
 
 def test_reads_the_in_memory_layout_of_transformers_5(hf_checkpoint, ours, tmp_path):
     hf, path = hf_checkpoint
-    in_memory = [LazyTensor.of(name, t.detach().numpy()) for name, t in hf.state_dict().items()]
-    save_file(in_memory, str(tmp_path / "model.safetensors"))
+    in_memory = {name: t.detach().numpy() for name, t in hf.state_dict().items()}
+    save_file(in_memory, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     shutil.copy(os.path.join(path, "config.json"), tmp_path / "config.json")
     assert any(k.startswith("model.language_model.") for k in Checkpoint(str(tmp_path)).keys())
     ids = np.arange(10, 30)[None]
     np.testing.assert_array_equal(np.asarray(load_hf(str(tmp_path))(ids)), np.asarray(ours(ids)))
 
 
+def index_shards(folder):
+    """The shard files the index of `folder` lists, sorted."""
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    return sorted(set(index["weight_map"].values()))
+
+
 def test_sharded_hf_checkpoint_loads(ours, tmp_path):
     save_hf(ours, str(tmp_path), max_shard_bytes=10 * 2**20)
-    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
-    assert len(set(index["weight_map"].values())) > 1
+    assert len(index_shards(tmp_path)) > 1
     ids = np.arange(5, 25)[None]
     np.testing.assert_array_equal(np.asarray(load_hf(str(tmp_path))(ids)), np.asarray(ours(ids)))
 
 
-def test_bf16_export_and_reload(ours, tmp_path):
+def test_bf16_export_and_reload(hf_checkpoint, ours, tmp_path):
     save_hf(ours, str(tmp_path), dtype="bfloat16")
     assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
-    assert str(Checkpoint(str(tmp_path))["model.norm.weight"].dtype) == "bfloat16"
+    fp32, bf16 = tensors(hf_checkpoint[1]), tensors(str(tmp_path))
+    for name, array in fp32.items():  # every tensor is exactly the float32 one rounded to bfloat16
+        assert bf16[name].dtype == ml_dtypes.bfloat16, name
+        assert bf16[name].tobytes() == array.astype(ml_dtypes.bfloat16).tobytes(), name
     reloaded = load_hf(str(tmp_path), dtype="bfloat16")
     ids = np.arange(5, 25)[None]
     diff = np.abs(np.asarray(reloaded(ids), np.float32) - np.asarray(ours(ids))).max()
     assert 0 < diff < 0.05
+
+
+@pytest.mark.parametrize("kind", ["copy", "linear", "conv"])
+def test_read_part_inverts_to_hf_reading_only_what_it_needs(kind):
+    ours = np.random.RandomState(0).randn(24, 6).astype(np.float32)  # conv: 24 = 3 x 2 x 2 x 2 patch values
+    hf_shape = keys.hf_shape(kind, ours.shape, (3, 2, 2, 2))
+    hf = keys.to_hf(kind, ours, hf_shape)
+    requested = []
+
+    def read_hf(index):
+        requested.append(hf[index].size)
+        return hf[index]
+
+    index = (slice(4, 20), slice(1, 4))
+    np.testing.assert_array_equal(keys.read_part(kind, read_hf, index), ours[index])
+    assert requested == [ours[index].size if kind != "conv" else 24 * 3]  # conv reads whole patches of 3 channels
+
+
+def test_mesh_load_reads_each_devices_part_only(hf_checkpoint, ours, monkeypatch):
+    reads = []
+    read = Checkpoint.read
+
+    def spy(self, name, index=None):
+        array = read(self, name, index)
+        reads.append((name, array.shape))
+        return array
+
+    monkeypatch.setattr(Checkpoint, "read", spy)
+    q_name = "model.layers.0.self_attn.q_proj.weight"
+    out_features, in_features = Checkpoint(hf_checkpoint[1]).shape(q_name)
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    sharded = load_hf(hf_checkpoint[1], mesh=mesh)
+    q_reads = {shape for name, shape in reads if name == q_name}
+    assert q_reads == {(out_features // 2, in_features // 2)}  # the kernel is split by fsdp x tensor
+    want = dict(nnx.to_flat_state(nnx.state(ours, nnx.Param)))
+    for path, leaf in nnx.to_flat_state(nnx.state(sharded, nnx.Param)):
+        np.testing.assert_array_equal(np.asarray(leaf.get_value()), np.asarray(want[path].get_value()), str(path))
 
 
 def copy_checkpoint(src, dst):
@@ -82,13 +132,13 @@ def copy_checkpoint(src, dst):
 
 def rewrite_tensors(folder, edit):
     ckpt = Checkpoint(str(folder))
-    arrays = {k: np.array(ckpt[k]) for k in ckpt.keys()}
+    arrays = {k: ckpt.read(k) for k in ckpt.keys()}
     del ckpt
     edit(arrays)
-    save_file([LazyTensor.of(k, v) for k, v in arrays.items()], str(folder / "model.safetensors"))
+    save_file(arrays, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
-def test_errors_name_the_file_or_tensor(hf_checkpoint, tmp_path):
+def test_errors_name_the_file_or_tensor(hf_checkpoint, ours, tmp_path):
     _, path = hf_checkpoint
     with pytest.raises(CheckpointError, match="not a directory"):
         load_hf(str(tmp_path / "nope"))
@@ -112,6 +162,19 @@ def test_errors_name_the_file_or_tensor(hf_checkpoint, tmp_path):
     rewrite_tensors(shaped, lambda a: a.update({"visual.blocks.0.attn.qkv.weight": np.zeros((10, 32), np.float32)}))
     with pytest.raises(CheckpointError, match=r"visual\.blocks\.0\.attn\.qkv\.weight has shape \(10, 32\)"):
         load_hf(str(shaped))
+
+    truncated = copy_checkpoint(path, tmp_path / "truncated")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=re.escape(f"{weights}: not a readable safetensors file")):
+        load_hf(str(truncated))
+
+    lost_shard = tmp_path / "lost_shard"
+    save_hf(ours, str(lost_shard), max_shard_bytes=10 * 2**20)
+    last_shard = index_shards(lost_shard)[-1]
+    (lost_shard / last_shard).unlink()
+    with pytest.raises(CheckpointError, match=re.escape(f"{last_shard}: listed in model.safetensors.index.json")):
+        load_hf(str(lost_shard))
 
     extra = copy_checkpoint(path, tmp_path / "extra")
     rewrite_tensors(extra, lambda a: a.update({"model.layers.9.foo.weight": np.zeros(3, np.float32)}))
