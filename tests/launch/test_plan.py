@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from octomed_jax import plan
+from octomed_jax import plan, planning
 
 TINY = ["--config.mesh.tensor=1", "--config.model.preset=tiny_vocab", "--config.data.seq_len=128",
         "--config.data.max_patches=32", "--config.train.global_batch_rows=8", "--config.train.loss_chunk=64"]
@@ -35,7 +35,7 @@ def test_gpu_plan_compiles_and_reports(fsdp8):
     assert r["fits"] and r["hbm_bytes"] == 80e9
     assert r["flops_per_step_model"] > 0 and r["step_seconds_compiler"] is None
     assert r["days_at_mfu"] > 0 and r["octomed"]["tokens"] == pytest.approx(3 * 8_095_571 * 1_100)
-    row = plan.format_table([r]).splitlines()[-1]
+    row = planning.format_table([r]).splitlines()[-1]
     assert row.startswith("| gpu:8 (8) | 1,8,1 | 1 x 1 |") and "| estimate |" in row and "fits" in row
 
 
@@ -51,7 +51,7 @@ def test_per_device_bytes_shrink_as_fsdp_grows(fsdp8, tmp_path):
 
 
 def test_unknown_topology_and_missing_devices():
-    with pytest.raises(plan.PlanError, match="unknown topology"):
-        plan.get_topology("k80:8")
-    with pytest.raises(plan.PlanError, match="fake CPU devices"):
-        plan.get_topology("gpu:64")
+    with pytest.raises(planning.PlanError, match="unknown topology"):
+        planning.get_topology("k80:8")
+    with pytest.raises(planning.PlanError, match="fake CPU devices"):
+        planning.get_topology("gpu:64")

@@ -1,0 +1,497 @@
+"""Compile and memory plan: does the real train step fit a TPU pod or a GPU cluster, and what will it cost?
+
+`plan_topology(config, name)` lowers the train step of a training config (the same `train_step`, model, mesh,
+rules and batch geometry as `python -m octomed_jax.train`) with abstract inputs - no weight is allocated - for
+one topology, and returns its figures; `format_table` lays them out. `python -m octomed_jax.plan` is the CLI.
+
+- TPU (`v5p:2x2x2`, `v5p:4x4x4`, `v6e:4x4`, ...): compiled on this machine by the TPU compiler for a pod
+  that is not there (`jax.experimental.topologies`, needs libtpu: `pip install -e ".[tpu]"`). Memory,
+  FLOPs and the step-time estimate are the compiler's own figures (`layered_cost` for the whole step).
+- GPU (`gpu:N`, `h100:N`, `h200:N`, `a100:N`): compiled for N fake CPU devices, which proves that the step
+  lowers and shards; memory per GPU is an estimate from the sharded parameter, optimizer and activation
+  sizes (`estimate_memory`), and the step time is taken at 55% MFU.
+
+Importing this module starts nothing; a caller that compiles for TPU topologies keeps JAX on the host
+(`JAX_PLATFORMS=cpu`) and, for GPU topologies, provides `num_cpu_devices_needed` CPU devices, as the CLI does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from octomed_jax import sharding as sharding_lib
+from octomed_jax.contract import RunContract, model_config_from
+from octomed_jax.data.global_batch import abstract_train_batch
+from octomed_jax.models.config import ModelConfig
+from octomed_jax.models.qwen2_5_vl import abstract_model
+from octomed_jax.training.metrics import PEAK_FLOPS, train_flops
+from octomed_jax.training.optimizer import make_optimizer
+from octomed_jax.training.step import LossConfig, train_step
+from octomed_jax.training.trainer import batch_geometry
+
+
+def model_config_for_plan(config: ml_collections.ConfigDict) -> ModelConfig:
+    """The model the plan compiles: the one `python -m octomed_jax.train` builds from the same config."""
+    return model_config_from(config)
+
+
+def loss_config_for_plan(config: ml_collections.ConfigDict) -> LossConfig:
+    """The loss settings the plan compiles: the run contract's, as the trainer reads them."""
+    return RunContract.from_config(config, total_steps=1).train.loss  # the run's length changes no shape
+
+
+TPU_INSTALL_HINT = (
+    'TPU topologies need libtpu, which is not in the default install: pip install -e ".[tpu]" '
+    f'(or pip install "jax[tpu]=={jax.__version__}"); it installs and compiles on a CPU-only machine.'
+)
+
+# OctoMed's training set (REFERENCE.md section 2): examples, image-text examples, mean tokens per example.
+OCTOMED_EXAMPLES = 8_095_571
+OCTOMED_IMAGE_EXAMPLES = 3_687_105
+OCTOMED_MEAN_TOKENS = 1_100
+PATCHES_PER_IMAGE = 1_296  # a 512x512 image smart-resized to 504x504: 36 x 36 patches of 14 px
+PACKING_EFFICIENCY = 0.97  # real tokens per packed row slot (as the trainer's step estimate assumes)
+TARGET_MFU = 0.55
+
+GB = 1e9  # HBM sizes below are vendor figures in decimal GB
+
+# name prefix -> (PEAK_FLOPS key, HBM bytes per device)
+ACCELERATORS = {
+    "v5p": ("TPU v5p", 95 * GB),
+    "v5e": ("TPU v5e", 16 * GB),
+    "v5litepod": ("TPU v5e", 16 * GB),
+    "v6e": ("TPU v6", 32 * GB),
+    "v4": ("TPU v4", 32 * GB),
+    "gpu": ("H100", 80 * GB),
+    "h100": ("H100", 80 * GB),
+    "h200": ("H200", 141 * GB),
+    "a100": ("A100", 80 * GB),
+}
+GPU_KINDS = ("gpu", "h100", "h200", "a100")
+
+
+class PlanError(ValueError):
+    """A topology or config the plan cannot handle; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """The devices a plan compiles for.
+
+    Attributes:
+      name: as given, e.g. "v5p:4x4x4" or "h100:8".
+      platform: "tpu" (compiled by the TPU compiler) or "gpu" (compiled on fake CPU devices, memory estimated).
+      devices: abstract TPU devices, or N host CPU devices standing in for GPUs.
+      peak_flops: dense bf16 FLOP/s of one device (`metrics.PEAK_FLOPS`).
+      hbm_bytes: memory of one device.
+    """
+
+    name: str
+    platform: str
+    devices: tuple[Any, ...]
+    peak_flops: float
+    hbm_bytes: float
+
+
+def num_cpu_devices_needed(names: Sequence[str]) -> int:
+    """The fake CPU devices the GPU topologies among `names` need (set before JAX starts its backend)."""
+    counts = [int(n.split(":", 1)[1]) for n in names if n.split(":", 1)[0].lower() in GPU_KINDS and ":" in n]
+    return max(counts, default=0)
+
+
+def get_topology(name: str) -> Topology:
+    """Devices, peak FLOP/s and HBM of a topology name ("v5p:2x2x2", "v6e:4x4", "gpu:8", "h100:16")."""
+    kind, _, shape = name.partition(":")
+    kind = kind.lower()
+    if kind not in ACCELERATORS or not shape:
+        raise PlanError(f"unknown topology {name!r}: use e.g. v5p:2x2x2, v5p:4x4x4, v6e:4x4, gpu:8, h100:8")
+    peak_key, hbm = ACCELERATORS[kind]
+    if kind in GPU_KINDS:
+        n = int(shape)
+        cpus = jax.devices("cpu")
+        if len(cpus) < n:
+            raise PlanError(
+                f"{name} needs {n} fake CPU devices, JAX has {len(cpus)}: run `python -m octomed_jax.plan` "
+                f"(it sets them) or set XLA_FLAGS=--xla_force_host_platform_device_count={n} before JAX starts"
+            )
+        return Topology(name, "gpu", tuple(cpus[:n]), PEAK_FLOPS[peak_key], hbm)
+    try:
+        from jax.experimental import topologies
+
+        desc = topologies.get_topology_desc(topology_name=name, platform="tpu")
+    except Exception as e:  # libtpu missing, or a topology libtpu does not know
+        raise PlanError(f"cannot describe TPU topology {name}: {e}\n{TPU_INSTALL_HINT}") from e
+    return Topology(name, "tpu", tuple(desc.devices), PEAK_FLOPS[peak_key], hbm)
+
+
+def abstract_train_state(
+    config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: jax.sharding.Mesh, rules: sharding_lib.Rules
+) -> tuple[Any, Any]:
+    """(graphdef, state) of (model, optimizer) as `jax.ShapeDtypeStruct`s carrying their NamedShardings."""
+    model = abstract_model(model_cfg)
+    tx, _ = make_optimizer(config.optim, total_steps=1000)  # the schedule's length changes no shape
+    with nnx.use_eager_sharding(False):
+        optimizer = nnx.eval_shape(lambda m: nnx.Optimizer(m, tx, wrt=nnx.Param), model)
+    graphdef, state = nnx.split((model, optimizer))
+    shardings = sharding_lib.state_shardings(state, mesh, rules)
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+    return graphdef, state
+
+
+def with_micro_axis(batch: Any, micro_steps: int) -> Any:
+    """A leading micro-batch axis (unsharded) on every array of an abstract batch, as the step scans over it."""
+
+    def add(x: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
+        s = NamedSharding(x.sharding.mesh, P(None, *x.sharding.spec))
+        return jax.ShapeDtypeStruct((micro_steps, *x.shape), x.dtype, sharding=s)
+
+    return jax.tree.map(add, batch)
+
+
+def device_bytes(tree: Any) -> int:
+    """Bytes one device holds of an abstract tree (the largest shard of each array)."""
+    total = 0
+    for x in jax.tree.leaves(tree):
+        shape = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
+        total += int(np.prod(shape)) * np.dtype(x.dtype).itemsize
+    return total
+
+
+def _saved_per_token_per_layer(width: int, qkv: int, ff: int, heads: int, seq: int, policy: str) -> float:
+    """Activation values one layer keeps per token for its backward pass, by remat policy (in values)."""
+    layer_input = width
+    dots = qkv + width + 2 * ff + width  # q/k/v, output projection, gate and up, down projection
+    if policy in ("full", "nothing_saveable"):
+        return layer_input
+    if policy == "dots_with_no_batch_dims_saveable":
+        return layer_input + dots
+    if policy in ("dots_saveable", "checkpoint_dots"):
+        return layer_input + dots + heads * seq  # attention scores are batched dots too
+    # "none" or another policy: everything the layer computes, roughly twice its matmul outputs
+    return layer_input + 2 * (dots + heads * seq)
+
+
+def estimate_memory(
+    model_cfg: ModelConfig, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, rows_per_device: int,
+    micro_steps: int, param_bytes: int,
+) -> dict[str, float]:
+    """Per-device bytes of activations and transients of one train step (an estimate, not a compiler figure).
+
+    Saved activations: what the remat policy keeps per layer for rows_per_device x seq_len tokens (text)
+    and x max_patches patches (vision), in the compute dtype. Transients: fp32 gradients (twice with
+    gradient accumulation: the running sum and the micro-batch's), the largest single layer's backward
+    working set (attention logits, probabilities and their gradients, which the XLA attention path that
+    `jax.nn.dot_product_attention` takes by default materialises, and the MLP intermediates), one
+    FSDP-gathered layer of weights, and the loss's logits chunk.
+    """
+    t, v = model_cfg.text, model_cfg.vision
+    tensor = mesh.shape["tensor"]
+    act = np.dtype(model_cfg.dtype).itemsize
+    policy = model_cfg.remat_policy
+    seq, patches = config.data.seq_len, config.data.max_patches
+    kv_dim = t.num_key_value_heads * t.head_dim
+    text_heads = max(1, t.num_attention_heads // tensor)
+    vis_heads = max(1, v.num_heads // tensor)
+
+    text_saved = t.num_hidden_layers * seq * _saved_per_token_per_layer(
+        t.hidden_size, t.hidden_size + 2 * kv_dim, t.intermediate_size // tensor, text_heads, seq, policy)
+    vision_saved = 0.0
+    if patches:
+        vision_saved = v.depth * patches * _saved_per_token_per_layer(
+            v.hidden_size, 3 * v.hidden_size, v.intermediate_size // tensor, vis_heads, patches, policy)
+    around = 4 * seq * t.hidden_size + seq * seq / 8  # embeddings, final norm, hidden grads; the packed mask
+    activations = rows_per_device * (act * (text_saved + vision_saved) + act * around)
+
+    def layer_working_set(n: int, width: int, ff: int, heads: int) -> float:
+        # fp32 logits, probabilities, their bf16 copy, and both gradients: five score-sized buffers, which
+        # matches the TPU compiler's temporaries for the same layout (docs/scale_out.md) within a few GB.
+        scores = 5 * heads * n * n * 4
+        mlp = 4 * n * ff * act  # gate, up, activation, and a gradient
+        return rows_per_device * (scores + mlp + 6 * n * width * act)
+
+    working = layer_working_set(seq, t.hidden_size, t.intermediate_size // tensor, text_heads)
+    if patches:
+        working = max(working, layer_working_set(patches, v.hidden_size, v.intermediate_size // tensor, vis_heads))
+    layer_params = 2 * t.hidden_size * (t.hidden_size + kv_dim) + 3 * t.hidden_size * t.intermediate_size
+    gathered = 2 * layer_params / tensor * act  # this layer's and the prefetched next layer's weights
+    logits_chunk = 3 * config.train.loss_chunk * t.vocab_size / tensor * 4
+    gradients = param_bytes * (2 if micro_steps > 1 else 1)
+    return {
+        "activations": activations,
+        "gradients": gradients,
+        "transients": working + gathered + logits_chunk,
+        "temporaries": gradients + working + gathered + logits_chunk,
+    }
+
+
+def _cost(compiled: Any) -> dict[str, float]:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list):  # older JAX: one dict per program
+        cost = cost[0] if cost else {}
+    return {k: float(v) for k, v in (cost or {}).items() if k in ("flops", "bytes accessed", "optimal_seconds")}
+
+
+def octomed_totals(model_cfg: ModelConfig, config: ml_collections.ConfigDict) -> dict[str, float]:
+    """Tokens, patches and model FLOPs of OctoMed's full run (config.data.epochs over the reported set)."""
+    epochs = config.data.epochs
+    tokens = epochs * OCTOMED_EXAMPLES * OCTOMED_MEAN_TOKENS
+    patches = epochs * OCTOMED_IMAGE_EXAMPLES * PATCHES_PER_IMAGE if config.data.max_patches else 0
+    return {
+        "epochs": epochs,
+        "tokens": float(tokens),
+        "patches": float(patches),
+        "model_flops": train_flops(model_cfg, tokens, patches, config.data.seq_len),
+    }
+
+
+def compile_step(
+    config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: jax.sharding.Mesh, rules: sharding_lib.Rules,
+    rows_per_micro: int, micro_steps: int, loss_cfg: LossConfig, *, compile: bool = True,
+) -> dict[str, Any]:
+    """Lowers (and compiles) `train_step` for abstract state and batch on `mesh`; nothing is allocated.
+
+    Returns:
+      {"state", "batch" (abstract trees with shardings), "compiled" (or None), "lower_seconds", "compile_seconds"}.
+    """
+    graphdef, state = abstract_train_state(config, model_cfg, mesh, rules)
+    micro = abstract_train_batch(rows_per_micro, config.data.seq_len, config.data.max_patches,
+                                 model_cfg.vision.patch_dim, mesh, rules)
+    batch = with_micro_axis(micro, micro_steps)
+
+    def step(state: Any, batch: Any) -> tuple[Any, Any]:
+        model, optimizer = nnx.merge(graphdef, state)
+        metrics = train_step(model, optimizer, batch, loss_cfg)
+        return nnx.state((model, optimizer)), metrics
+
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    jitted = jax.jit(step, out_shardings=(state_shardings, None), donate_argnums=0)
+    t0 = time.perf_counter()
+    with jax.set_mesh(mesh):
+        lowered = jitted.lower(state, batch)
+    out: dict[str, Any] = {"state": state, "batch": batch, "compiled": None,
+                           "lower_seconds": time.perf_counter() - t0, "compile_seconds": None}
+    if compile:
+        t0 = time.perf_counter()
+        try:
+            out["compiled"] = lowered.compile()
+        except jax.errors.JaxRuntimeError as e:
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            out["compile_error"] = str(e).splitlines()[0]  # the TPU compiler refuses a step that cannot fit
+        out["compile_seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _required_temp(message: str) -> float | None:
+    """The temporaries the TPU compiler said it needed, from "...HLO temporaries (31.34G) exceeds...", in bytes."""
+    match = re.search(r"temporaries \(([\d.]+)([KMGT])\)", message)
+    if not match:
+        return None
+    return float(match.group(1)) * 1024 ** ("KMGT".index(match.group(2)) + 1)  # XLA prints binary units
+
+
+def _with_depth(model_cfg: ModelConfig, text_layers: int, vision_blocks: int) -> ModelConfig:
+    """The same widths with fewer layers, unrolled (so that the compiler's cost analysis sees every layer)."""
+    text = dataclasses.replace(model_cfg.text, num_hidden_layers=text_layers)
+    vision = dataclasses.replace(model_cfg.vision, depth=vision_blocks, fullatt_block_indexes=(0,))
+    return model_cfg.replace(text=text, vision=vision, scan_layers=False)
+
+
+def layered_cost(
+    config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: jax.sharding.Mesh, rules: sharding_lib.Rules,
+    rows_per_micro: int, micro_steps: int,
+) -> dict[str, Any]:
+    """The compiler's cost of the whole step, composed from three small unrolled compiles.
+
+    XLA's cost analysis counts a while loop's body once, whatever its trip count, so the compiled step
+    (a scan over micro-batches, over layers and over loss chunks) reports a fraction of its work. This
+    compiles the step for one micro-batch, one loss chunk and 1+1, 2+1 and 1+2 (text layers + vision
+    blocks), all unrolled, and extrapolates: micro_steps x (base + (L-1) text layer + (V-1) vision block).
+    The optimizer update is counted once per micro-batch (small: a few passes over the parameters).
+    """
+    t, v = model_cfg.text, model_cfg.vision
+    one_chunk = dataclasses.replace(loss_config_for_plan(config), chunk=rows_per_micro * config.data.seq_len)
+    costs = {}
+    t0 = time.perf_counter()
+    for key, (layers, blocks) in {"base": (1, 1), "text2": (2, 1), "vision2": (1, 2)}.items():
+        if key == "vision2" and not config.data.max_patches:
+            costs[key] = costs["base"]
+            continue
+        small = _with_depth(model_cfg, layers, blocks)
+        costs[key] = _cost(compile_step(config, small, mesh, rules, rows_per_micro, 1, one_chunk)["compiled"])
+
+    def total(name: str) -> float | None:
+        if any(name not in c for c in costs.values()):
+            return None
+        base, d_text = costs["base"][name], costs["text2"][name] - costs["base"][name]
+        d_vision = costs["vision2"][name] - costs["base"][name]
+        return micro_steps * (base + (t.num_hidden_layers - 1) * d_text + (v.depth - 1) * d_vision)
+
+    return {
+        "flops": total("flops"),
+        "bytes accessed": total("bytes accessed"),
+        "optimal_seconds": total("optimal_seconds"),
+        "parts": costs,
+        "compile_seconds": time.perf_counter() - t0,
+    }
+
+
+def plan_topology(
+    config: ml_collections.ConfigDict, name: str, *, compile_gpu: bool = True, layered: bool = True
+) -> dict[str, Any]:
+    """Lowers (and compiles) the configured train step for one topology; returns its figures.
+
+    Args:
+      config: a training config (`configs/`), overrides applied.
+      name: a topology ("v5p:4x4x4", "gpu:8", ...; see `get_topology`).
+      compile_gpu: for GPU topologies, also compile on the fake CPU devices (slow for 7B on few cores);
+        otherwise lower only.
+      layered: for TPU topologies, also compose the whole step's cost from small unrolled compiles
+        (`layered_cost`; several minutes for 7B); otherwise no compiler step time.
+
+    Returns:
+      A JSON-serialisable dict: mesh, batch geometry, bytes per device, FLOPs, times, days.
+    """
+    topo = get_topology(name)
+    model_cfg = model_config_for_plan(config)
+    rules = tuple(tuple(r) for r in config.rules)
+    mesh = sharding_lib.make_mesh(dict(config.mesh), devices=topo.devices)
+    try:
+        rows_per_host, micro_steps = batch_geometry(config, mesh)  # one process sees every device here
+    except ValueError as e:
+        raise PlanError(f"{name}: {e}") from e
+    batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    rows_per_device = rows_per_host // batch_ways
+    out = compile_step(config, model_cfg, mesh, rules, rows_per_host, micro_steps, loss_config_for_plan(config),
+                       compile=topo.platform == "tpu" or compile_gpu)
+    state, batch, compiled = out["state"], out["batch"], out["compiled"]
+    lower_s, compile_s = out["lower_seconds"], out["compile_seconds"]
+    cost = {}
+    if topo.platform == "tpu" and layered and compiled is not None:
+        cost = layered_cost(config, model_cfg, mesh, rules, rows_per_host, micro_steps)
+
+    model_state, opt_state = state[0], state[1]  # the (model, optimizer) pair
+    param_bytes = device_bytes(model_state)
+    optimizer_bytes = device_bytes(opt_state)
+    batch_bytes = device_bytes(batch)
+    estimate = estimate_memory(model_cfg, config, mesh, rows_per_device, micro_steps, param_bytes)
+    estimate["total"] = param_bytes + optimizer_bytes + batch_bytes + estimate["activations"] + estimate["temporaries"]
+
+    memory: dict[str, Any] = {"parameters": param_bytes, "optimizer": optimizer_bytes, "batch": batch_bytes,
+                              "estimate": estimate}
+    source = "estimate"
+    if compiled is not None:
+        m = compiled.memory_analysis()
+        compiler = {
+            "argument": m.argument_size_in_bytes,
+            "output": m.output_size_in_bytes,
+            "alias": m.alias_size_in_bytes,
+            "temp": m.temp_size_in_bytes,
+            "generated_code": m.generated_code_size_in_bytes,
+        }
+        # Donated state aliases the outputs; the peak is what is live at once.
+        compiler["total"] = compiler["argument"] + compiler["output"] - compiler["alias"] + compiler["temp"]
+        memory["compiler"] = compiler
+    if topo.platform == "tpu" and compiled is None:  # out of HBM: the compiler's own count of what it needed
+        source = "compiler: out of HBM"
+        memory["compile_error"] = out["compile_error"]
+        memory["activations"] = None
+        memory["temporaries"] = _required_temp(out["compile_error"])
+        memory["total"] = param_bytes + optimizer_bytes + batch_bytes + (memory["temporaries"] or 0.0)
+    elif topo.platform == "tpu":
+        source = "compiler"
+        memory["activations"] = None  # inside the compiler's temporaries
+        memory["temporaries"] = memory["compiler"]["temp"]
+        memory["total"] = memory["compiler"]["total"]
+    else:
+        memory["activations"] = estimate["activations"]
+        memory["temporaries"] = estimate["temporaries"]
+        memory["total"] = estimate["total"]
+    memory["source"] = source
+
+    n = len(topo.devices)
+    rows, seq = config.train.global_batch_rows, config.data.seq_len
+    step_model_flops = train_flops(model_cfg, rows * seq, rows * config.data.max_patches, seq)
+    compiler_flops = cost["flops"] * n if cost.get("flops") else None  # per-device program x devices
+    compiler_step_s = cost.get("optimal_seconds")
+
+    totals = octomed_totals(model_cfg, config)
+    steps = math.ceil(totals["tokens"] / (rows * seq * PACKING_EFFICIENCY))
+    mfu_step_s = step_model_flops / (TARGET_MFU * topo.peak_flops * n)
+    days_mfu = totals["model_flops"] / (TARGET_MFU * topo.peak_flops * n) / 86400
+    return {
+        "topology": name,
+        "platform": topo.platform,
+        "device_kind": getattr(topo.devices[0], "device_kind", ""),
+        "devices": n,
+        "mesh": dict(mesh.shape),
+        "model": config.model.preset,
+        "remat_policy": model_cfg.remat_policy,
+        "seq_len": seq,
+        "max_patches": config.data.max_patches,
+        "global_batch_rows": rows,
+        "rows_per_micro_batch": rows_per_host,
+        "rows_per_device": rows_per_device,
+        "micro_steps": micro_steps,
+        "hbm_bytes": topo.hbm_bytes,
+        "memory": memory,
+        "fits": memory["total"] <= topo.hbm_bytes and "compile_error" not in memory,
+        "hbm_fraction": memory["total"] / topo.hbm_bytes,
+        "flops_per_step_model": step_model_flops,
+        "flops_per_step_compiler": compiler_flops,
+        "cost_analysis_per_device": cost,  # composed from unrolled compiles (layered_cost)
+        "cost_analysis_scanned_step": _cost(compiled) if compiled is not None else {},  # loop bodies counted once
+        "step_seconds_compiler": compiler_step_s,
+        "step_seconds_at_mfu": mfu_step_s,
+        "mfu_of_compiler_estimate": (step_model_flops / (compiler_step_s * topo.peak_flops * n)
+                                     if compiler_step_s else None),
+        "octomed": {**totals, "steps": steps},
+        "days_at_compiler_estimate": steps * compiler_step_s / 86400 if compiler_step_s else None,
+        "days_at_mfu": days_mfu,
+        "target_mfu": TARGET_MFU,
+        "lower_seconds": lower_s,
+        "compile_seconds": compile_s,
+        "cost_compile_seconds": cost.get("compile_seconds"),
+    }
+
+
+def _gb(x: float | None) -> str:
+    return "-" if x is None else f"{x / GB:.1f}"
+
+
+def format_table(results: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table, one row per topology (GB = 1e9 bytes, per device)."""
+    head = ("| topology | mesh (data,fsdp,tensor) | rows/device x micro | params GB | optimizer GB | activations GB "
+            "| XLA temp GB | total GB / HBM | memory from | FLOPs/step model / compiler | step s compiler / "
+            f"{TARGET_MFU:.0%} MFU | days compiler / {TARGET_MFU:.0%} MFU | compile s |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for r in results:
+        m = r["memory"]
+        mesh = ",".join(str(r["mesh"][a]) for a in sharding_lib.MESH_AXES)
+        compiler_flops = f"{r['flops_per_step_compiler']:.2e}" if r["flops_per_step_compiler"] else "-"
+        step_c = f"{r['step_seconds_compiler']:.2f}" if r["step_seconds_compiler"] else "-"
+        days_c = f"{r['days_at_compiler_estimate']:.1f}" if r["days_at_compiler_estimate"] else "-"
+        compile_s = f"{r['compile_seconds']:.0f}" if r["compile_seconds"] is not None else "lowered only"
+        if r.get("cost_compile_seconds"):
+            compile_s += f" (+{r['cost_compile_seconds']:.0f} cost)"
+        activations = _gb(m["activations"]) if m["activations"] is not None else "in temp"
+        lines.append(
+            f"| {r['topology']} ({r['devices']}) | {mesh} | {r['rows_per_device']} x {r['micro_steps']} "
+            f"| {_gb(m['parameters'])} | {_gb(m['optimizer'])} | {activations} | {_gb(m['temporaries'])} "
+            f"| {_gb(m['total'])} / {_gb(r['hbm_bytes'])} {'fits' if r['fits'] else 'DOES NOT FIT'} "
+            f"| {m['source']} | {r['flops_per_step_model']:.2e} / {compiler_flops} "
+            f"| {step_c} / {r['step_seconds_at_mfu']:.2f} | {days_c} / {r['days_at_mfu']:.1f} | {compile_s} |"
+        )
+    return "\n".join(lines)
