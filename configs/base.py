@@ -127,6 +127,9 @@ def benchmarks() -> ml_collections.ConfigDict:
 def get_config() -> ml_collections.ConfigDict:
     """Defaults shared by all recipes; no sources (full_mix adds them)."""
     config = ml_collections.ConfigDict()
+    # Modules whose register() adds source adapters or teacher kinds this config uses (data_pipeline.plugins);
+    # the production registries need none.
+    config.plugins = ()
     config.recipe = r = ml_collections.ConfigDict()
     r.name = "base"
     r.seed = 0

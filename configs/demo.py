@@ -1,14 +1,18 @@
 """The demo: the whole recipe in miniature on a laptop CPU, nothing to download.
 
-    python -m octomed_jax.train --config=demo
-    python -m octomed_jax.train --config=demo --config.recipe.traces_per_question=1 --workdir=runs/demo_k1
+    python -m octomed_demo
+    python -m octomed_demo --config.recipe.traces_per_question=1 --workdir=runs/demo_k1
+    # the stages one by one, like any recipe:
+    python -m data_pipeline.build --config=demo --out=runs/demo/data
+    python -m octomed_jax.train --config=demo --config.data.data_dir=runs/demo/data
 
-Recipe: the synthetic world of `data_pipeline.demo_world` (text, image classification and image + text
+Recipe: the synthetic world of `octomed_demo.world` (text, image classification and image + text
 questions), its synthetic teacher (8 samples per question, wrong about a third of the time), rejection
 sampling, K accepted traces per question. Training: a tiny Qwen2.5-VL-shaped student from random
 initialisation, through the same tokenizer, template, packing, sharded step, checkpoints, in-process eval
-and HF export as `full_mix`. `entry` makes `octomed_jax.train` run `octomed_jax.demo.run`, which builds the
-data when it is missing, evaluates before and after training and writes a report.
+and HF export as `full_mix`. The world's adapter and teacher are not in the production registries: the
+`octomed_demo` plugin registers them (`config.plugins`). `python -m octomed_demo` runs its driver, which
+builds the data when it is missing, evaluates before and after training and writes a report.
 
 The training length is fixed in steps (not epochs), so runs with different K compare at equal compute,
 as the paper's "4 traces x 1 epoch vs 1 trace x 3 epochs" does.
@@ -35,10 +39,10 @@ def demo_sources(num_train: int, num_test: int) -> ml_collections.ConfigDict:
 
 
 def get_config() -> ml_collections.ConfigDict:
-    from data_pipeline.demo_world import teacher_settings
+    from octomed_demo.world import teacher_settings
 
     config = base.get_config()
-    config.entry = "octomed_jax.demo:run"
+    config.plugins = ("octomed_demo",)
     r = config.recipe
     r.name = "demo"
     r.seed = 0
@@ -63,7 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.export.update(hf=True, dtype="float32")
     config.demo = ml_collections.ConfigDict(
         dict(
-            init="transformers",  # random student saved as an HF folder, loaded via init_from (demo.init_student)
+            init="transformers",  # random student saved as an HF folder, loaded via init_from (driver.init_student)
             hf_check=True,  # reload the export with transformers and answer one held-out question
             report="demo_report",  # <workdir>/demo_report.{json,png}
         )

@@ -1,10 +1,15 @@
 """Builds a recipe: public question sets -> accepted traces in ArrayRecord shards + manifest.json.
 
-    python -m data_pipeline.build --recipe=full_mix --out=data/recipes/full_mix --source_root=data/sources
-    python -m data_pipeline.build --recipe=filter_judge --dry_run
+    python -m data_pipeline.build --config=full_mix --out=data/recipes/full_mix --source_root=data/sources
+    python -m data_pipeline.build --config=filter_judge --dry_run
+    python -m data_pipeline.build --config=traces_4 --config.recipe.traces_per_question=2 --out=data/recipes/k2
     # A big build as 64 independent jobs (a SLURM array, say), then one merge:
-    python -m data_pipeline.build --recipe=full_mix --num_shards=64 --shard_index=$SLURM_ARRAY_TASK_ID
-    python -m data_pipeline.build --recipe=full_mix --num_shards=64 --merge
+    python -m data_pipeline.build --config=full_mix --num_shards=64 --shard_index=$SLURM_ARRAY_TASK_ID
+    python -m data_pipeline.build --config=full_mix --num_shards=64 --merge
+
+`--config=NAME` and `--config.x.y=v` overrides are those of `python -m octomed_jax.train` (`configs.cli`), so
+a recipe name with the same overrides is the same recipe at both stages. The config's `plugins` are
+loaded first (`data_pipeline.plugins`): adapters and teacher kinds outside the production registries.
 
 Stages, streamed per source (bounded memory; questions are never all held at once):
 read (adapter) -> shard by hash of the question key -> seeded subset (max_questions) -> decontamination
@@ -20,17 +25,19 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import importlib
-import importlib.util
 import inspect
 import math
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
+
+import ml_collections
+from absl import flags
 
 from data_pipeline import filters as flt
 from data_pipeline.hashing import shard_of, stable_hash
+from data_pipeline.plugins import PLUGIN_HINT, PluginError, load_plugins
 from data_pipeline.records import Question
 from data_pipeline.store import CompletionStore
 from data_pipeline.teachers import Accounting, Completion, SampleResult, Teacher, make_teacher, sample_questions
@@ -52,35 +59,100 @@ class RecipeError(ValueError):
     """A recipe that cannot run (missing path, unknown adapter, bad setting); says which field."""
 
 
-def load_recipe(name: str) -> Any:
-    """The ConfigDict of recipe `name` (a module in `configs/`, or a path to a .py file)."""
-    if name.endswith(".py") or os.sep in name:
-        spec = importlib.util.spec_from_file_location(f"recipe_{abs(hash(name))}", name)
-        if spec is None or spec.loader is None:
-            raise RecipeError(f"cannot load recipe file {name}")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(f"configs.{name}")
-        except ModuleNotFoundError as e:
-            raise RecipeError(f"no recipe named {name!r} (configs/{name}.py)") from e
-    config = module.get_config()
-    if "recipe" not in config:
-        raise RecipeError(f"recipe {name!r}: get_config() has no `recipe` field")
-    return config
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """The typed view of `config.recipe` that a build reads (`configs/base.py` documents every field).
+
+    The scalars are checked once, here, naming the field that is wrong; the sections stay ConfigDicts,
+    read by the adapters (`sources`, `decontamination.benchmarks`), teachers (`teachers`, the filters'
+    endpoints) and filters, each of which checks its own entries.
+    """
+
+    name: str
+    seed: int
+    source_root: str  # relative source paths are under it (`--source_root` overrides)
+    out_dir: str  # "" -> `--out` must be given
+    store: str  # completion store; "" -> <out>/completions[-i-of-n].sqlite
+    traces_per_question: int  # K
+    concurrency: int  # teacher requests in flight
+    max_rounds: int  # re-asks when an endpoint returns fewer samples than requested
+    files_per_source: int  # ArrayRecord files per source per build job
+    sources: ml_collections.ConfigDict  # key -> configs.base.source(...) entry
+    teachers: ml_collections.ConfigDict  # category -> teacher settings
+    response_format: ml_collections.ConfigDict  # category -> "cot" | "direct"
+    filters: ml_collections.ConfigDict  # teacher_pass_rate, student_pass_rate, judge
+    decontamination: ml_collections.ConfigDict
+    images: ml_collections.ConfigDict  # max_source_pixels, max_pixels
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> Recipe:
+        """Reads `config.recipe`.
+
+        Raises:
+          RecipeError: the config has no `recipe`, or a field is missing or of the wrong type (named).
+        """
+        if "recipe" not in config:
+            raise RecipeError("the config has no `recipe` field (derive it from configs/base.py)")
+        recipe = config.recipe
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            if field.name not in recipe:
+                raise RecipeError(f"recipe.{field.name} is missing (configs/base.py sets every recipe field)")
+            value = recipe[field.name]
+            want = _FIELD_TYPES[field.type]
+            if isinstance(value, bool) or not isinstance(value, want):
+                raise RecipeError(f"recipe.{field.name} = {value!r}: want {want.__name__}")
+            if field.name in _COUNTS and value < 1:
+                raise RecipeError(f"recipe.{field.name} = {value!r}: want at least 1")
+            values[field.name] = value
+        return cls(**values)
+
+
+_FIELD_TYPES = {"str": str, "int": int, "ml_collections.ConfigDict": ml_collections.ConfigDict}
+_COUNTS = ("traces_per_question", "concurrency", "max_rounds", "files_per_source")  # each at least 1
 
 
 def _resolve(root: str, path: str) -> str:
     return path if os.path.isabs(path) else os.path.join(root, path)
 
 
-def check_paths(recipe: Any, source_root: str) -> None:
-    """Fails at once, naming the path and the recipe field, when a source or benchmark path is missing."""
+def _source_entries(recipe: Recipe) -> list[tuple[str, ml_collections.ConfigDict]]:
+    """(recipe field, entry) of every source the build reads: training sources, and benchmarks if decontaminating."""
     entries = [(f"recipe.sources.{k}", v) for k, v in recipe.sources.items()]
     if recipe.decontamination.enabled:
         entries += [(f"recipe.decontamination.benchmarks.{k}", v) for k, v in recipe.decontamination.benchmarks.items()]
-    for field, entry in entries:
+    return entries
+
+
+def check_registered(recipe: Recipe) -> None:
+    """Fails at once, naming the recipe field, when an adapter or a teacher kind is not registered."""
+    from data_pipeline.sources import SOURCES
+    from data_pipeline.teachers import TEACHER_KINDS
+
+    for field, entry in _source_entries(recipe):
+        if entry.adapter not in SOURCES:
+            raise RecipeError(
+                f"{field}.adapter = {entry.adapter!r} is not a registered adapter; known: {sorted(SOURCES)}; "
+                f"{PLUGIN_HINT}"
+            )
+    endpoints = [(f"recipe.teachers.{c}", recipe.teachers[c]) for c in recipe.teachers]
+    endpoints += [
+        (f"recipe.filters.{name}.endpoint", recipe.filters[name].endpoint)
+        for name in ("judge", "student_pass_rate")
+        if recipe.filters[name].enabled
+    ]
+    for field, settings in endpoints:
+        kind = settings.get("kind", "openai") or "openai"
+        if kind not in TEACHER_KINDS:
+            raise RecipeError(
+                f"{field}.kind = {kind!r} is not a registered teacher kind; known: {sorted(TEACHER_KINDS)}; "
+                f"{PLUGIN_HINT}"
+            )
+
+
+def check_paths(recipe: Recipe, source_root: str) -> None:
+    """Fails at once, naming the path and the recipe field, when a source or benchmark path is missing."""
+    for field, entry in _source_entries(recipe):
         path = _resolve(source_root, entry.path)
         if not os.path.exists(path):
             raise RecipeError(
@@ -89,12 +161,12 @@ def check_paths(recipe: Any, source_root: str) -> None:
             )
 
 
-def _read(entry: Any, source_root: str, recipe: Any, *, paths_only: bool = False) -> Iterator[Any]:
-    """The adapter's items for one source entry (Question | ReleasedTraces | Rejected)."""
+def _read(
+    entry: ml_collections.ConfigDict, source_root: str, recipe: Recipe, *, paths_only: bool = False
+) -> Iterator[Any]:
+    """The adapter's items for one source entry (Question | ReleasedTraces | Rejected); `check_registered` ran."""
     from data_pipeline.sources import SOURCES, ImageSettings
 
-    if entry.adapter not in SOURCES:
-        raise RecipeError(f"unknown adapter {entry.adapter!r}; known: {sorted(SOURCES)}")
     read = SOURCES[entry.adapter].read
     options = dict(entry.options.to_dict()) if hasattr(entry.options, "to_dict") else dict(entry.options)
     params = inspect.signature(read).parameters
@@ -160,7 +232,7 @@ def _released_completions(item: Any) -> tuple[Completion, ...]:
 
 
 def run_build(
-    config: Any,
+    config: ml_collections.ConfigDict,
     *,
     out_dir: str | None = None,
     source_root: str | None = None,
@@ -174,7 +246,7 @@ def run_build(
     """Runs one build job of a recipe (all of it when num_shards is 1).
 
     Args:
-      config: the recipe file's ConfigDict (with a `recipe` field).
+      config: the recipe file's ConfigDict (a `recipe` field, read as a `Recipe`; `plugins`, loaded first).
       out_dir: output folder (default `recipe.out_dir`).
       source_root: folder that relative source paths are under (default `recipe.source_root`).
       dry_run: read, shard, subset and decontaminate, then report what would be requested; call nothing.
@@ -188,13 +260,16 @@ def run_build(
       A BuildResult. Shards and manifest (partial when sharded) are written under out_dir.
 
     Raises:
-      RecipeError: a missing source path (named with its recipe field), an unknown adapter, ...
+      RecipeError: a missing source path, an unregistered adapter or teacher kind, a bad field (each named).
+      PluginError: a module of `config.plugins` cannot be loaded.
     """
-    recipe = config.recipe
+    load_plugins(config.get("plugins", ()))
+    recipe = Recipe.from_config(config)
     out_dir = out_dir or recipe.out_dir
     source_root = source_root or recipe.source_root
     if not 0 <= shard_index < num_shards:
         raise RecipeError(f"--shard_index {shard_index} not in [0, {num_shards})")
+    check_registered(recipe)
     check_paths(recipe, source_root)
     seed = int(recipe.seed)
     make = teacher_factory or make_teacher
@@ -407,7 +482,7 @@ def run_build(
                 }
         manifest = build_manifest(
             recipe_name=recipe.name,
-            recipe=recipe,
+            recipe=config.recipe,
             seed=seed,
             stats=stats,
             files=files,
@@ -468,7 +543,9 @@ def _student_stage(stream, student, store, f_cfg, stats, key, concurrency, accou
             yield res.question
 
 
-def _subset_keys(entry: Any, key: str, source_root: str, recipe: Any, num_shards: int, shard_index: int) -> set[str]:
+def _subset_keys(
+    entry: ml_collections.ConfigDict, key: str, source_root: str, recipe: Recipe, num_shards: int, shard_index: int
+) -> set[str]:
     """The seeded subset of this job's question keys: the `max_questions` lowest seeded hashes.
 
     A first pass reads keys only (images unread), holding at most `max_questions` keys. Sharded builds
@@ -490,7 +567,7 @@ def _subset_keys(entry: Any, key: str, source_root: str, recipe: Any, num_shards
     return {k for _, k in heap}
 
 
-def _decontaminator(recipe: Any, source_root: str) -> Any:
+def _decontaminator(recipe: Recipe, source_root: str) -> Any:
     """Loads the benchmarks of the recipe into a `decontam.Decontaminator`."""
     from data_pipeline.decontam import DecontamConfig, Decontaminator
 
@@ -542,41 +619,51 @@ def summary_table(stats: ManifestStats, dry_requests: Mapping[str, int] | None, 
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
-    """absl entry point."""
-    del argv
-    f = FLAGS
-    if f.merge:
-        out = f.out or load_recipe(f.recipe).recipe.out_dir
-        m = merge_manifests(out)
-        print(summary_table(ManifestStats.from_dict(m["sources"]), None, Accounting()))
-        print(f"wrote {os.path.join(out, MANIFEST)} from {m['num_shards']} partial manifests")
-        return
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """The build's flags besides `--config` (see `configs.cli`)."""
+    flags.DEFINE_string("out", None, "output folder (default: the recipe's out_dir)", flag_values=flag_values)
+    flags.DEFINE_string("source_root", None, "folder that relative source paths are under", flag_values=flag_values)
+    flags.DEFINE_bool("dry_run", False, "report counts and requests to make; call no teacher", flag_values=flag_values)
+    flags.DEFINE_integer("num_shards", 1, "number of build jobs (questions split by a hash of their key)",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("shard_index", 0, "this build job", flag_values=flag_values)
+    flags.DEFINE_bool("merge", False, "combine the partial manifests of a sharded build into manifest.json",
+                      flag_values=flag_values)
+    flags.DEFINE_bool("no_progress", False, "hide progress bars", flag_values=flag_values)
+
+
+def main(argv: Sequence[str]) -> None:
+    """The CLI: `python -m data_pipeline.build --config=NAME [--config.x.y=v ...] [flags]`.
+
+    Args:
+      argv: the command line, program first (callable in-process: flags are parsed into a fresh FlagValues).
+
+    Exits (SystemExit) with a message naming the field when the config cannot be built.
+    """
+    from configs.cli import parse_cli
+
+    config, f = parse_cli(argv, program="build", doc=__doc__, define_flags=define_flags)
     try:
-        config = load_recipe(f.recipe)
+        out = f.out or Recipe.from_config(config).out_dir
+        if not out:
+            raise RecipeError("recipe.out_dir is empty for this config: give --out=DIR")
+        if f.merge:
+            m = merge_manifests(out)
+            print(summary_table(ManifestStats.from_dict(m["sources"]), None, Accounting()))
+            print(f"wrote {os.path.join(out, MANIFEST)} from {m['num_shards']} partial manifests")
+            return
         run_build(
             config,
-            out_dir=f.out,
+            out_dir=out,
             source_root=f.source_root,
             dry_run=f.dry_run,
             num_shards=f.num_shards,
             shard_index=f.shard_index,
             progress=not f.no_progress,
         )
-    except RecipeError as e:
-        sys.exit(f"error: {e}")
+    except (RecipeError, PluginError) as e:
+        sys.exit(f"build: {e}")
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-
-    flags.DEFINE_string("recipe", None, "recipe name in configs/ (or a path to a .py file)", required=True)
-    flags.DEFINE_string("out", None, "output folder (default: the recipe's out_dir)")
-    flags.DEFINE_string("source_root", None, "folder that relative source paths are under")
-    flags.DEFINE_bool("dry_run", False, "report counts and requests to make; call no teacher")
-    flags.DEFINE_integer("num_shards", 1, "number of build jobs (questions split by a hash of their key)")
-    flags.DEFINE_integer("shard_index", 0, "this build job")
-    flags.DEFINE_bool("merge", False, "combine the partial manifests of a sharded build into manifest.json")
-    flags.DEFINE_bool("no_progress", False, "hide progress bars")
-    FLAGS = flags.FLAGS
-    app.run(main)
+    main(sys.argv)

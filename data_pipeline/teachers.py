@@ -2,7 +2,7 @@
 
 `OpenAITeacher` talks to any OpenAI-compatible `/chat/completions` endpoint (GPT-4o, DeepSeek-R1 with
 its separate `reasoning_content`, a vLLM server, the student used as a filter, an LLM judge). Other
-teachers (a synthetic one for the demo world, say) only need to satisfy the `Teacher` protocol.
+teachers (the demo's synthetic one, registered by its plugin) only need to satisfy the `Teacher` protocol.
 
 `sample_questions` drives any teacher over a stream of questions with a thread pool (the calls are
 I/O-bound), writes each response to the `CompletionStore` as it arrives, and asks only for the sample
@@ -15,7 +15,6 @@ import base64
 import collections
 import dataclasses
 import email.utils
-import importlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import requests
 
+from data_pipeline.plugins import PLUGIN_HINT
 from data_pipeline.records import Question
 
 log = logging.getLogger(__name__)
@@ -534,15 +534,20 @@ TEACHER_KINDS: dict[str, TeacherFactory] = {}
 def register_teacher_kind(kind: str, factory: TeacherFactory) -> None:
     """Registers a teacher implementation under `kind` (the recipe's teacher `kind` field).
 
-    `factory(config: TeacherConfig, *, image_root, message_builder) -> Teacher`. The demo world's
-    synthetic teacher registers itself here; "openai" is built in.
+    `factory(config: TeacherConfig, *, image_root, message_builder) -> Teacher`. "openai" is built in;
+    a plugin (see `data_pipeline.plugins`) registers its own kinds. Registering the same factory again
+    does nothing.
+
+    Raises:
+      ValueError: another factory already has that kind (a plugin cannot replace a registered kind).
     """
+    registered = TEACHER_KINDS.get(kind)
+    if registered is not None and registered is not factory:
+        raise ValueError(f"teacher kind {kind!r} is already registered ({registered.__qualname__})")
     TEACHER_KINDS[kind] = factory
 
 
 register_teacher_kind("openai", OpenAITeacher)
-# Kinds defined elsewhere in the package, imported (and so registered) on first use.
-_LAZY_KINDS = {"demo": "data_pipeline.demo_world"}
 
 
 def make_teacher(
@@ -555,10 +560,8 @@ def make_teacher(
     if hasattr(settings, "to_dict"):
         settings = settings.to_dict()
     kind = settings.get("kind", "openai") or "openai"
-    if kind not in TEACHER_KINDS and kind in _LAZY_KINDS:
-        importlib.import_module(_LAZY_KINDS[kind])
     if kind not in TEACHER_KINDS:
-        raise KeyError(f"unknown teacher kind {kind!r}; known: {sorted(TEACHER_KINDS)}")
+        raise KeyError(f"unknown teacher kind {kind!r}; known: {sorted(TEACHER_KINDS)}; {PLUGIN_HINT}")
     return TEACHER_KINDS[kind](
         TeacherConfig.from_mapping(settings), image_root=image_root, message_builder=message_builder
     )

@@ -1,7 +1,8 @@
 """Start N CPU processes on 127.0.0.1 as one JAX job, for testing multi-host code on one machine.
 
+  python -m data_pipeline.build --config=demo --out=runs/demo/data    # the demo recipe's traces
   python launch/local.py --num_processes=2 --devices_per_process=2 -- \\
-      python -m octomed_jax.train --config=demo --workdir=runs/local2
+      python -m octomed_jax.train --config=demo --config.data.data_dir=runs/demo/data --workdir=runs/local2
 
 Each process gets JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (read by
 `octomed_jax.training.trainer.maybe_initialize_distributed`) and its own fake CPU devices. Output of

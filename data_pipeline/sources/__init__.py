@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.demo_world import read_demo_world
+from data_pipeline.plugins import PLUGIN_HINT
 from data_pipeline.sources.base import (
     ImageSettings,
     Item,
@@ -85,9 +85,22 @@ SOURCES: dict[str, SourceAdapter] = {
         SourceAdapter("image_folder", read_image_folder, "mm_classification", "ImageFolder classification set"),
         SourceAdapter("classification_csv", read_classification_csv, "mm_classification", "csv image -> label"),
         SourceAdapter("released_traces", read_released_traces, "mixed", "OctoMed released traces (parquet/jsonl)"),
-        SourceAdapter("demo_world", read_demo_world, "mixed", "the demo's synthetic world, generated (no files)"),
     )
 }
+
+
+def register_source(adapter: SourceAdapter) -> None:
+    """Adds `adapter` to `SOURCES` under `adapter.name` (a plugin's `register()` calls this).
+
+    Registering the same adapter again does nothing, so a plugin may be loaded more than once.
+
+    Raises:
+      ValueError: another adapter already has that name (a plugin cannot replace a registered format).
+    """
+    registered = SOURCES.get(adapter.name)
+    if registered is not None and registered != adapter:
+        raise ValueError(f"source adapter {adapter.name!r} is already registered ({registered.description})")
+    SOURCES[adapter.name] = adapter
 
 
 def read_source(name: str, path: str | Path, **options: Any) -> Iterator[Item]:
@@ -98,7 +111,7 @@ def read_source(name: str, path: str | Path, **options: Any) -> Iterator[Item]:
       FileNotFoundError: the path does not exist.
     """
     if name not in SOURCES:
-        raise KeyError(f"unknown source {name!r}; known: {sorted(SOURCES)}")
+        raise KeyError(f"unknown source {name!r}; known: {sorted(SOURCES)}; {PLUGIN_HINT}")
     return SOURCES[name].read(path, **options)
 
 
@@ -111,7 +124,6 @@ __all__ = [
     "SourceAdapter",
     "count_rejections",
     "read_classification_csv",
-    "read_demo_world",
     "read_headqa",
     "read_image_folder",
     "read_medmcqa",
@@ -124,4 +136,5 @@ __all__ = [
     "read_slake",
     "read_source",
     "read_vqa_rad",
+    "register_source",
 ]

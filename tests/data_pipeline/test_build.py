@@ -1,4 +1,4 @@
-"""End to end: fixture sources -> fake teacher endpoint -> shards + manifest; sharding, merge, dry run."""
+"""End to end: fixture sources -> fake teacher endpoint -> shards + manifest; sharding, merge, dry run, the CLI."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ import ml_collections
 import pytest
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import build_config  # noqa: E402
 from fake_openai import FakeOpenAI  # noqa: E402
 
+from data_pipeline import build  # noqa: E402
 from data_pipeline.build import RecipeError, run_build  # noqa: E402
 from data_pipeline.records import AcceptedTrace  # noqa: E402
 from data_pipeline.writer import shard_paths  # noqa: E402
@@ -72,23 +75,11 @@ def answer_fn(answers: dict[str, str]):
     return fn
 
 
-def make_config(root: str, url: str, **recipe_overrides) -> ml_collections.ConfigDict:
-    from configs import full_mix
-
-    config = full_mix.get_config()
-    r = config.recipe
-    r.name = "test_recipe"
-    r.source_root = root
-    r.sources = ml_collections.ConfigDict({k: r.sources[k] for k in ("medqa", "pmc_vqa")})
-    r.decontamination.benchmarks = ml_collections.ConfigDict({"medqa": r.decontamination.benchmarks.medqa})
-    for c in r.teachers:
-        t = r.teachers[c]
-        t.base_url, t.api_key_env, t.max_n_per_request, t.n = url, "", 4, 8
-        t.backoff_base_s, t.backoff_max_s = 0.005, 0.02
-    r.concurrency = 4
-    r.traces_per_question = 4
-    for k, v in recipe_overrides.items():
-        setattr(r, k, v)
+def make_config(root: str, url: str) -> ml_collections.ConfigDict:
+    config = build_config.get_config()
+    config.recipe.source_root = root
+    for c in config.recipe.teachers:
+        config.recipe.teachers[c].base_url = url
     return config
 
 
@@ -164,7 +155,7 @@ def test_sharded_build_and_merge_match_unsharded(world, tmp_path):
         run_build(cfg, out_dir=out, num_shards=3, shard_index=i, progress=False, log=lambda s: None)
     assert not os.path.exists(os.path.join(out, "manifest.json"))
     r = subprocess.run(
-        [sys.executable, "-m", "data_pipeline.build", "--recipe=full_mix", f"--out={out}", "--num_shards=3", "--merge"],
+        [sys.executable, "-m", "data_pipeline.build", "--config=full_mix", f"--out={out}", "--num_shards=3", "--merge"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -220,7 +211,7 @@ def test_missing_source_path_fails_at_once(world, tmp_path):
             sys.executable,
             "-m",
             "data_pipeline.build",
-            "--recipe=full_mix",
+            "--config=full_mix",
             f"--source_root={tmp_path}",
             f"--out={tmp_path}",
             "--dry_run",
@@ -253,3 +244,37 @@ def test_judge_and_student_filters(world, tmp_path):
     assert m["sources"]["pmc_vqa"]["categories"]["mm_reasoning"]["questions_kept"] == N_MM
     assert set(m["teachers"]) == {"deepseek-r1", "gpt-4o", "judge-gpt-4o", "student-qwen2.5-vl-7b"}
     assert m["teachers"]["judge-gpt-4o"]["prompt_version"] == "judge-v1"
+
+
+def test_cli_builds_with_config_overrides(world, tmp_path):
+    """`--config=FILE --config.x.y=v` as for train: the overrides reach the build (here K 4 -> 2)."""
+    root, srv = world
+    out = tmp_path / "k2"
+    build.main([
+        "build",
+        f"--config={HERE}/build_config.py",
+        f"--config.recipe.source_root={root}",
+        f"--config.recipe.teachers.text.base_url={srv.base_url}",
+        f"--config.recipe.teachers.mm_reasoning.base_url={srv.base_url}",
+        "--config.recipe.traces_per_question=2",
+        f"--out={out}",
+        "--no_progress",
+    ])
+    m = json.load(open(out / "manifest.json"))
+    assert m["recipe"]["traces_per_question"] == 2 and m["recipe"]["source_root"] == root
+    text = m["sources"]["medqa"]["categories"]["text"]
+    # The same questions and samples as at K=4 (10 kept, 6 of 8 right), but 2 traces kept of each, not 4.
+    assert text["questions_kept"] == 10 and text["traces_kept"] == 10 * 2
+    assert text["dropped_samples"] == {"over_k": 10 * 4, "wrong_answer": 28}
+    assert m["sources"]["pmc_vqa"]["categories"]["mm_reasoning"]["traces_kept"] == 2 * N_MM
+    assert len(read_all(str(out), "medqa")) == 20
+
+
+def test_cli_rejects_a_bad_override_naming_it(tmp_path):
+    with pytest.raises(SystemExit, match=r"recipe\.traces_per_question = 0: want at least 1"):
+        build.main(["build", f"--config={HERE}/build_config.py", "--config.recipe.traces_per_question=0",
+                    f"--out={tmp_path}"])
+    with pytest.raises(SystemExit, match=r"does not exist: 'traces_per_questoin'"):
+        build.main(["build", f"--config={HERE}/build_config.py", "--config.recipe.traces_per_questoin=2"])
+    with pytest.raises(SystemExit, match=r"unknown config 'no_such_recipe'.*full_mix"):
+        build.main(["build", "--config=no_such_recipe"])

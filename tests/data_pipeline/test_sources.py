@@ -23,6 +23,7 @@ from data_pipeline.sources import (  # noqa: E402
     ImageSettings,
     Rejected,
     ReleasedTraces,
+    SourceAdapter,
     count_rejections,
     read_classification_csv,
     read_headqa,
@@ -37,6 +38,7 @@ from data_pipeline.sources import (  # noqa: E402
     read_slake,
     read_source,
     read_vqa_rad,
+    register_source,
 )
 
 
@@ -502,12 +504,15 @@ def test_missing_input_path_names_it(tmp_path):
 def test_registry():
     expected = {
         "medqa", "medmcqa", "headqa", "mmlu_pro", "medxpertqa_text", "medxpertqa_mm", "pmc_vqa", "vqa_rad",
-        "slake", "nejm", "image_folder", "classification_csv", "released_traces", "demo_world",
+        "slake", "nejm", "image_folder", "classification_csv", "released_traces",
     }  # fmt: skip
-    assert set(SOURCES) == expected
+    assert set(SOURCES) == expected  # the public formats only: the demo's world is a plugin (tests/demo)
     assert all(a.name == k for k, a in SOURCES.items())
-    with pytest.raises(KeyError, match="unknown source"):
+    with pytest.raises(KeyError, match=r"unknown source 'pubmedqa'.*config\.plugins"):
         read_source("pubmedqa", ".")
+    with pytest.raises(ValueError, match="'medqa' is already registered"):  # a plugin cannot replace a format
+        register_source(SourceAdapter("medqa", read_source, "text", "an impostor"))
+    assert SOURCES["medqa"].read is read_medqa
 
 
 def test_data_pipeline_imports_no_jax():

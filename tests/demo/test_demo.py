@@ -1,5 +1,5 @@
-"""A shortened demo end to end, through the real command: build, eval, train, eval, HF export, transformers
-reload, report; then a rerun into a fresh workdir gives the same report figures."""
+"""A shortened demo end to end, through the real command (`python -m octomed_demo`): build, eval, train, eval,
+HF export, transformers reload, report; then a rerun into a fresh workdir gives the same report figures."""
 
 import json
 import os
@@ -24,7 +24,7 @@ SHORT = [
 def run_demo(workdir, *extra):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the demo runs on the real local devices
     env["JAX_PLATFORMS"] = "cpu"
-    cmd = [sys.executable, "-m", "octomed_jax.train", "--config=demo", f"--workdir={workdir}", *SHORT, *extra]
+    cmd = [sys.executable, "-m", "octomed_demo", f"--workdir={workdir}", *SHORT, *extra]  # --config=demo by default
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(os.path.join(workdir, "demo_report.json")) as f:
@@ -40,7 +40,7 @@ def first(tmp_path_factory):
 
 def test_report_has_every_field_and_is_printed(first):
     workdir, report, stdout = first
-    from octomed_jax.demo import REPORT_FIELDS
+    from octomed_demo.driver import REPORT_FIELDS
 
     assert set(REPORT_FIELDS) <= set(report)
     assert set(report["categories"]) == {"text", "mm_reasoning", "mm_classification"}

@@ -6,14 +6,15 @@ import collections
 import numpy as np
 import pytest
 
-from data_pipeline import demo_world as w
 from data_pipeline.answers import extract_answer
 from data_pipeline.filters import rejection_sample
 from data_pipeline.formats import split_teacher_response
 from data_pipeline.sources import SOURCES, read_source
 from data_pipeline.teachers import make_teacher
+from octomed_demo import world as w
 
 CATEGORIES = ("text", "mm_reasoning", "mm_classification")
+pytestmark = pytest.mark.usefixtures("demo_plugin")  # the adapter and the teacher kind "demo" are the plugin's
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_generation_is_seeded_and_splits_are_disjoint():
 
 
 def test_registered_as_a_source_adapter():
-    assert "demo_world" in SOURCES
+    assert SOURCES["demo_world"] is w.SOURCE_ADAPTER
     # `name` is also read_source's own first parameter, so the adapter is called through the registry entry
     qs = list(SOURCES["demo_world"].read(".", split="test", category="text", name="demo_text", num_train=50,
                                          num_test=7, seed=0))

@@ -1,6 +1,6 @@
 """The demo driver: the recipe end to end on the synthetic world, one command, nothing to download.
 
-`python -m octomed_jax.train --config=demo` runs `run(config, workdir)` (the config's `entry`):
+`python -m octomed_demo` runs `run(config, workdir)`:
 
 1. builds the accepted traces with `data_pipeline.build.run_build` into `<workdir>/data` when they are
    missing (teacher sampling, store, rejection sampling, K traces, shards, manifest);
@@ -24,8 +24,8 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from data_pipeline import demo_world
 from data_pipeline.records import Question
+from octomed_demo import world
 
 REPORT_FIELDS = ("categories", "traces", "tokens_trained", "steps", "hf_check", "timings_s")
 
@@ -82,7 +82,7 @@ def init_student(config: ml_collections.ConfigDict, path: str) -> str:
 
 def chance(category: str) -> float:
     """Accuracy (%) of guessing among the category's options."""
-    return 100.0 / demo_world.option_counts()[category]
+    return 100.0 / world.option_counts()[category]
 
 
 def make_eval_hook(config: ml_collections.ConfigDict, questions: list[Question], results: dict[int, Any]) -> Any:
@@ -257,7 +257,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         config.init_from = init_student(config, os.path.join(workdir, "init"))
     timings["build"] = time.perf_counter() - t_start
 
-    questions = demo_world.held_out(config.recipe, limit=config.eval.max_questions)
+    questions = world.held_out(config.recipe, limit=config.eval.max_questions)
     results: dict[int, Any] = {}
     t0 = time.perf_counter()
     summary = train(config, workdir, evaluate_fn=make_eval_hook(config, questions, results))

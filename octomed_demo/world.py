@@ -20,11 +20,13 @@ would otherwise spend most of a CPU budget learning to look up which letter prec
 are `Question` records like the real sources', with disjoint "train" and "test" splits; question i of a
 split depends only on (seed, category, split, i), so any prefix of a split is the same whatever its size.
 
-`DemoTeacher` (registered as teacher kind "demo") answers like a real teacher would: it reads the
-question text and the image pixels, consults the tables, and writes a short chain of thought; it is
-wrong (or cut off) at a configurable rate, deterministically per (question, sample index, seed).
+`DemoTeacher` (teacher kind "demo") answers like a real teacher would: it reads the question text and the
+image pixels, consults the tables, and writes a short chain of thought; it is wrong (or cut off) at a
+configurable rate, deterministically per (question, sample index, seed).
 
-The `demo_world` source adapter (`read_demo_world`) reads no files: its `path` is ignored.
+The source adapter (`SOURCE_ADAPTER`, named "demo_world", reader `read_demo_world`) reads no files: its
+`path` is ignored. Importing this module registers nothing: `octomed_demo.register()` adds the adapter and
+the teacher kind to the registries, for configs that list "octomed_demo" in `plugins`. Imports no JAX.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ import numpy as np
 from data_pipeline import formats
 from data_pipeline.hashing import stable_hash
 from data_pipeline.records import LETTERS, ImageRef, Question
-from data_pipeline.teachers import Completion, TeacherConfig, register_teacher_kind
+from data_pipeline.sources import SourceAdapter
+from data_pipeline.teachers import Completion, TeacherConfig
 
 IMAGE_SIZE = 56  # 4x4 patches of 14 px -> 4 merged vision tokens per image
 SPLIT_SALT = {"train": 0, "test": 1}
@@ -264,12 +267,17 @@ def read_demo_world(
     return generate_split(seed, category, split, num_test, source=name or None, num_train=num_train)
 
 
+SOURCE_ADAPTER = SourceAdapter(
+    "demo_world", read_demo_world, "mixed", "the demo's synthetic world, generated (no files)"
+)
+
+
 def held_out(recipe: Any, *, limit: int | None = None) -> list[Question]:
     """The held-out ("test") questions of every `demo_world` source of a recipe, `limit` per source."""
     out: list[Question] = []
     for key in sorted(recipe.sources):
         entry = recipe.sources[key]
-        if entry.adapter != "demo_world":
+        if entry.adapter != SOURCE_ADAPTER.name:
             continue
         options = dict(entry.options.to_dict()) if hasattr(entry.options, "to_dict") else dict(entry.options)
         options.setdefault("seed", int(recipe.seed))
@@ -421,13 +429,11 @@ class DemoTeacher:
         return out
 
 
-register_teacher_kind("demo", DemoTeacher)
-
-
+TEACHER_KIND = "demo"
 def teacher_settings(*, error_rate: float = 0.35, truncation_rate: float = 0.05, seed: int = 0, n: int = 8) -> dict:
-    """A recipe teacher entry for the demo teacher (`kind="demo"`)."""
+    """A recipe teacher entry for the demo teacher (kind `TEACHER_KIND`)."""
     return dict(
-        kind="demo",
+        kind=TEACHER_KIND,
         name="demo-teacher",
         base_url="",
         model="demo-world",
