@@ -61,13 +61,13 @@ def init_student(config: ml_collections.ConfigDict, path: str) -> str:
     import jax
     from flax import nnx
 
+    from octomed_jax.contract import model_config_from
     from octomed_jax.hf import save_hf
     from octomed_jax.models.qwen2_5_vl import init_model
-    from octomed_jax.training.trainer import model_config
 
     if os.path.exists(os.path.join(path, "config.json")):
         return path
-    model = init_model(model_config(config), seed=config.train.seed)
+    model = init_model(model_config_from(config), seed=config.train.seed)
     state = nnx.state(model.language_model, nnx.Param)
     flat = dict(nnx.to_flat_state(state))
     key = jax.random.key(config.train.seed + 1)
@@ -88,6 +88,7 @@ def chance(category: str) -> float:
 def make_eval_hook(config: ml_collections.ConfigDict, questions: list[Question], results: dict[int, Any]) -> Any:
     """The trainer's `evaluate_fn`: `evaluate_model` on the held-out questions; keeps each step's metrics."""
     from octomed_jax import sharding as sharding_lib
+    from octomed_jax.contract import RunContract
     from octomed_jax.evaluation.run import evaluate_model
     from octomed_jax.generation import SamplingParams
     from octomed_jax.training.trainer import flatten_eval_metrics
@@ -96,11 +97,10 @@ def make_eval_hook(config: ml_collections.ConfigDict, questions: list[Question],
     params = SamplingParams(temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens)
     mesh = sharding_lib.make_mesh(dict(config.mesh))  # equal to the trainer's: same devices, same shape
     rules = tuple(tuple(r) for r in config.rules)
+    contract = RunContract.from_config(config)  # the trainer's prompting and preprocessing, from the same fields
 
     def evaluate(model: Any, step: int) -> dict[str, float]:
-        result = evaluate_model(model, questions, params, mesh=mesh, rules=rules,
-                                system_prompt=config.data.system_prompt or None,
-                                max_pixels=config.recipe.images.max_pixels, progress=True)
+        result = evaluate_model(model, questions, params, mesh=mesh, rules=rules, contract=contract, progress=True)
         results[step] = result
         return flatten_eval_metrics(result.metrics)
 

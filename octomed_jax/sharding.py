@@ -60,6 +60,19 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
     return Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
+def parse_mesh(spec: str) -> Mesh | None:
+    """`"data=2,tensor=4"` (a command-line flag) -> a mesh (one size may be -1); "" -> None (one device)."""
+    if not spec:
+        return None
+    shape = {}
+    for part in spec.split(","):
+        name, sep, size = part.partition("=")
+        if not sep or not size.strip().lstrip("-").isdigit():
+            raise ValueError(f"mesh {spec!r}: expected axis=size pairs such as 'data=2,tensor=4'")
+        shape[name.strip()] = int(size)
+    return make_mesh(shape)
+
+
 def logical_to_mesh(spec: Sequence[str | None] | None, rules: Rules) -> P:
     """A PartitionSpec over mesh axes for logical axis names; a mesh axis is used at most once."""
     return nn.logical_to_mesh_axes(tuple(spec or ()), rules)

@@ -332,6 +332,20 @@ def messages_for_trace(
     return messages
 
 
+def chat_template(system_prompt: str | None = None) -> str:
+    """The Jinja template to ship with a model trained with `system_prompt` as its default system turn.
+
+    None gives `CHAT_TEMPLATE` itself. Otherwise the default system prompt inside it is replaced (as raw
+    text: Jinja syntax in the prompt is not interpreted), so that transformers and vLLM prompt the model as
+    `encode_chat` did in training when a conversation brings no system message of its own.
+    """
+    if system_prompt is None:
+        return CHAT_TEMPLATE
+    default = f"<|im_start|>system\n{DEFAULT_SYSTEM_PROMPT}<|im_end|>"
+    assert CHAT_TEMPLATE.count(default) == 1
+    return CHAT_TEMPLATE.replace(default, f"<|im_start|>system\n{{% raw %}}{system_prompt}{{% endraw %}}<|im_end|>")
+
+
 def export_chat_template(directory: str | os.PathLike[str]) -> str:
     """Writes `CHAT_TEMPLATE` as `chat_template.jinja` into a checkpoint folder (read by transformers
     and vLLM); see also `tokenizer.save_tokenizer`.

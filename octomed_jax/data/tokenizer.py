@@ -10,6 +10,7 @@ The chat template inside these files is Qwen3's and is never used here.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import TYPE_CHECKING, Final
 
@@ -18,26 +19,63 @@ from data_pipeline.writer import qwen_tokenizer_dir
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
-ENDOFTEXT_ID: Final = 151643
-IM_START_ID: Final = 151644
-IM_END_ID: Final = 151645
-VISION_START_ID: Final = 151652
-VISION_END_ID: Final = 151653
-IMAGE_PAD_ID: Final = 151655
-VIDEO_PAD_ID: Final = 151656
-THINK_START_ID: Final = 151667
-THINK_END_ID: Final = 151668
+@dataclasses.dataclass(frozen=True)
+class SpecialIds:
+    """The special token ids that the template, packing, the model and decoding rely on.
+
+    Attributes:
+      endoftext: `<|endoftext|>`; also the padding id of packed rows and of generation.
+      im_start, im_end: turn delimiters; `im_end` ends an assistant answer.
+      vision_start, vision_end, image_pad, video_pad: the image and video placeholders.
+      think_start, think_end: `<think>` / `</think>` when the tokenizer has them as single tokens.
+    """
+
+    endoftext: int = 151643
+    im_start: int = 151644
+    im_end: int = 151645
+    vision_start: int = 151652
+    vision_end: int = 151653
+    image_pad: int = 151655
+    video_pad: int = 151656
+    think_start: int | None = 151667
+    think_end: int | None = 151668
+
+    @property
+    def pad(self) -> int:
+        return self.endoftext
+
+    @property
+    def stop_ids(self) -> tuple[int, int]:
+        """Decoding stops at either: the end of a turn, or the end of the text."""
+        return (self.im_end, self.endoftext)
+
+    def tokens(self) -> dict[str, int]:
+        """Token string -> id of the ids every tokenizer must agree on (`<think>` pair excluded)."""
+        return {
+            "<|endoftext|>": self.endoftext,
+            "<|im_start|>": self.im_start,
+            "<|im_end|>": self.im_end,
+            "<|vision_start|>": self.vision_start,
+            "<|vision_end|>": self.vision_end,
+            "<|image_pad|>": self.image_pad,
+            "<|video_pad|>": self.video_pad,
+        }
+
+
+# The one place these numbers are written: Qwen2.5-VL's (and Qwen3's) special ids.
+QWEN_SPECIAL_IDS: Final = SpecialIds()
+ENDOFTEXT_ID: Final = QWEN_SPECIAL_IDS.endoftext
+IM_START_ID: Final = QWEN_SPECIAL_IDS.im_start
+IM_END_ID: Final = QWEN_SPECIAL_IDS.im_end
+VISION_START_ID: Final = QWEN_SPECIAL_IDS.vision_start
+VISION_END_ID: Final = QWEN_SPECIAL_IDS.vision_end
+IMAGE_PAD_ID: Final = QWEN_SPECIAL_IDS.image_pad
+VIDEO_PAD_ID: Final = QWEN_SPECIAL_IDS.video_pad
+THINK_START_ID: Final = QWEN_SPECIAL_IDS.think_start
+THINK_END_ID: Final = QWEN_SPECIAL_IDS.think_end
 
 # Every id the template and the model rely on; a tokenizer that disagrees would silently train garbage.
-SPECIAL_TOKENS: Final[dict[str, int]] = {
-    "<|endoftext|>": ENDOFTEXT_ID,
-    "<|im_start|>": IM_START_ID,
-    "<|im_end|>": IM_END_ID,
-    "<|vision_start|>": VISION_START_ID,
-    "<|vision_end|>": VISION_END_ID,
-    "<|image_pad|>": IMAGE_PAD_ID,
-    "<|video_pad|>": VIDEO_PAD_ID,
-}
+SPECIAL_TOKENS: Final[dict[str, int]] = QWEN_SPECIAL_IDS.tokens()
 # Present in the default (Qwen3) files, absent from Qwen2.5-VL checkpoints' own tokenizer.
 THINK_TOKENS: Final[dict[str, int]] = {"<think>": THINK_START_ID, "</think>": THINK_END_ID}
 

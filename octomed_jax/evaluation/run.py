@@ -16,7 +16,7 @@ import jax
 
 from data_pipeline.answers import extract_answer
 from octomed_jax import sharding as sharding_lib
-from octomed_jax.data.images import OCTOMED_MAX_PIXELS
+from octomed_jax.contract import RunContract
 from octomed_jax.evaluation.metrics import QuestionResult, Response, benchmark_metrics, summarize
 from octomed_jax.generation.prompts import question_prompt
 from octomed_jax.generation.sampler import Sampler, SamplingParams
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from data_pipeline.records import Question
     from octomed_jax.models.qwen2_5_vl import Qwen25VL
 
-# The paper's protocol (REFERENCE.md section 3): 5 seeds at temperature 0.6, top-p 0.95, 8,192 new tokens.
+# The paper's protocol (docs/paper.md, evaluation protocol): 5 seeds at temperature 0.6, top-p 0.95, 8,192 new tokens.
 PAPER_PARAMS = SamplingParams(temperature=0.6, top_p=0.95, max_new_tokens=8192)
 PAPER_SEEDS = (0, 1, 2, 3, 4)
 
@@ -53,10 +53,8 @@ def generate_responses(
     questions: Sequence[Question],
     params: SamplingParams,
     *,
+    contract: RunContract,
     seeds: Sequence[int] = (0,),
-    system_prompt: str | None = None,
-    instruction: str | None = None,
-    max_pixels: int = OCTOMED_MAX_PIXELS,
     chunk_size: int = 64,
     progress: Callable[[int], None] | None = None,
 ) -> list[QuestionResult]:
@@ -70,10 +68,8 @@ def generate_responses(
       tokenizer: the Qwen tokenizer (encodes prompts, decodes responses).
       questions: the questions.
       params: sampling settings (`n` samples per question and seed).
+      contract: the run the model comes from: its prompting (system prompt, instruction) and preprocessing.
       seeds: one pass over the questions per seed.
-      system_prompt: None for the template's default system prompt.
-      instruction: the question's last line (None: `formats.DEFAULT_INSTRUCTION`).
-      max_pixels: image resize cap.
       chunk_size: questions encoded at a time.
       progress: called with the number of responses finished.
 
@@ -81,13 +77,15 @@ def generate_responses(
       One `QuestionResult` per question, in order.
     """
     responses: list[list[list[Response]]] = [[] for _ in questions]
+    prompting = contract.prompting
     for seed in seeds:
         key = jax.random.PRNGKey(seed)
         for start in range(0, len(questions), chunk_size):
             chunk = questions[start : start + chunk_size]
             prompts = [
                 question_prompt(
-                    tokenizer, q, system_prompt=system_prompt, instruction=instruction, max_pixels=max_pixels
+                    tokenizer, q, system_prompt=prompting.system_prompt, instruction=prompting.instruction,
+                    min_pixels=contract.preprocessing.min_pixels, max_pixels=contract.preprocessing.max_pixels,
                 )
                 for q in chunk
             ]
@@ -119,9 +117,7 @@ def evaluate_model(
     mesh: Mesh | None = None,
     rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES,
     sampler: Sampler | None = None,
-    system_prompt: str | None = None,
-    instruction: str | None = None,
-    max_pixels: int = OCTOMED_MAX_PIXELS,
+    contract: RunContract | None = None,
     max_batch: int = 32,
     progress: bool | Callable[[int], None] = False,
 ) -> EvalResult:
@@ -134,25 +130,27 @@ def evaluate_model(
       model: the student.
       questions: the questions; their `source` names the benchmark, their `category` its category.
       params: sampling settings (temperature 0 for greedy; `n` samples per seed).
-      tokenizer: the Qwen tokenizer (default: `load_tokenizer()`).
+      tokenizer: the tokenizer (default: the contract's, `load_tokenizer(contract.prompting.tokenizer_path)`).
       seeds: seeds to average over.
       majority_k: report majority-vote accuracy over the first k responses of each question.
       mesh: the mesh the parameters live on, if sharded.
       rules: logical axis rules of that mesh.
       sampler: reuse a sampler (its model is used; `mesh`, `rules`, `max_batch` are then ignored).
-      system_prompt: None for the template default.
-      instruction: the question's last line.
-      max_pixels: image resize cap.
+      contract: the run the model comes from (`checkpoint.load_run`, or the trainer's): questions are prompted
+        and images preprocessed as it says. None: the defaults for `model.cfg` (Qwen's system prompt, OctoMed's
+        max_pixels).
       max_batch: rows per compiled sampling call.
       progress: True for a tqdm bar, or a callback taking the number of responses finished.
 
     Returns:
       An `EvalResult`.
     """
+    if contract is None:
+        contract = RunContract.for_model(model.cfg)
     if tokenizer is None:
         from octomed_jax.data.tokenizer import load_tokenizer
 
-        tokenizer = load_tokenizer()
+        tokenizer = load_tokenizer(contract.prompting.tokenizer_path)
     if sampler is None:
         sampler = Sampler(model, mesh=mesh, rules=rules, max_batch=max_batch)
     groups: dict[str, list[Question]] = {}
@@ -173,10 +171,8 @@ def evaluate_model(
                 tokenizer,
                 qs,
                 params,
+                contract=contract,
                 seeds=seeds,
-                system_prompt=system_prompt,
-                instruction=instruction,
-                max_pixels=max_pixels,
                 progress=callback,
             )
             for name, qs in groups.items()

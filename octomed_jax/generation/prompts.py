@@ -52,6 +52,7 @@ def question_prompt(
     *,
     system_prompt: str | None = None,
     instruction: str | None = None,
+    min_pixels: int = MIN_PIXELS,
     max_pixels: int = OCTOMED_MAX_PIXELS,
 ) -> Prompt:
     """The prompt of a multiple-choice question, exactly as training shows it (`messages_for_question`)."""
@@ -63,7 +64,7 @@ def question_prompt(
             )
         images.append(ref.data)
     messages = messages_for_question(question, system_prompt, instruction=instruction)
-    return encode_prompt(tokenizer, messages, images, max_pixels=max_pixels)
+    return encode_prompt(tokenizer, messages, images, min_pixels=min_pixels, max_pixels=max_pixels)
 
 
 __all__ = ["encode_prompt", "question_prompt"]

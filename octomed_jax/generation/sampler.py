@@ -30,13 +30,12 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from octomed_jax import sharding as sharding_lib
+from octomed_jax.data.tokenizer import QWEN_SPECIAL_IDS
 from octomed_jax.models import positions as pos_lib
 from octomed_jax.models.qwen2_5_vl import ModelInputs, Qwen25VL, VisionInputs
 from octomed_jax.models.text import KVCache
 
-IM_END_ID = 151645
-ENDOFTEXT_ID = 151643
-DEFAULT_STOP_IDS = (IM_END_ID, ENDOFTEXT_ID)
+DEFAULT_STOP_IDS = QWEN_SPECIAL_IDS.stop_ids
 
 
 @dataclasses.dataclass(frozen=True)

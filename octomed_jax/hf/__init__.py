@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from octomed_jax import sharding as sharding_lib
+from octomed_jax.data.tokenizer import QWEN_SPECIAL_IDS, SpecialIds
 from octomed_jax.hf import keys
 from octomed_jax.hf.safetensors_io import Checkpoint, LazyTensor, save_sharded
 from octomed_jax.models.config import ModelConfig, from_hf_dict, to_hf_dict
@@ -173,6 +174,7 @@ def save_hf(
     tokenizer_dir: str | None = None,
     chat_template: str | None = None,
     processor_config: dict[str, Any] | None = None,
+    special_ids: SpecialIds = QWEN_SPECIAL_IDS,
     max_shard_bytes: int = 5 * 10**9,
 ) -> None:
     """Writes `model` as a Hugging Face checkpoint folder (legacy key layout).
@@ -184,6 +186,7 @@ def save_hf(
       tokenizer_dir: a folder whose tokenizer files are copied beside the weights.
       chat_template: the Jinja chat template to ship (tokenizer_config.json and chat_template.jinja).
       processor_config: preprocessor_config.json contents for the image processor.
+      special_ids: the tokenizer's special ids (generation_config.json's bos, eos and pad).
       max_shard_bytes: largest safetensors shard; process 0 holds one whole shard in host memory while
         writing it, so this bounds the export's memory (transformers 5 defaults to 50 GB shards).
     """
@@ -218,7 +221,8 @@ def save_hf(
     _write_json(os.path.join(path, "config.json"), to_hf_dict(cfg, torch_dtype=torch_dtype))
     _write_json(
         os.path.join(path, "generation_config.json"),
-        {"bos_token_id": 151643, "eos_token_id": [151645, 151643], "pad_token_id": 151643},
+        {"bos_token_id": special_ids.endoftext, "eos_token_id": list(special_ids.stop_ids),
+         "pad_token_id": special_ids.pad},
     )
     if tokenizer_dir is not None:
         for fname in TOKENIZER_FILES:

@@ -12,10 +12,12 @@ from typing import Any
 
 import jax.numpy as jnp
 
-IMAGE_TOKEN_ID = 151655
-VIDEO_TOKEN_ID = 151656
-VISION_START_TOKEN_ID = 151652
-VISION_END_TOKEN_ID = 151653
+from octomed_jax.data.tokenizer import QWEN_SPECIAL_IDS
+
+IMAGE_TOKEN_ID = QWEN_SPECIAL_IDS.image_pad
+VIDEO_TOKEN_ID = QWEN_SPECIAL_IDS.video_pad
+VISION_START_TOKEN_ID = QWEN_SPECIAL_IDS.vision_start
+VISION_END_TOKEN_ID = QWEN_SPECIAL_IDS.vision_end
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,8 +257,8 @@ def to_hf_dict(cfg: ModelConfig, *, torch_dtype: str = "float32") -> dict[str, A
             "mrope_section": list(t.mrope_section),
         },
         "tie_word_embeddings": t.tie_word_embeddings,
-        "bos_token_id": 151643,
-        "eos_token_id": 151645,
+        "bos_token_id": QWEN_SPECIAL_IDS.endoftext,
+        "eos_token_id": QWEN_SPECIAL_IDS.im_end,
         "dtype": torch_dtype,
     }
     vision_config = {

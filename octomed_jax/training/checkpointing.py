@@ -1,4 +1,8 @@
-"""Training checkpoints: model, optimizer, step, RNG and data-iterator state, with Orbax.
+"""Training checkpoints: model, optimizer, step, RNG, data-iterator state and the run contract, with Orbax.
+
+A step folder `checkpoints/<step>/` holds the items `state` (params, optimizer, RNG), `data` (the
+iterator's position) and `contract` (the run contract as JSON, `octomed_jax.contract`), so any step can be
+exported, evaluated and served on its own (`octomed_jax.checkpoint.load_run`).
 
 Saved every N steps and at the end, asynchronously (the step loop continues while the previous save is
 written), keeping the last K. A checkpoint directory is complete or absent: Orbax writes to a temporary
@@ -18,6 +22,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from octomed_jax.checkpoint import CONTRACT_ITEM, STATE_ITEM, CheckpointError
+from octomed_jax.contract import RunContract
 from octomed_jax.data import checkpointing as data_ckpt
 
 
@@ -49,12 +55,16 @@ def save(
     optimizer: nnx.Optimizer,
     rng: jax.Array,
     data_iterator: grain.DatasetIterator | None,
+    contract: RunContract,
     *,
     force: bool = False,
 ) -> bool:
     """Saves (asynchronously) if `step` is due or `force`; returns whether a save started."""
-    state = ocp.args.StandardSave(train_state(model, optimizer, rng))
-    args = data_ckpt.save_args(data_iterator, state=state) if data_iterator else ocp.args.Composite(state=state)
+    items = {
+        STATE_ITEM: ocp.args.StandardSave(train_state(model, optimizer, rng)),
+        CONTRACT_ITEM: ocp.args.JsonSave(contract.to_dict()),
+    }
+    args = data_ckpt.save_args(data_iterator, **items) if data_iterator else ocp.args.Composite(**items)
     return manager.save(step, args=args, force=force)
 
 
@@ -74,10 +84,13 @@ def restore_latest(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding) if isinstance(x, jax.Array) else x,
         current,
     )
-    state = ocp.args.StandardRestore(target)
-    args = data_ckpt.restore_args(data_iterator, state=state) if data_iterator else ocp.args.Composite(state=state)
-    restored = manager.restore(step, args=args)
-    state = restored["state"]
+    items = {STATE_ITEM: ocp.args.StandardRestore(target)}
+    args = data_ckpt.restore_args(data_iterator, **items) if data_iterator else ocp.args.Composite(**items)
+    try:
+        restored = manager.restore(step, args=args)
+    except (ValueError, KeyError, OSError) as e:
+        raise CheckpointError(f"{os.path.join(manager.directory, str(step))}: cannot restore step {step}: {e}") from e
+    state = restored[STATE_ITEM]
     params = nnx.state(model, nnx.Param)
     nnx.replace_by_pure_dict(params, state["params"])
     nnx.update(model, params)

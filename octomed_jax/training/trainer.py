@@ -24,15 +24,15 @@ from flax import nnx
 from tqdm import tqdm
 
 from octomed_jax import sharding as sharding_lib
-from octomed_jax.data import DataConfig, natural_weights, to_global_batch
-from octomed_jax.data.config import ErrorBudget
+from octomed_jax.checkpoint import load_contract
+from octomed_jax.contract import RunContract
+from octomed_jax.data import natural_weights, to_global_batch
 from octomed_jax.data.shards import ShardedIterator
-from octomed_jax.models.config import ModelConfig, get_preset
 from octomed_jax.models.qwen2_5_vl import Qwen25VL
 from octomed_jax.training import checkpointing
 from octomed_jax.training.metrics import MetricsWriter, device_peak_flops, train_flops
 from octomed_jax.training.optimizer import make_optimizer
-from octomed_jax.training.step import LossConfig, jit_train_step
+from octomed_jax.training.step import jit_train_step
 
 DEMO_HINT = (
     "To see the whole pipeline run on this machine with nothing to download: python -m octomed_jax.train --config=demo"
@@ -65,31 +65,14 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
-def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
-    m = config.model
-    return get_preset(
-        m.preset, dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers, remat_policy=m.remat_policy,
-        attention_impl=m.get("attention_impl", "xla"),
-    )
-
-
-def data_config(config: ml_collections.ConfigDict, data_dir: str, rows_per_host: int) -> DataConfig:
-    d = config.data
-    sources = dict(d.sources) if d.sources else _built_sources(data_dir)
-    return DataConfig(
-        data_dir=data_dir,
-        sources=sources,
-        seq_len=d.seq_len,
-        max_patches=d.max_patches,
-        batch_size=rows_per_host,
-        epochs=d.epochs,
-        seed=d.seed,
-        packing=d.packing,
-        overlong=d.overlong,
-        max_pixels=config.recipe.images.max_pixels,
-        num_workers=d.num_workers,
-        error_budget=ErrorBudget(max_errors=d.max_errors, max_fraction=d.max_error_fraction),
-        system_prompt=d.system_prompt or None,
+def run_contract(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> RunContract:
+    """The run's contract: the config resolved against the data on disk and the mesh (see `octomed_jax.contract`)."""
+    data_dir = resolve_data_dir(config)
+    rows_per_host, micro_steps = batch_geometry(config, mesh)
+    sources = dict(config.data.sources) if config.data.sources else _built_sources(data_dir)
+    return RunContract.from_config(
+        config, data_dir=data_dir, sources=sources, rows_per_host=rows_per_host, micro_steps=micro_steps,
+        process_count=jax.process_count(), total_steps=estimate_steps(config, data_dir),
     )
 
 
@@ -155,6 +138,21 @@ def estimate_steps(config: ml_collections.ConfigDict, data_dir: str) -> int:
     return max(1, math.ceil(config.data.epochs * tokens / per_step))
 
 
+def check_resumable(contract: RunContract, step_dir: str) -> None:
+    """Refuses to resume a checkpoint written under another contract (architecture, data, prompting, ...)."""
+    try:
+        saved = load_contract(step_dir)
+    except ValueError as e:
+        raise SetupError(f"cannot resume from {step_dir}: {e}") from e
+    changed = saved.incompatibilities(contract)
+    if changed:
+        raise SetupError(
+            f"cannot resume from {step_dir}: the config changed what this run means:\n    "
+            + "\n    ".join(changed)
+            + "\n  use another --workdir for the new settings, or restore the old ones"
+        )
+
+
 @dataclasses.dataclass
 class Preemption:
     """Set by SIGTERM; the loop saves and exits at the next step boundary."""
@@ -165,17 +163,22 @@ class Preemption:
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "requested", True))
 
 
-def build_model(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: jax.sharding.Mesh,
+def build_model(config: ml_collections.ConfigDict, contract: RunContract, mesh: jax.sharding.Mesh,
                 rules: sharding_lib.Rules) -> Qwen25VL:
+    """The student: `config.init_from` (an HF folder) if set, else random weights seeded by `train.seed`."""
+    m = contract.model
     if config.init_from:
         from octomed_jax.hf import load_hf
 
-        m = config.model
-        return load_hf(config.init_from, dtype=m.param_dtype, compute_dtype=m.dtype, mesh=mesh, rules=rules,
-                       scan_layers=m.scan_layers, remat_policy=m.remat_policy,
-                       attention_impl=m.get("attention_impl", "xla"))
-    seed = config.train.seed
-    return sharding_lib.create_model(lambda: Qwen25VL(model_cfg, rngs=nnx.Rngs(seed)), mesh, rules)
+        model = load_hf(config.init_from, dtype=m.param_dtype, compute_dtype=m.dtype, mesh=mesh, rules=rules,
+                        scan_layers=m.scan_layers, remat_policy=m.remat_policy, attention_impl=m.attention_impl)
+        if (model.cfg.text, model.cfg.vision) != (m.text, m.vision):
+            raise SetupError(
+                f"init_from {config.init_from}: its config.json describes another model than "
+                f"model.preset={config.model.preset!r}; set --config.model.preset to match the checkpoint"
+            )
+        return model
+    return sharding_lib.create_model(lambda: Qwen25VL(m, rngs=nnx.Rngs(contract.train.seed)), mesh, rules)
 
 
 def flatten_eval_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -191,9 +194,11 @@ def flatten_eval_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def make_benchmark_eval(
-    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, rules: sharding_lib.Rules
+    config: ml_collections.ConfigDict, contract: RunContract, mesh: jax.sharding.Mesh, rules: sharding_lib.Rules
 ) -> Callable[[Qwen25VL, int], dict[str, float]] | None:
     """The in-process eval: held-out subsets of `eval.benchmarks` under `eval.data_dir`, greedy by default.
+
+    Questions are prompted and images preprocessed as the run's contract says, as `evaluate` does on a step.
 
     Returns None (no eval, with a warning) when no benchmark data is configured or found: training does
     not depend on it.
@@ -218,22 +223,15 @@ def make_benchmark_eval(
         logging.warning("no in-process eval: no benchmark questions found under %s", e.data_dir)
         return None
     params = SamplingParams(temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens)
-    system_prompt = config.data.system_prompt or None
 
     def evaluate(model: Qwen25VL, step: int) -> dict[str, float]:
-        result = evaluate_model(model, questions, params, mesh=mesh, rules=rules, system_prompt=system_prompt,
-                                max_pixels=config.recipe.images.max_pixels, progress=jax.process_index() == 0)
+        result = evaluate_model(model, questions, params, mesh=mesh, rules=rules, contract=contract,
+                                progress=jax.process_index() == 0)
         flat = flatten_eval_metrics(result.metrics)
         logging.info("eval at step %d: %s", step, {k: v for k, v in flat.items() if k.startswith("accuracy/")})
         return flat
 
     return evaluate
-
-
-def loss_config(config: ml_collections.ConfigDict) -> LossConfig:
-    """The step's loss settings from `config.train` (max_loss_tokens <= 0: every position)."""
-    t = config.train
-    return LossConfig(chunk=t.loss_chunk, max_loss_tokens=t.max_loss_tokens if t.max_loss_tokens > 0 else None)
 
 
 def stack_micro_batches(batches: list[Any]) -> Any:
@@ -256,34 +254,33 @@ def train(
     """
     maybe_initialize_distributed()
     check_inputs(config)
-    data_dir = resolve_data_dir(config)
-    model_cfg = model_config(config)
     mesh = sharding_lib.make_mesh(dict(config.mesh))
     rules = tuple(tuple(r) for r in config.rules)
-    rows_per_host, micro_steps = batch_geometry(config, mesh)
-    total_steps = estimate_steps(config, data_dir)
-    logging.info("mesh %s, %d rows/host x %d micro-batches, %d steps", dict(mesh.shape), rows_per_host,
-                 micro_steps, total_steps)
+    contract = run_contract(config, mesh)  # built once; saved with every step
+    tr = contract.train
+    logging.info("mesh %s, %d rows/host x %d micro-batches, %d steps", dict(mesh.shape), contract.data.batch_size,
+                 tr.micro_steps, tr.total_steps)
 
-    model = build_model(config, model_cfg, mesh, rules)
-    tx, schedule = make_optimizer(config.optim, total_steps)
+    model = build_model(config, contract, mesh, rules)
+    tx, schedule = make_optimizer(contract.optim, tr.total_steps)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)  # moments created like (and sharded as) the params
     sharding_lib.place_unsharded(optimizer, mesh)
-    data_cfg = data_config(config, data_dir, rows_per_host)
     num_shards = config.data.num_shards if config.data.num_shards > 0 else jax.process_count()
-    data_iter = ShardedIterator(data_cfg, model_cfg, num_shards, jax.process_index(), jax.process_count())
+    data_iter = ShardedIterator(contract.data, contract.model, num_shards, jax.process_index(), jax.process_count())
     manager = checkpointing.make_manager(os.path.join(workdir, "checkpoints"), save_every=config.checkpoint.every,
                                          keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
-    rng = jax.random.key(config.train.seed)
+    if manager.latest_step() is not None:
+        check_resumable(contract, os.path.join(workdir, "checkpoints", str(manager.latest_step())))
+    rng = jax.random.key(tr.seed)
     restored = checkpointing.restore_latest(manager, model, optimizer, rng, data_iter)
     start = 0
     if restored is not None:
         start, rng = restored
         logging.info("resumed from step %d", start)
 
-    step_fn = jit_train_step(loss_config(config))
+    step_fn = jit_train_step(tr.loss)
     if evaluate_fn is None:
-        evaluate_fn = make_benchmark_eval(config, mesh, rules)
+        evaluate_fn = make_benchmark_eval(config, contract, mesh, rules)
     writer = MetricsWriter(workdir)
     preemption = Preemption()
     preemption.install()
@@ -293,14 +290,14 @@ def train(
         summary["eval"][0] = _evaluate(evaluate_fn, model, 0, writer)
 
     step = start
-    progress = tqdm(total=total_steps, initial=start, desc="train", disable=jax.process_index() != 0,
+    progress = tqdm(total=tr.total_steps, initial=start, desc="train", disable=jax.process_index() != 0,
                     dynamic_ncols=True)
     tokens_trained = 0.0
     try:
-        while step < total_steps:
+        while step < tr.total_steps:
             t0 = time.perf_counter()
             try:
-                host_batches = [next(data_iter) for _ in range(micro_steps)]
+                host_batches = [next(data_iter) for _ in range(tr.micro_steps)]
             except StopIteration:
                 logging.info("data exhausted after %d steps", step)
                 break
@@ -318,7 +315,7 @@ def train(
             real = float(metrics.real_tokens)
             tokens_trained += float(metrics.loss_tokens)
             patches = sum(float((b["image_segment_ids"] > 0).sum()) for b in host_batches if "image_segment_ids" in b)
-            flops = train_flops(model_cfg, real, patches * jax.process_count(), config.data.seq_len)
+            flops = train_flops(contract.model, real, patches * jax.process_count(), config.data.seq_len)
             scalars = {
                 "loss": loss,
                 "learning_rate": float(schedule(step - 1)),
@@ -332,31 +329,31 @@ def train(
             if peak:
                 scalars["mfu"] = flops / dt / (peak * jax.device_count())
             summary["losses"][step] = loss
-            if step % config.train.log_every == 0 or step == total_steps:
+            if step % config.train.log_every == 0 or step == tr.total_steps:
                 writer.write(step, scalars)
             progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{scalars['tokens_per_second']:.0f}")
             progress.update(1)
-            checkpointing.save(manager, step, model, optimizer, rng, data_iter)
+            checkpointing.save(manager, step, model, optimizer, rng, data_iter, contract)
             if evaluate_fn is not None and config.eval.every > 0 and step % config.eval.every == 0:
                 summary["eval"][step] = _evaluate(evaluate_fn, model, step, writer)
             if preemption.requested:
                 logging.warning("SIGTERM: saving step %d and exiting", step)
                 if manager.latest_step() != step:
-                    checkpointing.save(manager, step, model, optimizer, rng, data_iter, force=True)
+                    checkpointing.save(manager, step, model, optimizer, rng, data_iter, contract, force=True)
                 manager.wait_until_finished()
                 summary["preempted"] = True
                 return summary
     finally:
         progress.close()
     if manager.latest_step() != step:
-        checkpointing.save(manager, step, model, optimizer, rng, data_iter, force=True)
+        checkpointing.save(manager, step, model, optimizer, rng, data_iter, contract, force=True)
     manager.wait_until_finished()
     if evaluate_fn is not None and step not in summary["eval"]:
         summary["eval"][step] = _evaluate(evaluate_fn, model, step, writer)
     if config.export.hf:
-        from octomed_jax.export import export_for_serving
+        from octomed_jax.hf.export import export_for_serving
 
-        export_for_serving(model, os.path.join(workdir, "hf"), dtype=config.export.dtype or None)
+        export_for_serving(model, contract, os.path.join(workdir, "hf"), dtype=config.export.dtype or None)
     writer.close()
     summary.update(end_step=step, tokens_trained=tokens_trained, data=data_iter.counts())
     return summary

@@ -26,16 +26,17 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def model(checkpoint):
-    from octomed_jax.generation.loading import load_checkpoint
+    from octomed_jax.checkpoint import load_model
 
-    return load_checkpoint(checkpoint)
+    return load_model(checkpoint)
 
 
 @pytest.fixture(scope="session")
 def tokenizer(checkpoint):
-    from octomed_jax.generation.loading import load_checkpoint_tokenizer
+    from octomed_jax.checkpoint import load_contract
+    from octomed_jax.data.tokenizer import load_tokenizer
 
-    return load_checkpoint_tokenizer(checkpoint)
+    return load_tokenizer(load_contract(checkpoint).prompting.tokenizer_path)
 
 
 @pytest.fixture(scope="session")

@@ -21,15 +21,16 @@ GREEDY = SamplingParams(temperature=0.0, max_new_tokens=BUDGET)
 
 @pytest.fixture(scope="module")
 def evaluated(checkpoint, data_dir, tmp_path_factory):
-    from octomed_jax.evaluate import evaluate_benchmarks
+    from octomed_jax.evaluation.suite import evaluate_benchmarks
 
     out = str(tmp_path_factory.mktemp("eval_out"))
     final = evaluate_benchmarks(checkpoint, "medqa,pmc_vqa,bcss", data_dir, out, GREEDY, seeds=[0], max_batch=8)
     return out, final
 
 
-def test_evaluate_writes_results_and_resumes(evaluated, checkpoint, data_dir, capsys):
-    from octomed_jax.evaluate import evaluate_benchmarks
+def test_evaluate_writes_results_and_resumes(evaluated, checkpoint, data_dir, capsys, monkeypatch):
+    from octomed_jax import checkpoint as ckpt_lib
+    from octomed_jax.evaluation.suite import evaluate_benchmarks
 
     out, final = evaluated
     metrics = final["metrics"]
@@ -48,9 +49,10 @@ def test_evaluate_writes_results_and_resumes(evaluated, checkpoint, data_dir, ca
     ):
         assert os.path.exists(os.path.join(out, name)), name
     assert "| MedQA | Text avg | PMC-VQA |" in open(os.path.join(out, "table.md")).read()
-    # A rerun skips what is finished (the model is not even loaded: a bogus checkpoint path works).
+    # A rerun skips what is finished: only the run contract is read, the model is not even loaded.
     before = os.path.getmtime(os.path.join(out, "benchmarks", "medqa.json"))
-    again = evaluate_benchmarks("/nonexistent", "medqa,pmc_vqa", data_dir, out, GREEDY, seeds=[0])
+    monkeypatch.setattr(ckpt_lib, "load_run", lambda *a, **k: pytest.fail("the model was loaded"))
+    again = evaluate_benchmarks(checkpoint, "medqa,pmc_vqa", data_dir, out, GREEDY, seeds=[0])
     assert "skipped: medqa, pmc_vqa" in capsys.readouterr().out
     assert os.path.getmtime(os.path.join(out, "benchmarks", "medqa.json")) == before
     assert again["metrics"]["benchmarks"] == metrics["benchmarks"]

@@ -131,11 +131,12 @@ def test_two_processes_train_like_one(data_dir, tmp_path):
 
 def restore_params(workdir, layout):
     """(step, params) of the latest checkpoint in `workdir`, restored onto `layout` in this process."""
-    from octomed_jax.training.trainer import model_config
+    from octomed_jax.contract import model_config_from
 
     cfg = tiny_config.get_config()
     mesh = sharding.make_mesh(layout)
-    model = sharding.create_model(lambda: Qwen25VL(model_config(cfg), rngs=nnx.Rngs(1)), mesh, sharding.DEFAULT_RULES)
+    model = sharding.create_model(lambda: Qwen25VL(model_config_from(cfg), rngs=nnx.Rngs(1)), mesh,
+                                  sharding.DEFAULT_RULES)
     optimizer = nnx.Optimizer(model, make_optimizer(cfg.optim, 8)[0], wrt=nnx.Param)
     manager = checkpointing.make_manager(os.path.join(workdir, "checkpoints"), save_every=2, keep=2)
     step, _ = checkpointing.restore_latest(manager, model, optimizer, jax.random.key(0), None)
@@ -197,16 +198,18 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(data_dir, tmp_path):
 
 
 def test_init_from_a_hugging_face_folder(tmp_path):
+    from octomed_jax.contract import RunContract
     from octomed_jax.hf import save_hf
     from octomed_jax.models.qwen2_5_vl import init_model
-    from octomed_jax.training.trainer import build_model, model_config
+    from octomed_jax.training.trainer import build_model
 
     cfg = tiny_config.get_config()
-    source = init_model(model_config(cfg), seed=7)
+    contract = RunContract.from_config(cfg, total_steps=1)
+    source = init_model(contract.model, seed=7)
     save_hf(source, str(tmp_path / "hf"))
     cfg.init_from = str(tmp_path / "hf")
     mesh = sharding.make_mesh(dict(cfg.mesh))
-    model = build_model(cfg, model_config(cfg), mesh, sharding.DEFAULT_RULES)
+    model = build_model(cfg, contract, mesh, sharding.DEFAULT_RULES)
     want = {k: v.get_value() for k, v in nnx.to_flat_state(nnx.state(source, nnx.Param))}
     for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         np.testing.assert_array_equal(np.asarray(v.get_value()), np.asarray(want[k]), err_msg=str(k))

@@ -1,0 +1,135 @@
+"""The run contract: an intermediate training step is exported, evaluated and served as it was trained.
+
+A run with a custom system prompt and a small max_pixels trains 4 steps; the in-memory model's logits at
+step 2 are kept. Step 2 is exported with the CLI, loaded by transformers (its own image processor reading the
+exported config), and gives the same logits (<= 1e-4); `evaluate` and `serve` open the same step and prompt
+with the run's system prompt.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+HERE = os.path.dirname(__file__)
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, HERE)
+import dataset  # noqa: E402
+import tiny_config  # noqa: E402
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+SYSTEM_PROMPT = "You are a careful radiologist. {{ not jinja }}"
+MAX_PIXELS = 56 * 56 * 4  # the 200 x 150 image below is resized down to fit
+TOL = 1e-4
+
+
+def probe_image() -> Image.Image:
+    rng = np.random.RandomState(0)
+    return Image.fromarray(rng.randint(0, 255, (150, 200, 3), dtype=np.uint8))
+
+
+def probe_messages() -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Which organ is shown?"}]}]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """(workdir, contract, logits of the in-memory model at step 2, the probe's prompt)."""
+    from octomed_jax.data.tokenizer import load_tokenizer
+    from octomed_jax.generation.prompts import encode_prompt
+    from octomed_jax.training.trainer import train
+
+    data_dir = dataset.build(str(tmp_path_factory.mktemp("data")))
+    workdir = str(tmp_path_factory.mktemp("run"))
+    cfg = tiny_config.get_config()
+    cfg.data.data_dir = data_dir
+    cfg.data.system_prompt = SYSTEM_PROMPT
+    cfg.recipe.images.max_pixels = MAX_PIXELS
+    cfg.train.num_steps = 4
+    cfg.checkpoint.update(every=2, keep=5, async_save=False)
+    cfg.export.hf = False
+    cfg.eval.update(every=2, at_start=False)
+    tokenizer = load_tokenizer()
+    prompt = encode_prompt(tokenizer, [{"role": "system", "content": SYSTEM_PROMPT}, *probe_messages()],
+                           [probe_image()], max_pixels=MAX_PIXELS)
+    logits = {}
+
+    def keep_logits(model, step):
+        out = model(prompt.token_ids[None], prompt.pixel_values, prompt.image_grid_thw)
+        logits[step] = np.asarray(out, np.float32)[0]
+        return {}
+
+    train(cfg, workdir, evaluate_fn=keep_logits)
+    assert sorted(logits) == [2, 4]
+    return workdir, logits[2], prompt
+
+
+def test_every_step_carries_the_contract(run):
+    from octomed_jax.checkpoint import load_contract
+
+    workdir, _, _ = run
+    step2 = load_contract(os.path.join(workdir, "checkpoints", "2"))
+    latest = load_contract(workdir)  # a workdir means its latest step
+    assert step2 == latest
+    assert step2.prompting.system_prompt == SYSTEM_PROMPT
+    assert step2.preprocessing.max_pixels == step2.data.max_pixels == MAX_PIXELS
+    assert step2.model.text.vocab_size == 152000 and step2.train.total_steps == 4
+
+
+def test_an_intermediate_step_exports_to_transformers_with_the_same_logits(run, tmp_path):
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    workdir, logits, prompt = run
+    out = tmp_path / "hf"
+    r = subprocess.run([sys.executable, "-m", "octomed_jax.export", "--to=hf",
+                        f"--checkpoint={workdir}/checkpoints/2", f"--out={out}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+    assert r.returncode == 0, r.stderr[-3000:]
+    # transformers' own processor and template, from the exported files, reproduce our prompt exactly.
+    processor = Qwen2VLImageProcessorPil.from_pretrained(str(out))
+    pixels = processor(images=[probe_image()], return_tensors="np")
+    np.testing.assert_array_equal(pixels["image_grid_thw"], prompt.image_grid_thw)
+    np.testing.assert_allclose(pixels["pixel_values"], prompt.pixel_values, rtol=0, atol=1e-5)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(out))
+    ids = tokenizer.apply_chat_template(probe_messages(), add_generation_prompt=True, tokenize=False)
+    assert SYSTEM_PROMPT in ids  # the run's system prompt is the export's default, Jinja-looking text kept raw
+    model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(str(out), dtype=torch.float32).eval()
+    ids = prompt.token_ids[None]
+    with torch.no_grad():
+        theirs = model(input_ids=torch.tensor(ids), pixel_values=torch.tensor(pixels["pixel_values"]),
+                       image_grid_thw=torch.tensor(pixels["image_grid_thw"]),
+                       mm_token_type_ids=torch.tensor((ids == 151655).astype(np.int64))).logits.numpy()[0]
+    assert float(np.abs(theirs - logits).max()) <= TOL
+    contract = json.loads((out / "octomed_contract.json").read_text())
+    assert contract["prompting"]["system_prompt"] == SYSTEM_PROMPT
+
+
+def test_evaluate_and_serve_open_an_intermediate_step(run, tmp_path):
+    from octomed_jax.evaluation.suite import evaluate_benchmarks
+    from octomed_jax.generation.sampler import SamplingParams
+    from octomed_jax.serving.loading import load_for_serving
+
+    workdir, _, _ = run
+    step = os.path.join(workdir, "checkpoints", "2")
+    bench = tmp_path / "bench" / "medqa"
+    bench.mkdir(parents=True)
+    rows = [{"question": f"Case {i}: which drug?", "options": {"A": "aspirin", "B": "heparin"}, "answer": "heparin",
+             "answer_idx": "B"} for i in range(2)]
+    (bench / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=3)
+    final = evaluate_benchmarks(step, "medqa", str(tmp_path / "bench"), str(tmp_path / "eval"), greedy, max_batch=2)
+    assert final["metrics"]["benchmarks"]["medqa"]["num_questions"] == 2
+    assert final["settings"]["prompting"]["system_prompt"] == SYSTEM_PROMPT
+    assert final["settings"]["preprocessing"]["max_pixels"] == MAX_PIXELS
+
+    served = load_for_serving(step)
+    assert served.contract.prompting.system_prompt == SYSTEM_PROMPT
+    assert served.serve_config().system_prompt == SYSTEM_PROMPT
+    assert served.serve_config().max_pixels == MAX_PIXELS
