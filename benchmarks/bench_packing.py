@@ -93,11 +93,12 @@ def efficiency(n: int, seq_len: int, max_patches: int) -> None:
 
 
 def write_shards(out: str, source: str, n: int, image_fraction: float, seed: int = 0) -> None:
-    """Synthetic traces with OctoMed-like lengths (a fraction with a JPEG image) through data_pipeline's writer."""
+    """Synthetic traces with OctoMed-like lengths (a fraction with a JPEG image) through data_pipeline's writer,
+    with their manifest."""
     from PIL import Image
 
     from data_pipeline.records import AcceptedTrace, ImageRef, Question
-    from data_pipeline.writer import TraceWriter
+    from data_pipeline.writer import TraceWriter, build_manifest, write_manifest
 
     rng = random.Random(seed)
     words = (
@@ -131,6 +132,7 @@ def write_shards(out: str, source: str, n: int, image_fraction: float, seed: int
             )
             response = f"<think>\n{reasoning}\n</think>\n\nThe answer is \\boxed{{B}} (option B text here)."
             w.add(AcceptedTrace(question=q, response=response, format="cot", teacher="synthetic", sample_index=0))
+    write_manifest(out, build_manifest(files=w.files, out_dir=out))  # training reads what the manifest lists
 
 
 def throughput(records: int, seq_len: int, max_patches: int, batch_size: int) -> None:

@@ -39,6 +39,7 @@ from data_pipeline import filters as flt
 from data_pipeline.hashing import shard_of, stable_hash
 from data_pipeline.plugins import PLUGIN_HINT, PluginError, load_plugins
 from data_pipeline.records import Question
+from data_pipeline.storage import ManifestError, StorageError
 from data_pipeline.store import CompletionStore
 from data_pipeline.teachers import Accounting, Completion, SampleResult, Teacher, make_teacher, sample_questions
 from data_pipeline.writer import (
@@ -50,6 +51,7 @@ from data_pipeline.writer import (
     merge_manifests,
     partial_manifest_path,
     write_json,
+    write_manifest,
 )
 
 UNPARSED = "unparsed"  # the category under which rows an adapter rejected are counted
@@ -491,12 +493,10 @@ def run_build(
             shard_index=shard_index if num_shards > 1 else None,
             num_shards=num_shards,
         )
-        path = (
-            partial_manifest_path(out_dir, shard_index, num_shards)
-            if num_shards > 1
-            else os.path.join(out_dir, MANIFEST)
-        )
-        write_json(path, manifest)
+        if num_shards > 1:
+            write_json(partial_manifest_path(out_dir, shard_index, num_shards), manifest)
+        else:
+            write_manifest(out_dir, manifest)  # last; then deletes the shard files it does not list
     table = summary_table(stats, dry_requests if dry_run else None, accounting)
     log(table)
     return BuildResult(manifest, stats, accounting, dict(dry_requests), table)
@@ -661,7 +661,7 @@ def main(argv: Sequence[str]) -> None:
             shard_index=f.shard_index,
             progress=not f.no_progress,
         )
-    except (RecipeError, PluginError) as e:
+    except (RecipeError, PluginError, StorageError, ManifestError) as e:
         sys.exit(f"build: {e}")
 
 

@@ -8,6 +8,9 @@ which sample indices are still needed and requests only those.
 Judge outputs live in the same table under the judge's own teacher name and prompt version.
 
 SQLite's WAL needs a local file system: give each job of a sharded build its own store file.
+
+A full disk, a read-only folder or a damaged file raises one `storage.StorageError` naming the store file;
+the rows committed before it stay, so the rerun (after freeing space) requests only the missing ones.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from data_pipeline.records import Question
+from data_pipeline.storage import storage_errors
 from data_pipeline.teachers import Completion
 
 _SCHEMA = """
@@ -42,6 +46,10 @@ _COLUMNS = (
 )
 
 
+_KEPT = "Completions stored before this are kept and will not be requested again."
+_READING = "read the completion store"
+
+
 def _qkey(question: Question | str) -> str:
     return question if isinstance(question, str) else question.key
 
@@ -63,12 +71,12 @@ class CompletionStore:
     def __init__(self, path: str, *, timeout_s: float = 60.0):
         """Opens (creating if needed) the store at `path`; ":memory:" works for tests."""
         self.path = path
-        if path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per response.
-        self._conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
         self._lock = threading.Lock()
-        with self._lock:
+        with storage_errors(path, "open the completion store"):
+            if path != ":memory:":
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per response.
+            self._conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode loses nothing on a process crash (only, possibly, on power loss).
             self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -90,6 +98,9 @@ class CompletionStore:
 
         Rows already present (same key) are left as they are, so a retried or duplicated response
         never stores anything twice.
+
+        Raises:
+          StorageError: the disk is full, the folder read-only, the file damaged (names the file).
         """
         rows = [
             (
@@ -107,7 +118,7 @@ class CompletionStore:
         ]
         if not rows:
             return 0
-        with self._lock:
+        with self._lock, storage_errors(self.path, "store completions", _KEPT):
             before = self._conn.total_changes
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -116,17 +127,19 @@ class CompletionStore:
                 )
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                # SQLite rolls back by itself on some errors (SQLITE_FULL); a second ROLLBACK would then
+                # replace the real error with "cannot rollback - no transaction is active".
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
             return self._conn.total_changes - before
 
     def indices(self, question: Question | str, teacher: Any) -> set[int]:
         """Sample indices already stored for this question and teacher."""
         name, version = _tid(teacher)
-        with self._lock:
+        with self._lock, storage_errors(self.path, _READING):
             cur = self._conn.execute(
-                "SELECT sample_index FROM completions "
-                "WHERE question_key=? AND teacher=? AND prompt_version=?",
+                "SELECT sample_index FROM completions WHERE question_key=? AND teacher=? AND prompt_version=?",
                 (_qkey(question), name, version),
             )
             return {r[0] for r in cur.fetchall()}
@@ -139,7 +152,7 @@ class CompletionStore:
     def get(self, question: Question | str, teacher: Any, n: int | None = None) -> list[Completion]:
         """Stored completions of a question for a teacher, by sample index (only indices < n if given)."""
         name, version = _tid(teacher)
-        with self._lock:
+        with self._lock, storage_errors(self.path, _READING):
             cur = self._conn.execute(
                 f"SELECT {_COLUMNS} FROM completions WHERE question_key=? AND teacher=? AND prompt_version=? "
                 "ORDER BY sample_index",
@@ -151,7 +164,7 @@ class CompletionStore:
 
     def count(self, teacher: Any | None = None) -> int:
         """Number of stored completions (of one teacher, if given)."""
-        with self._lock:
+        with self._lock, storage_errors(self.path, _READING):
             if teacher is None:
                 return self._conn.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
             name, version = _tid(teacher)
@@ -161,10 +174,9 @@ class CompletionStore:
 
     def iter_all(self) -> Iterator[Completion]:
         """Every stored completion in key order (for inspection and export)."""
-        with self._lock:
+        with self._lock, storage_errors(self.path, _READING):
             rows = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM completions "
-                "ORDER BY question_key, teacher, prompt_version, sample_index"
+                f"SELECT {_COLUMNS} FROM completions ORDER BY question_key, teacher, prompt_version, sample_index"
             ).fetchall()
         for r in rows:
             yield Completion(*r)

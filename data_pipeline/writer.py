@@ -14,25 +14,39 @@ and seed give byte-identical files.
 Build job i of n (hash-sharded by question key) writes file shards [i*F, (i+1)*F) of n*F per source,
 so the union of the jobs' files is one complete sharded dataset and `merge_manifests` only has to add
 up the partial manifests.
+
+Files that never lie: the manifest lists every shard with its size and SHA-256, and training reads
+exactly the listed shards after `verify_source` has checked them (a missing, changed or unlisted
+shard-like file, `.tmp` leftovers included, is a `ManifestError` naming it). Each shard is written
+under `<name>.tmp` and renamed; before the first shard is replaced, the manifests that list the old
+ones are removed, and `write_manifest` writes the new one last (temp + rename) and then deletes the
+shard-like files it does not list (an earlier build with another `files_per_source`). A failed write
+removes its partial shard and the sort buffer and raises one `StorageError` naming the file.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import glob
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
 import sqlite3
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, NamedTuple, get_args
 
 from data_pipeline.records import SCHEMA_VERSION, AcceptedTrace
+from data_pipeline.storage import ManifestError, as_storage_error, sha256_file, storage_errors
+
+log = logging.getLogger(__name__)
 
 ARRAY_RECORD_OPTIONS = "group_size:1"  # random access per record, what Grain's index sampler needs
 MANIFEST = "manifest.json"
@@ -54,9 +68,45 @@ def shard_name(source: str, index: int, total: int) -> str:
 
 
 def shard_paths(out_dir: str, source: str) -> list[str]:
-    """All shard files of a source under `out_dir`, in order."""
-    pattern = os.path.join(out_dir, source, f"{glob.escape(source)}.array_record-*-of-*")
-    return sorted(glob.glob(pattern))
+    """Every shard-like file of a source under `out_dir`, in order: finished shards, `.tmp` leftovers of an
+    interrupted write, shards of an earlier build. Read data through `verify_source` instead."""
+    pattern = os.path.join(out_dir, source, f"{glob.escape(source)}.array_record*")
+    return sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+
+
+class ShardFile(NamedTuple):
+    """One shard as the manifest lists it."""
+
+    path: str
+    records: int
+    size: int | None  # bytes; None in manifests written before sizes and checksums were recorded
+    sha256: str | None
+
+
+def write_shard(path: str, records: Iterable[bytes]) -> ShardFile:
+    """Writes one ArrayRecord shard atomically (under `path + ".tmp"`, then renamed) and describes it.
+
+    Raises:
+      StorageError: the disk is full or the folder not writable; names `path`, and no partial file is left.
+    """
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    tmp = path + ".tmp"
+    try:
+        with storage_errors(path, "write the shard"):
+            writer = ArrayRecordWriter(tmp, ARRAY_RECORD_OPTIONS)
+            n = 0
+            for record in records:
+                writer.write(record)
+                n += 1
+            writer.close()
+            size, digest = os.path.getsize(tmp), sha256_file(tmp)
+            os.replace(tmp, path)  # a killed job leaves no half-written shard under the real name
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    return ShardFile(path, n, size, digest)
 
 
 def partial_manifest_path(out_dir: str, shard_index: int, num_shards: int) -> str:
@@ -180,7 +230,7 @@ class TraceWriter:
     Usage:
         with TraceWriter(out, shard_index=i, num_shards=n) as w:
             for t in traces: w.add(t)
-        files = w.files   # {source: [(path, num_records), ...]}
+        files = w.files   # {source: [ShardFile(path, records, size, sha256), ...]}
     """
 
     def __init__(
@@ -209,20 +259,27 @@ class TraceWriter:
         self.shard_index = shard_index
         self.num_shards = num_shards
         self.files_per_source = max(1, int(files_per_source))
-        self.files: dict[str, list[tuple[str, int]]] = {}
+        self.files: dict[str, list[ShardFile]] = {}
         self._batch = batch
         self._pending: list[tuple[str, str, int, bytes]] = []
-        os.makedirs(out_dir, exist_ok=True)
-        self._tmp = tempfile.mkdtemp(prefix=".sort-", dir=tmp_dir or out_dir)
-        self._db = sqlite3.connect(os.path.join(self._tmp, "sort.sqlite"), isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=OFF")  # a scratch table: rebuilt from the store if lost
-        self._db.execute("PRAGMA synchronous=OFF")
-        self._db.execute(
-            "CREATE TABLE t (source TEXT, qkey TEXT, idx INTEGER, data BLOB, "
-            "PRIMARY KEY (source, qkey, idx)) WITHOUT ROWID"
-        )
-        self._sources: set[str] = set()
+        with storage_errors(tmp_dir or out_dir, "create the sort buffer"):
+            os.makedirs(out_dir, exist_ok=True)
+            self._tmp = tempfile.mkdtemp(prefix=".sort-", dir=tmp_dir or out_dir)
+        self._sort_db = os.path.join(self._tmp, "sort.sqlite")
         self._closed = False
+        try:
+            with storage_errors(self._sort_db, "create the sort buffer"):
+                self._db = sqlite3.connect(self._sort_db, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=OFF")  # a scratch table: rebuilt from the store if lost
+                self._db.execute("PRAGMA synchronous=OFF")
+                self._db.execute(
+                    "CREATE TABLE t (source TEXT, qkey TEXT, idx INTEGER, data BLOB, "
+                    "PRIMARY KEY (source, qkey, idx)) WITHOUT ROWID"
+                )
+        except BaseException:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
+        self._sources: set[str] = set()
 
     def declare_source(self, source: str) -> None:
         """Makes sure a source gets its files even if it has no trace in this job."""
@@ -244,43 +301,60 @@ class TraceWriter:
 
     def _flush(self) -> None:
         if self._pending:
-            self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR IGNORE INTO t VALUES (?,?,?,?)", self._pending)
-            self._db.execute("COMMIT")
+            with storage_errors(self._sort_db, "buffer traces for sorting"):
+                self._db.execute("BEGIN")
+                try:
+                    self._db.executemany("INSERT OR IGNORE INTO t VALUES (?,?,?,?)", self._pending)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:  # SQLite may have rolled back already (disk full)
+                        self._db.execute("ROLLBACK")
+                    raise
             self._pending.clear()
 
-    def close(self) -> dict[str, list[tuple[str, int]]]:
-        """Writes the shards (sorted by question key, sample index) and removes the sort buffer."""
-        from array_record.python.array_record_module import ArrayRecordWriter
+    def _retire_manifests(self) -> None:
+        """Removes the manifests that list this job's current shards: they stop being true when one is replaced."""
+        paths = [os.path.join(self.out_dir, MANIFEST)]
+        if self.num_shards > 1:
+            paths.append(partial_manifest_path(self.out_dir, self.shard_index, self.num_shards))
+        for path in paths:
+            with storage_errors(path, "remove the old manifest"), contextlib.suppress(FileNotFoundError):
+                os.remove(path)
 
+    def close(self) -> dict[str, list[ShardFile]]:
+        """Writes the shards (sorted by question key, sample index) and removes the sort buffer.
+
+        Returns:
+          {source: [ShardFile, ...]}; `write_manifest` then makes them the dataset.
+
+        Raises:
+          StorageError: a full disk or read-only folder (names the file); the sort buffer and the partial
+            shard are removed, and no manifest is left that lists a replaced shard.
+        """
         if self._closed:
             return self.files
-        self._flush()
         f_per = self.files_per_source
         total = self.num_shards * f_per
         try:
+            self._flush()
+            self._retire_manifests()
             for source in sorted(self._sources):
                 folder = os.path.join(self.out_dir, source)
-                os.makedirs(folder, exist_ok=True)
+                with storage_errors(folder, "create the source folder"):
+                    os.makedirs(folder, exist_ok=True)
                 n = self._db.execute("SELECT COUNT(*) FROM t WHERE source=?", (source,)).fetchone()[0]
                 # Contiguous, near-equal runs of the sorted stream go to this job's F files.
                 bounds = [n * f // f_per for f in range(f_per + 1)]
                 rows = self._db.execute("SELECT data FROM t WHERE source=? ORDER BY qkey, idx", (source,))
-                written = []
-                for f in range(f_per):
-                    path = os.path.join(folder, shard_name(source, self.shard_index * f_per + f, total))
-                    tmp = path + ".tmp"
-                    w = ArrayRecordWriter(tmp, ARRAY_RECORD_OPTIONS)
-                    for _ in range(bounds[f + 1] - bounds[f]):
-                        w.write(rows.fetchone()[0])
-                    w.close()
-                    os.replace(tmp, path)  # a killed job leaves no half-written shard under the real name
-                    written.append((path, bounds[f + 1] - bounds[f]))
-                self.files[source] = written
+                self.files[source] = [
+                    write_shard(
+                        os.path.join(folder, shard_name(source, self.shard_index * f_per + f, total)),
+                        (rows.fetchone()[0] for _ in range(bounds[f + 1] - bounds[f])),
+                    )
+                    for f in range(f_per)
+                ]
         finally:
-            self._db.close()
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._closed = True
+            self.abort()
         return self.files
 
     def abort(self) -> None:
@@ -302,30 +376,38 @@ class TraceWriter:
 
 def build_manifest(
     *,
-    recipe_name: str,
-    recipe: Mapping[str, Any],
-    seed: int,
-    stats: ManifestStats,
-    files: Mapping[str, Sequence[tuple[str, int]]],
+    files: Mapping[str, Sequence[ShardFile]],
     out_dir: str,
-    teachers: Mapping[str, Mapping[str, Any]],
+    recipe_name: str = "",
+    recipe: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    stats: ManifestStats | None = None,
+    teachers: Mapping[str, Mapping[str, Any]] | None = None,
     shard_index: int | None = None,
     num_shards: int = 1,
 ) -> dict[str, Any]:
-    """The manifest (partial when `shard_index` is given) as a JSON-able dict; paths relative to out_dir."""
+    """The manifest (partial when `shard_index` is given) as a JSON-able dict; paths relative to out_dir.
+
+    Each file entry is {"path", "records", "bytes", "sha256"}; `verify_source` checks them before training.
+    """
+    stats = stats or ManifestStats()
     return {
         "schema_version": SCHEMA_VERSION,
         "recipe_name": recipe_name,
         "seed": seed,
         "num_shards": num_shards,
         "shards_merged": [shard_index] if shard_index is not None else list(range(num_shards)),
-        "teachers": {k: dict(v) for k, v in sorted(teachers.items())},
+        "teachers": {k: dict(v) for k, v in sorted((teachers or {}).items())},
         "totals": stats.totals().to_dict(),
         "sources": stats.to_dict(),
         "files": {
-            s: [{"path": os.path.relpath(p, out_dir), "records": n} for p, n in sorted(files[s])] for s in sorted(files)
+            s: [
+                {"path": os.path.relpath(f.path, out_dir), "records": f.records, "bytes": f.size, "sha256": f.sha256}
+                for f in sorted(files[s], key=lambda f: f.path)
+            ]
+            for s in sorted(files)
         },
-        "recipe": _jsonable(recipe),
+        "recipe": _jsonable(recipe or {}),
     }
 
 
@@ -342,17 +424,57 @@ def _jsonable(x: Any) -> Any:
 
 
 def write_json(path: str, obj: Any) -> None:
-    """Writes JSON atomically, keys sorted, so identical content gives identical bytes."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """Writes JSON atomically, keys sorted, so identical content gives identical bytes.
+
+    Raises:
+      StorageError: the disk is full or the folder not writable (names `path`; no partial file is left).
+    """
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with storage_errors(path, "write"):
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(obj, f, indent=2, sort_keys=True, ensure_ascii=False)
+                f.write("\n")
+            os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def write_manifest(out_dir: str, manifest: Mapping[str, Any]) -> list[str]:
+    """Makes `manifest` the truth of `out_dir`: writes `manifest.json` (last, atomically), then deletes the
+    shard-like files of its sources that it does not list (shards of an earlier build, `.tmp` leftovers).
+
+    Returns:
+      The deleted paths.
+    """
+    write_json(os.path.join(out_dir, MANIFEST), manifest)
+    removed = []
+    for source, entries in manifest["files"].items():
+        listed = {os.path.normpath(os.path.join(out_dir, e["path"])) for e in entries}
+        for path in shard_paths(out_dir, source):
+            if os.path.normpath(path) not in listed:
+                with storage_errors(path, "remove the stale shard"):
+                    os.remove(path)
+                removed.append(path)
+    if removed:
+        log.info("removed %d shard files that %s does not list: %s", len(removed), MANIFEST, removed)
+    return removed
+
+
+def write_dataset(out_dir: str, traces: Iterable[AcceptedTrace], *, files_per_source: int = 1) -> dict[str, Any]:
+    """Traces -> shards and a manifest of files only (no build statistics): data for tests and benchmarks."""
+    with TraceWriter(out_dir, files_per_source=files_per_source) as w:
+        w.add_all(traces)
+    manifest = build_manifest(files=w.files, out_dir=out_dir)
+    write_manifest(out_dir, manifest)
+    return manifest
 
 
 def merge_manifests(out_dir: str) -> dict[str, Any]:
-    """Combines the partial manifests of a sharded build into `<out>/manifest.json`.
+    """Combines the partial manifests of a sharded build into `<out>/manifest.json` (see `write_manifest`).
 
     Raises:
       FileNotFoundError: no partial manifest, or some build job's partial manifest is missing.
@@ -361,7 +483,7 @@ def merge_manifests(out_dir: str) -> dict[str, Any]:
     paths = sorted(glob.glob(os.path.join(out_dir, "manifests", "manifest-*-of-*.json")))
     if not paths:
         raise FileNotFoundError(f"no partial manifests under {os.path.join(out_dir, 'manifests')}")
-    parts = [json.load(open(p, encoding="utf-8")) for p in paths]
+    parts = [read_json(p, "partial manifest") for p in paths]
     first = parts[0]
     n = first["num_shards"]
     for p, m in zip(paths, parts, strict=True):
@@ -375,13 +497,13 @@ def merge_manifests(out_dir: str) -> dict[str, Any]:
         missing = sorted(set(range(n)) - set(have))
         raise FileNotFoundError(f"partial manifests missing for shard(s) {missing} of {n} under {out_dir}")
     stats = ManifestStats()
-    files: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
+    files: dict[str, list[ShardFile]] = collections.defaultdict(list)
     teachers: dict[str, dict[str, Any]] = {}
     for m in parts:
         for k, v in ManifestStats.from_dict(m["sources"]).by.items():
             stats[k].add(v)
         for s, fl in m["files"].items():
-            files[s].extend((os.path.join(out_dir, f["path"]), f["records"]) for f in fl)
+            files[s].extend(_shard_file(out_dir, f) for f in fl)
         for name, t in m["teachers"].items():
             # Teacher settings are the same in every part; only their "usage" counters add up.
             merged = teachers.setdefault(name, {**t, "usage": {}})
@@ -400,5 +522,149 @@ def merge_manifests(out_dir: str) -> dict[str, Any]:
         teachers=teachers,
         num_shards=n,
     )
-    write_json(os.path.join(out_dir, MANIFEST), manifest)
+    write_manifest(out_dir, manifest)
     return manifest
+
+
+# -- reading and checking a built folder ------------------------------------------------------------------
+
+VerifyMode = Literal["sha256", "size"]
+_MAX_LISTED_PROBLEMS = 20
+
+
+def read_json(path: str, what: str) -> dict[str, Any]:
+    """A JSON file a build wrote (`what` names it in errors).
+
+    Raises:
+      ManifestError: the file is missing or not valid JSON (names it).
+      StorageError: it cannot be read.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ManifestError(
+            f"{path}: no {what} there: the build did not finish (or this is not a build folder). "
+            f"{_rebuild_advice(os.path.dirname(path), '')}"
+        ) from None
+    except OSError as e:
+        raise as_storage_error(e, path, f"read the {what}") from e
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ManifestError(
+            f"{path}: the {what} is not valid JSON ({e}); it was damaged or cut short. "
+            f"{_rebuild_advice(os.path.dirname(path), '')}"
+        ) from None
+
+
+def _rebuild_advice(data_dir: str, recipe_name: str) -> str:
+    return (
+        f"Rebuild: `python -m data_pipeline.build --config={recipe_name or '<config>'} --out={data_dir}` (completions "
+        "already in its store are reused, so no teacher is asked twice; a finished build deletes the shard files "
+        "its manifest does not list), or `--merge` for a sharded build."
+    )
+
+
+def _shard_file(out_dir: str, entry: Mapping[str, Any]) -> ShardFile:
+    return ShardFile(
+        os.path.join(out_dir, entry["path"]), int(entry["records"]), entry.get("bytes"), entry.get("sha256")
+    )
+
+
+def listed_files(data_dir: str, source: str, manifest: Mapping[str, Any] | None = None) -> list[ShardFile]:
+    """The shards of `source` that `<data_dir>/manifest.json` lists, in order (not checked: see `verify_source`).
+
+    Raises:
+      ManifestError: no manifest, or it lists no files of `source`.
+    """
+    path = os.path.join(data_dir, MANIFEST)
+    manifest = read_json(path, "manifest") if manifest is None else manifest
+    files = manifest.get("files", {})
+    if source not in files:
+        raise ManifestError(
+            f"{path} lists no files of source {source!r} (it lists {sorted(files)}): fix the data config's "
+            f"sources, or rebuild with that source. {_rebuild_advice(data_dir, manifest.get('recipe_name', ''))}"
+        )
+    return [_shard_file(data_dir, e) for e in files[source]]
+
+
+@functools.lru_cache(maxsize=65536)
+def _sha256_unchanged(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    """`sha256_file`, once per version of a file in this process (several iterators verify the same files)."""
+    del size, mtime_ns, inode  # the cache key: a rewritten file is hashed again
+    with storage_errors(path, "read the shard"):
+        return sha256_file(path)
+
+
+def verify_source(data_dir: str, source: str, check: VerifyMode = "sha256") -> list[ShardFile]:
+    """The shards of `source` listed in `<data_dir>/manifest.json`, after checking them against the disk.
+
+    Problems (all reported at once): a listed file missing, of another size, or (`check="sha256"`) of
+    another SHA-256; a shard-like file in the source folder that the manifest does not list (a `.tmp`
+    leftover of an interrupted write, a shard of an earlier build). Hashing reads every byte once per
+    process, in 1 MiB chunks, several files at a time; `check="size"` skips it. A manifest written
+    before sizes and checksums were recorded is accepted with a warning: then only the files' presence
+    (here) and record counts (when the pipeline opens them) are checked.
+
+    Raises:
+      ManifestError: the files disagree with the manifest (names each file and says how to rebuild).
+      StorageError: a file cannot be read.
+    """
+    if check not in get_args(VerifyMode):
+        raise ValueError(f"check={check!r}; expected one of {get_args(VerifyMode)}")
+    manifest_path = os.path.join(data_dir, MANIFEST)
+    manifest = read_json(manifest_path, "manifest")
+    files = listed_files(data_dir, source, manifest)
+    listed = {os.path.normpath(f.path) for f in files}
+    problems = [
+        f"{p}: not listed in the manifest ("
+        + (
+            "a partial shard left by an interrupted write"
+            if p.endswith(".tmp")
+            else "from an earlier or unfinished build"
+        )
+        + ")"
+        for p in shard_paths(data_dir, source)
+        if os.path.normpath(p) not in listed
+    ]
+    to_hash, legacy = [], []
+    for f in files:
+        try:
+            st = os.stat(f.path)
+        except FileNotFoundError:
+            problems.append(f"{f.path}: listed in the manifest but missing")
+            continue
+        if f.size is None:
+            legacy.append(f.path)
+        elif st.st_size != f.size:
+            problems.append(f"{f.path}: {st.st_size} bytes, the manifest says {f.size} (changed after the build)")
+        elif check == "sha256" and f.sha256:
+            to_hash.append((f, (f.path, st.st_size, st.st_mtime_ns, st.st_ino)))
+    if not problems and to_hash:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(to_hash))) as pool:
+            digests = list(pool.map(lambda key: _sha256_unchanged(*key), [key for _, key in to_hash]))
+        problems += [
+            f"{f.path}: SHA-256 {d[:16]}..., the manifest says {f.sha256[:16]}... (the bytes changed after the build)"
+            for (f, _), d in zip(to_hash, digests, strict=True)
+            if d != f.sha256
+        ]
+    if problems:
+        more = len(problems) - _MAX_LISTED_PROBLEMS
+        listing = "\n  - ".join(problems[:_MAX_LISTED_PROBLEMS]) + (f"\n  ... and {more} more" if more > 0 else "")
+        raise ManifestError(
+            f"the shards of source {source!r} do not match {manifest_path}:\n  - {listing}\n"
+            f"Training reads exactly the files the manifest lists. "
+            f"{_rebuild_advice(data_dir, manifest.get('recipe_name', ''))} "
+            "If the listed files are intact, deleting the unlisted ones is enough."
+        )
+    if legacy:
+        log.warning(
+            "%s records no sizes or checksums for the %d shards of source %r (written before they were recorded): "
+            "only their presence and record counts are checked. Rebuild to record them (stored completions are "
+            "reused).",
+            manifest_path,
+            len(legacy),
+            source,
+        )
+    return files

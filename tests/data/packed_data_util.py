@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from data_pipeline.records import AcceptedTrace, ImageRef, Question
-from data_pipeline.writer import ARRAY_RECORD_OPTIONS, TraceWriter, shard_name
+from data_pipeline.writer import build_manifest, shard_name, write_dataset, write_manifest, write_shard
 from octomed_jax.data import DataConfig, make_example
 from octomed_jax.models.config import get_preset
 
@@ -48,23 +48,20 @@ def make_trace(source: str, i: int, *, reasoning_words: int, images: int = 0, se
 
 
 def write_records(out_dir: str, source: str, records: list[bytes], num_files: int = 2) -> None:
-    """Raw records (possibly corrupt) as `num_files` ArrayRecord shards, in order."""
-    from array_record.python.array_record_module import ArrayRecordWriter
-
+    """Raw records (possibly corrupt) as `num_files` ArrayRecord shards, in order, and their manifest."""
     folder = os.path.join(out_dir, source)
     os.makedirs(folder, exist_ok=True)
     bounds = [len(records) * f // num_files for f in range(num_files + 1)]
-    for f in range(num_files):
-        w = ArrayRecordWriter(os.path.join(folder, shard_name(source, f, num_files)), ARRAY_RECORD_OPTIONS)
-        for r in records[bounds[f] : bounds[f + 1]]:
-            w.write(r)
-        w.close()
+    files = [
+        write_shard(os.path.join(folder, shard_name(source, f, num_files)), records[bounds[f] : bounds[f + 1]])
+        for f in range(num_files)
+    ]
+    write_manifest(out_dir, build_manifest(files={source: files}, out_dir=out_dir))
 
 
 def write_traces(out_dir: str, traces: list[AcceptedTrace], files_per_source: int = 2) -> None:
-    """Traces through data_pipeline's writer (sorted by question key per source)."""
-    with TraceWriter(out_dir, files_per_source=files_per_source) as w:
-        w.add_all(traces)
+    """Traces through data_pipeline's writer (sorted by question key per source), with their manifest."""
+    write_dataset(out_dir, traces, files_per_source=files_per_source)
 
 
 def mixed_dataset(out_dir: str, n_text: int = 24, n_image: int = 16, seed: int = 0) -> dict[str, int]:

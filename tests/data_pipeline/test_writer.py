@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -56,7 +57,10 @@ def test_shards_readable_sorted_and_deterministic(tmp_path):
 
     paths = shard_paths(str(tmp_path / "a"), "medqa")
     assert [os.path.basename(p) for p in paths] == [f"medqa.array_record-0000{i}-of-00003" for i in range(3)]
-    assert [n for _, n in files_a["medqa"]] == [30, 30, 30]
+    assert [f.records for f in files_a["medqa"]] == [30, 30, 30]
+    for f in files_a["medqa"]:  # size and checksum of the bytes on disk, for the manifest
+        data = open(f.path, "rb").read()
+        assert (f.size, f.sha256) == (len(data), hashlib.sha256(data).hexdigest())
     ds = grain.sources.ArrayRecordDataSource(paths)
     assert len(ds) == 90
     got = [AcceptedTrace.from_bytes(ds[i]) for i in range(len(ds))]
@@ -80,7 +84,7 @@ def test_duplicate_add_stored_once_and_empty_source(tmp_path):
         w.declare_source("empty_src")
         for t in items + items:
             w.add(t)
-    assert w.files["medqa"][0][1] == 6
+    assert w.files["medqa"][0].records == 6
     ds = grain.sources.ArrayRecordDataSource(shard_paths(str(tmp_path), "empty_src"))
     assert len(ds) == 0
 

@@ -9,9 +9,11 @@ from packed_data_util import mixed_dataset  # noqa: E402
 
 
 def build(out_dir: str) -> str:
-    counts = mixed_dataset(out_dir, n_text=24, n_image=12)
-    files = {s: [{"path": f"{s}/x", "records": n}] for s, n in counts.items()}
-    manifest = {"files": files, "totals": {"traces_kept": sum(counts.values()), "response_tokens": 1000}}
-    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
+    counts = mixed_dataset(out_dir, n_text=24, n_image=12)  # shards + a manifest of their files
+    path = os.path.join(out_dir, "manifest.json")
+    with open(path) as f:
+        manifest = json.load(f)
+    manifest["totals"] = {"traces_kept": sum(counts.values()), "response_tokens": 1000}
+    with open(path, "w") as f:
         json.dump(manifest, f)
     return out_dir
