@@ -20,6 +20,7 @@ DEFAULT_CONFIG = "demo"
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
+    """The demo's flags besides `--config` (see `configs.cli`)."""
     flags.DEFINE_string("workdir", None, "Checkpoints, data, HF export and report (default: runs/<recipe name>).",
                         flag_values=flag_values)
 

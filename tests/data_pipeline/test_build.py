@@ -278,3 +278,18 @@ def test_cli_rejects_a_bad_override_naming_it(tmp_path):
         build.main(["build", f"--config={HERE}/build_config.py", "--config.recipe.traces_per_questoin=2"])
     with pytest.raises(SystemExit, match=r"unknown config 'no_such_recipe'.*full_mix"):
         build.main(["build", "--config=no_such_recipe"])
+
+
+def test_config_names_resolve_as_for_train():
+    from configs.cli import CONFIGS_DIR, ConfigNameError, known_configs, resolve_config_argument
+
+    assert {"base", "demo", "full_mix", "traces_4"} <= set(known_configs()) and "cli" not in known_configs()
+    full_mix = os.path.join(CONFIGS_DIR, "full_mix.py")
+    assert resolve_config_argument(["p", "--config=full_mix:arg", "--config.seed=1"]) == [
+        "p", f"--config={full_mix}:arg", "--config.seed=1"]
+    assert resolve_config_argument(["p", "--config", "full_mix"]) == ["p", "--config", full_mix]
+    assert resolve_config_argument(["p", "--config=x/y.py"], default="demo") == ["p", "--config=x/y.py"]
+    assert resolve_config_argument(["p", "--x=1"], default="demo") == [
+        "p", f"--config={os.path.join(CONFIGS_DIR, 'demo.py')}", "--x=1"]
+    with pytest.raises(ConfigNameError, match=r"unknown config 'ful_mix'.*full_mix"):
+        resolve_config_argument(["p", "--config=ful_mix"])
