@@ -15,32 +15,27 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from octomed_jax.serving import ServeConfig
+from octomed_jax.serving import ServeConfig, ServingModel
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
     """Defines the server's command-line flags on `flag_values`."""
     fv = flag_values
-    flags.DEFINE_string("checkpoint", None, "Our checkpoint folder or a Hugging Face checkpoint folder.",
-                        flag_values=fv)
+    flags.DEFINE_string("checkpoint", None, "A training step or workdir, our model folder or an HF folder; its run "
+                        "contract gives the system prompt, image pixel bounds and stop ids.", flag_values=fv)
     flags.DEFINE_string("host", "127.0.0.1", "Address to bind (loopback by default; 0.0.0.0 exposes the model).",
                         flag_values=fv)
     flags.DEFINE_integer("port", 8000, "Port.", flag_values=fv)
     flags.DEFINE_string("model_name", "octomed-jax", "Model id reported to clients.", flag_values=fv)
     flags.DEFINE_string("mesh", "", "Mesh shape, e.g. 'tensor=-1'; empty: one device.", flag_values=fv)
     flags.DEFINE_string("dtype", "", "Compute dtype (e.g. bfloat16); empty keeps the checkpoint's.", flag_values=fv)
-    flags.DEFINE_string("tokenizer", "", "Tokenizer folder; default: the checkpoint's, else the bundled Qwen files.",
-                        flag_values=fv)
-    flags.DEFINE_string("system_prompt", None, "System message for requests that carry none; unset: the chat "
-                        "template's default.", flag_values=fv)
+    flags.DEFINE_string("tokenizer", "", "Tokenizer folder; default: the run contract's.", flag_values=fv)
     flags.DEFINE_integer("max_batch", 32, "Most rows per sampler call.", flag_values=fv)
     flags.DEFINE_integer("batch_wait_ms", 10, "How long to wait for more requests to batch together.", flag_values=fv)
     flags.DEFINE_integer("max_request_mb", 32, "Largest request body, MiB.", flag_values=fv)
     flags.DEFINE_integer("max_image_pixels", 4096 * 4096, "Largest accepted image, in pixels (width x height).",
                          flag_values=fv)
     flags.DEFINE_integer("max_images", 10, "Most images per request.", flag_values=fv)
-    flags.DEFINE_integer("max_pixels", 262_144, "Images are resized to at most this many pixels for the model.",
-                         flag_values=fv)
     flags.DEFINE_integer("max_tokens_limit", 8192, "Largest max_tokens a request may ask for.", flag_values=fv)
     flags.DEFINE_integer("default_max_tokens", 1024, "max_tokens when a request gives none.", flag_values=fv)
     flags.DEFINE_bool("allow_remote_images", False, "Fetch http(s):// image URLs (off: refused).", flag_values=fv)
@@ -48,15 +43,13 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                       flag_values=fv)
 
 
-def serve_config(fv: flags.FlagValues) -> ServeConfig:
-    """The `ServeConfig` the parsed flags ask for."""
-    return ServeConfig(
+def serve_config(fv: flags.FlagValues, loaded: ServingModel) -> ServeConfig:
+    """The `ServeConfig` of the loaded run (prompting, preprocessing, stop ids) with the limits the flags set."""
+    return loaded.serve_config(
         model_name=fv.model_name,
         max_request_bytes=fv.max_request_mb * 2**20,
         max_image_pixels=fv.max_image_pixels,
         max_images=fv.max_images,
-        max_pixels=fv.max_pixels,
-        system_prompt=fv.system_prompt,
         max_tokens_limit=fv.max_tokens_limit,
         default_max_tokens=fv.default_max_tokens,
         allow_remote_images=fv.allow_remote_images,
@@ -72,12 +65,16 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not fv.checkpoint:
         raise app.UsageError("--checkpoint is required")
-    from octomed_jax.generation.loading import parse_mesh
     from octomed_jax.serving import load_for_serving, serve
+    from octomed_jax.sharding import parse_mesh
 
     mesh = parse_mesh(fv.mesh)
-    loaded = load_for_serving(fv.checkpoint, mesh=mesh, dtype=fv.dtype or None, tokenizer_path=fv.tokenizer or None)
-    serve(loaded.model, loaded.tokenizer, serve_config(fv), host=fv.host, port=fv.port, mesh=mesh)
+    try:
+        loaded = load_for_serving(fv.checkpoint, mesh=mesh, dtype=fv.dtype or None,
+                                  tokenizer_path=fv.tokenizer or None)
+    except (FileNotFoundError, ValueError) as e:  # a bad path, a damaged checkpoint or contract: named in `e`
+        raise SystemExit(f"serve: error: {e}") from None
+    serve(loaded.model, loaded.tokenizer, serve_config(fv, loaded), host=fv.host, port=fv.port, mesh=mesh)
 
 
 if __name__ == "__main__":

@@ -1,43 +1,60 @@
-"""What the server loads from a checkpoint folder: the model and its tokenizer (`load_for_serving`)."""
+"""What the server loads from a checkpoint: the model, its tokenizer and its run contract (`load_for_serving`)."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from octomed_jax.serving.openai_api import ServeConfig
 
 if TYPE_CHECKING:
     from jax.sharding import Mesh
     from transformers import PreTrainedTokenizerFast
 
+    from octomed_jax.contract import RunContract
     from octomed_jax.models.qwen2_5_vl import Qwen25VL
 
 
 @dataclasses.dataclass(frozen=True)
 class ServingModel:
-    """A model ready to serve and the tokenizer that goes with it."""
+    """A model ready to serve, the tokenizer that goes with it and the run it comes from."""
 
     model: Qwen25VL
     tokenizer: PreTrainedTokenizerFast
+    contract: RunContract
+
+    def serve_config(self, **limits: Any) -> ServeConfig:
+        """A `ServeConfig` whose prompting and preprocessing are the run's: its default system prompt, its
+        pixel bounds and its stop ids; `limits` set the rest (request sizes, batching, ...)."""
+        return ServeConfig(
+            system_prompt=self.contract.prompting.system_prompt,
+            min_pixels=self.contract.preprocessing.min_pixels,
+            max_pixels=self.contract.preprocessing.max_pixels,
+            stop_ids=self.contract.special_ids.stop_ids,
+            **limits,
+        )
 
 
 def load_for_serving(
     checkpoint: str, *, mesh: Mesh | None = None, dtype: str | None = None, tokenizer_path: str | None = None
 ) -> ServingModel:
-    """Loads the model and tokenizer the server runs, from our checkpoint folder or a Hugging Face folder.
+    """Loads what the server runs from any checkpoint (`checkpoint.locate`: a training step or workdir, our model
+    folder, an HF folder).
 
     Args:
-      checkpoint: the folder (`checkpoint.save_model` output or an HF folder).
+      checkpoint: the folder.
       mesh: shard the parameters over it (tensor-parallel decoding); None: one device.
       dtype: compute dtype (e.g. "bfloat16"); None keeps the checkpoint's.
-      tokenizer_path: a tokenizer folder; None: the checkpoint's tokenizer.json, else the bundled Qwen files.
+      tokenizer_path: a tokenizer folder; None: the run contract's (the folder's own tokenizer.json first).
 
     Raises:
-      FileNotFoundError: `checkpoint` is neither kind of checkpoint.
+      FileNotFoundError: `checkpoint` is not a checkpoint. ValueError: a damaged one (named).
     """
-    from octomed_jax.generation.loading import load_checkpoint, load_checkpoint_tokenizer
+    from octomed_jax.checkpoint import load_run
+    from octomed_jax.data.tokenizer import load_tokenizer
 
-    model = load_checkpoint(checkpoint, mesh=mesh, dtype=dtype)
-    return ServingModel(model, load_checkpoint_tokenizer(checkpoint, tokenizer_path))
+    model, contract = load_run(checkpoint, mesh=mesh, **({"dtype": dtype} if dtype else {}))
+    return ServingModel(model, load_tokenizer(tokenizer_path or contract.prompting.tokenizer_path), contract)
 
 
 __all__ = ["ServingModel", "load_for_serving"]

@@ -21,6 +21,9 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from octomed_jax.data.images import MIN_PIXELS, OCTOMED_MAX_PIXELS
+from octomed_jax.generation.sampler import DEFAULT_STOP_IDS
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
@@ -36,9 +39,10 @@ class ServeConfig:
       max_request_bytes: largest request body.
       max_image_pixels: largest image (width x height, read from the header before decoding).
       max_images: most images per request.
-      max_pixels: images are resized to at most this area for the model (OctoMed: 512 x 512).
+      min_pixels, max_pixels: the resized image area's bounds (the run contract's; OctoMed: at most 512 x 512).
       system_prompt: the system message put first when a request carries none; None leaves it to the chat
         template (Qwen's default "You are a helpful assistant.").
+      stop_ids: token ids that end a completion (the run contract's special ids).
       max_prompt_tokens: longest prompt after the template.
       max_tokens_limit: largest `max_tokens` a request may ask for.
       default_max_tokens: `max_tokens` when the request gives none.
@@ -53,8 +57,10 @@ class ServeConfig:
     max_request_bytes: int = 32 * 2**20
     max_image_pixels: int = 4096 * 4096
     max_images: int = 10
-    max_pixels: int = 262_144
+    min_pixels: int = MIN_PIXELS
+    max_pixels: int = OCTOMED_MAX_PIXELS
     system_prompt: str | None = None
+    stop_ids: tuple[int, ...] = DEFAULT_STOP_IDS
     max_prompt_tokens: int = 16_384
     max_tokens_limit: int = 8192
     default_max_tokens: int = 1024
@@ -231,7 +237,7 @@ def parse_request(body: bytes, cfg: ServeConfig, tokenizer: PreTrainedTokenizerF
         seed=_number(req, "seed", 0, int, 0, 2**32 - 1),
     )
     try:
-        prompt = encode_prompt(tokenizer, messages, images, max_pixels=cfg.max_pixels)
+        prompt = encode_prompt(tokenizer, messages, images, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
     except (TemplateError, ImageError) as e:
         raise RequestError(str(e), param="messages") from e
     if len(prompt.token_ids) > cfg.max_prompt_tokens:

@@ -159,14 +159,15 @@ def serve(
     Args:
       model: the model, its parameters already placed (on `mesh` if given).
       tokenizer: its tokenizer (prompts through THE chat template, completions decoded).
-      cfg: limits, the default system prompt, `max_pixels`, batching.
+      cfg: limits, the run's default system prompt, pixel bounds and stop ids, batching.
       host: address to bind; anything but loopback exposes the model and is warned about.
       port: port (0 picks a free one).
       mesh: the mesh the parameters live on (tensor-parallel decoding); None: one device.
     """
     from octomed_jax.generation.sampler import Sampler
 
-    server = make_server(Sampler(model, mesh=mesh, max_batch=cfg.max_batch), tokenizer, cfg, host, port)
+    sampler = Sampler(model, mesh=mesh, max_batch=cfg.max_batch, stop_token_ids=cfg.stop_ids)
+    server = make_server(sampler, tokenizer, cfg, host, port)
     if host not in LOOPBACK_HOSTS:
         print(f"[serve] WARNING: listening on {host}: anyone who can reach this address can use the model")
     print(f"[serve] {cfg.model_name} at http://{host}:{server.server_address[1]}/v1/chat/completions")

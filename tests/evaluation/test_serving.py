@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from eval_helpers import data_url, png_bytes
 
+from octomed_jax.contract import Preprocessing, Prompting, RunContract
 from octomed_jax.data.images import preprocess_image
 from octomed_jax.data.template import encode_chat
-from octomed_jax.serving import ServeConfig, load_for_serving, parse_request
+from octomed_jax.models.config import get_preset
+from octomed_jax.serving import ServeConfig, ServingModel, load_for_serving, parse_request
 
 RADIOLOGIST = "You are a careful radiologist."
 
@@ -53,6 +55,9 @@ def test_load_for_serving_returns_the_checkpoint_model_and_tokenizer(checkpoint,
     loaded = load_for_serving(checkpoint)
     assert loaded.model.cfg == model.cfg
     assert loaded.tokenizer.get_vocab() == tokenizer.get_vocab()
+    # An HF folder we did not export has no run contract: the template's default prompt and OctoMed's pixels.
+    cfg = loaded.serve_config(max_batch=3)
+    assert (cfg.system_prompt, cfg.max_pixels, cfg.stop_ids, cfg.max_batch) == (None, 262_144, (151645, 151643), 3)
 
 
 def test_serve_cli_defines_flags_only_when_asked():
@@ -63,8 +68,10 @@ def test_serve_cli_defines_flags_only_when_asked():
     assert "checkpoint" not in flags.FLAGS  # importing the CLI defined nothing
     fv = flags.FlagValues()
     serve.define_flags(fv)
-    fv(["serve", "--checkpoint=ckpt", "--system_prompt=" + RADIOLOGIST, "--max_pixels=3136", "--batch_wait_ms=250",
-        "--max_request_mb=2"])
-    cfg = serve.serve_config(fv)
+    fv(["serve", "--checkpoint=ckpt", "--batch_wait_ms=250", "--max_request_mb=2"])
+    contract = RunContract.for_model(get_preset("tiny"), prompting=Prompting(system_prompt=RADIOLOGIST),
+                                     preprocessing=Preprocessing(max_pixels=3136))
+    cfg = serve.serve_config(fv, ServingModel(model=None, tokenizer=None, contract=contract))
+    # The run's prompting and preprocessing come from its contract, the limits from the flags.
     assert (cfg.system_prompt, cfg.max_pixels, cfg.batch_wait_s, cfg.max_request_bytes) == (
         RADIOLOGIST, 3136, 0.25, 2 * 2**20)

@@ -112,9 +112,17 @@ def test_an_intermediate_step_exports_to_transformers_with_the_same_logits(run, 
 
 
 def test_evaluate_and_serve_open_an_intermediate_step(run, tmp_path):
+    """evaluate and a live server on step 2 give the same greedy answer, both prompted with the run's system prompt."""
+    import threading
+
+    import openai
+
+    from data_pipeline.formats import render_question
+    from octomed_jax.data.template import encode_chat
+    from octomed_jax.evaluation.benchmarks import BENCHMARKS
     from octomed_jax.evaluation.suite import evaluate_benchmarks
-    from octomed_jax.generation.sampler import SamplingParams
-    from octomed_jax.serving.loading import load_for_serving
+    from octomed_jax.generation.sampler import Sampler, SamplingParams
+    from octomed_jax.serving import load_for_serving, make_server
 
     workdir, _, _ = run
     step = os.path.join(workdir, "checkpoints", "2")
@@ -123,13 +131,34 @@ def test_evaluate_and_serve_open_an_intermediate_step(run, tmp_path):
     rows = [{"question": f"Case {i}: which drug?", "options": {"A": "aspirin", "B": "heparin"}, "answer": "heparin",
              "answer_idx": "B"} for i in range(2)]
     (bench / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    greedy = SamplingParams(temperature=0.0, max_new_tokens=3)
-    final = evaluate_benchmarks(step, "medqa", str(tmp_path / "bench"), str(tmp_path / "eval"), greedy, max_batch=2)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=5)
+    out = tmp_path / "eval"
+    final = evaluate_benchmarks(step, "medqa", str(tmp_path / "bench"), str(out), greedy, max_batch=2)
     assert final["metrics"]["benchmarks"]["medqa"]["num_questions"] == 2
     assert final["settings"]["prompting"]["system_prompt"] == SYSTEM_PROMPT
     assert final["settings"]["preprocessing"]["max_pixels"] == MAX_PIXELS
+    with open(out / "benchmarks" / "medqa.responses.jsonl") as f:
+        evaluated = json.loads(f.readline())["responses"][0][0]["text"]
 
     served = load_for_serving(step)
-    assert served.contract.prompting.system_prompt == SYSTEM_PROMPT
-    assert served.serve_config().system_prompt == SYSTEM_PROMPT
-    assert served.serve_config().max_pixels == MAX_PIXELS
+    cfg = served.serve_config(batch_wait_s=0.0)
+    assert (cfg.system_prompt, cfg.max_pixels) == (SYSTEM_PROMPT, MAX_PIXELS)
+    server = make_server(Sampler(served.model, max_batch=2), served.tokenizer, cfg, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", api_key="unused")
+        question = BENCHMARKS["medqa"].load(str(tmp_path / "bench"))[0][0]
+        reply = client.chat.completions.create(
+            model="octomed-jax", messages=[{"role": "user", "content": render_question(question)}], temperature=0,
+            max_tokens=5,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert reply.choices[0].message.content == evaluated
+    # The server prompted with the run's system prompt (the template's default has another length).
+    user = {"role": "user", "content": render_question(question)}
+    with_run_prompt = encode_chat(served.tokenizer, [{"role": "system", "content": SYSTEM_PROMPT}, user],
+                                  add_generation_prompt=True)
+    assert reply.usage.prompt_tokens == len(with_run_prompt.token_ids)
+    assert reply.usage.prompt_tokens != len(encode_chat(served.tokenizer, [user], add_generation_prompt=True).token_ids)
