@@ -26,19 +26,11 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from octomed_jax import planning  # noqa: E402
 
 
-def _parse(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict, flags.FlagValues]:
-    from configs.cli import resolve_config_argument
-
-    argv = resolve_config_argument(list(argv))
-    fv = flags.FlagValues()
-    # sys_argv: the overrides to register come from argv (tests call `run` with their own), not sys.argv.
-    holder = config_flags.DEFINE_config_file("config", None, "Config name in configs/ or a path.", flag_values=fv,
-                                             sys_argv=argv)
+def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_multi_string("topology", [], "v5p:2x2x2, v5p:4x4x4, v6e:4x4, gpu:8, h100:8, ... (repeatable)",
                               flag_values=fv)
     flags.DEFINE_bool("layered_cost", True, "TPU: compose the step's cost from unrolled 1-2 layer compiles "
@@ -46,12 +38,16 @@ def _parse(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict, flags.FlagVa
     flags.DEFINE_string("json", None, "Also write the figures to this JSON file.", flag_values=fv)
     flags.DEFINE_bool("gpu_compile", True, "Compile GPU topologies on the fake CPU devices (else lower only).",
                       flag_values=fv)
-    fv(argv)
-    if holder.value is None:
-        raise planning.PlanError("give --config=NAME (e.g. full_mix)")
+
+
+def _parse(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict, flags.FlagValues]:
+    """The config (with `--config.x.y=v` overrides) and the plan's flags; a bad name or flag exits naming it."""
+    from configs.cli import parse_cli
+
+    config, fv = parse_cli(argv, program="plan", doc=__doc__ or "", define_flags=_define_flags)
     if not fv.topology:
         raise planning.PlanError("give at least one --topology (e.g. v5p:2x2x2 or gpu:8)")
-    return holder.value, fv
+    return config, fv
 
 
 def run(argv: Sequence[str]) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ from octomed_jax.training.optimizer import make_optimizer
 from octomed_jax.training.step import jit_train_step
 
 DEMO_HINT = (
-    "To see the whole pipeline run on this machine with nothing to download: python -m octomed_jax.train --config=demo"
+    "To see the whole pipeline run on this machine with nothing to download: python -m octomed_demo"
 )
 
 
@@ -94,10 +94,16 @@ def check_inputs(config: ml_collections.ConfigDict) -> None:
     """Fails at once, saying what to provide, when the data or the initial weights are missing."""
     data_dir = resolve_data_dir(config)
     problems = []
-    if not os.path.exists(os.path.join(data_dir, "manifest.json")):
+    if not data_dir:
+        problems.append(
+            f"recipe {config.recipe.name!r} names no data folder (data.data_dir and recipe.out_dir are empty): build "
+            f"with `python -m data_pipeline.build --config={config.recipe.name} --out=DIR` and pass "
+            "--config.data.data_dir=DIR"
+        )
+    elif not os.path.exists(os.path.join(data_dir, "manifest.json")):
         problems.append(
             f"no accepted traces at {data_dir} (manifest.json missing): build them with "
-            f"`python -m data_pipeline.build --recipe={config.recipe.name} --out={data_dir}` "
+            f"`python -m data_pipeline.build --config={config.recipe.name} --out={data_dir}` "
             "or set --config.data.data_dir"
         )
     if config.init_from and not os.path.exists(os.path.join(config.init_from, "config.json")):

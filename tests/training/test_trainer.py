@@ -158,7 +158,7 @@ def test_full_mix_without_data_or_weights_fails_at_once(tmp_path):
                        env=env(1), cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert "manifest.json missing" in r.stderr and "Qwen2.5-VL-7B-Instruct" in r.stderr
-    assert "--config=demo" in r.stderr
+    assert "python -m data_pipeline.build --config=full_mix" in r.stderr and "python -m octomed_demo" in r.stderr
 
 
 def test_in_process_eval_is_logged_with_training(data_dir, tmp_path):
