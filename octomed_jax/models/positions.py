@@ -85,19 +85,6 @@ def rope_index(
     return positions, deltas
 
 
-def text_positions(segment_ids: np.ndarray) -> np.ndarray:
-    """Positions that restart at 0 in every segment (packed rows); 1-D, for text-only rows."""
-    segment_ids = np.asarray(segment_ids)
-    pos = np.zeros_like(segment_ids, dtype=np.int32)
-    for b in range(segment_ids.shape[0]):
-        start = 0
-        for i in range(1, segment_ids.shape[1] + 1):
-            if i == segment_ids.shape[1] or segment_ids[b, i] != segment_ids[b, i - 1]:
-                pos[b, start:i] = np.arange(i - start)
-                start = i
-    return pos
-
-
 @dataclasses.dataclass(frozen=True)
 class VisionLayout:
     """Index arrays the vision tower needs for one set of images, padded to a fixed patch count.

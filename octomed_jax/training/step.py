@@ -87,17 +87,6 @@ def train_step(model: Qwen25VL, optimizer: nnx.Optimizer, batch: Batch, loss_cfg
     return metrics
 
 
-def eval_loss(model: Qwen25VL, batch: Batch, loss_cfg: LossConfig) -> tuple[jax.Array, jax.Array]:
-    """(summed loss, loss tokens) of a batch without updating anything."""
-
-    def micro(carry: tuple[jax.Array, jax.Array], mb: Batch) -> tuple[tuple[jax.Array, jax.Array], None]:
-        total, (count, _) = micro_batch_loss(model, mb.inputs, mb.targets, mb.loss_mask, loss_cfg)
-        return (carry[0] + total, carry[1] + count), None
-
-    (total, count), _ = jax.lax.scan(micro, (jnp.zeros(()), jnp.zeros(())), batch)
-    return total, count
-
-
 def jit_train_step(loss_cfg: LossConfig) -> Any:
     """`train_step` compiled with `nnx.jit`; model and optimizer state are donated."""
     return nnx.jit(lambda model, optimizer, batch: train_step(model, optimizer, batch, loss_cfg), donate_argnums=(0, 1))
