@@ -72,9 +72,11 @@ def get_config() -> ml_collections.ConfigDict:
     # Scale-out defaults, checked by `python -m octomed_jax.plan` (docs/scale_out.md). The attention of 8192-token
     # rows dominates memory (the XLA path keeps [heads, 8192, 8192] fp32 scores), so: save only each layer's input,
     # one row per batch shard per micro-batch, and 4-way tensor parallelism (heads split 7/1/4 per device for
-    # text q/kv and vision) with FSDP over the rest. 7B per device: v5p 8 chips 40 GB, 64 chips 18 GB of 95 GB;
-    # v6e 16 chips 27 of 32 GB (TPU compiler); 8 x H100 ~35 of 80 GB (estimate). With tensor=1 a 64-chip v5p
-    # needs 100 GB: the loss scans the micro-batch's flattened tokens, which every device then holds.
+    # text q/kv and vision) with FSDP over the rest. 7B per device, measured before the loss scanned the sequence
+    # axis (not re-measured since): v5p 8 chips 40 GB, 64 chips 18 GB of 95 GB; v6e 16 chips 27 of 32 GB (TPU
+    # compiler); 8 x H100 ~35 of 80 GB (estimate). tensor=1 then needed 100 GB on a 64-chip v5p, because that
+    # loss flattened the micro-batch's tokens and every device held all of them; the loss now keeps each device
+    # to its own rows (training/loss.py), so re-run the plan before choosing tensor=1.
     config.model.remat_policy = "nothing_saveable"
     config.data.rows_per_host = -1
     config.mesh.update(data=1, fsdp=-1, tensor=4)
