@@ -2,7 +2,7 @@
 
 A recipe lives under `config.recipe` so that training settings can be siblings of it in the same file
 (`--config=full_mix` means one recipe at both stages). Ablations import `full_mix` and change a few
-fields. Thresholds and figures are the paper's as reported (REFERENCE.md sections 1-2).
+fields. Thresholds and figures are the paper's as reported (docs/paper.md, "Recipe levers" to "Decontamination").
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def judge_endpoint() -> ml_collections.ConfigDict:
 
 
 def benchmarks() -> ml_collections.ConfigDict:
-    """The evaluation sets of REFERENCE.md section 3, used only for decontamination here."""
+    """The evaluation sets of docs/paper.md ("Benchmarks and scores"), used only for decontamination here."""
     return ml_collections.ConfigDict(
         dict(
             medqa=source("medqa", "benchmarks/medqa", split="test"),
@@ -192,7 +192,7 @@ SHARDING_RULES = (
 
 
 def add_training_defaults(config: ml_collections.ConfigDict) -> None:
-    """The training half of a config: the paper's SFT hyperparameters (REFERENCE.md section 2) as defaults.
+    """The training half of a config: the paper's SFT hyperparameters as defaults (docs/paper.md, same heading).
 
     LR 5e-5, cosine schedule, warmup ratio 0.1, effective batch 512 examples, 3 epochs. With packing, a
     row of 8192 tokens holds about 8 OctoMed examples (mean ~1,000 tokens), so 64 rows ~ 512 examples.

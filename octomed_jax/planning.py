@@ -57,7 +57,8 @@ TPU_INSTALL_HINT = (
     f'(or pip install "jax[tpu]=={jax.__version__}"); it installs and compiles on a CPU-only machine.'
 )
 
-# OctoMed's training set (REFERENCE.md section 2): examples, image-text examples, mean tokens per example.
+# OctoMed's training set (docs/paper.md, "Training data at scale"): examples, image-text examples, mean tokens
+# per example.
 OCTOMED_EXAMPLES = 8_095_571
 OCTOMED_IMAGE_EXAMPLES = 3_687_105
 OCTOMED_MEAN_TOKENS = 1_100
