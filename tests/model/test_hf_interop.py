@@ -190,7 +190,8 @@ def run_export(*args):
 def test_export_cli_both_directions(hf_checkpoint, ours, tmp_path):
     _, path = hf_checkpoint
     help_text = run_export("--helpfull").stdout + run_export("--help").stdout
-    assert "--to=hf --checkpoint=CKPT" in help_text and "--to=ours --checkpoint=HF_DIR" in help_text
+    assert "--to=hf --checkpoint=WORKDIR/checkpoints/STEP --out=HF_DIR" in help_text
+    assert "--to=ours --checkpoint=HF_DIR --out=CKPT" in help_text
 
     r = run_export("--to=ours", f"--checkpoint={path}", f"--out={tmp_path / 'ours'}")
     assert r.returncode == 0, r.stderr
