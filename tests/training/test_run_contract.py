@@ -162,3 +162,65 @@ def test_evaluate_and_serve_open_an_intermediate_step(run, tmp_path):
                                   add_generation_prompt=True)
     assert reply.usage.prompt_tokens == len(with_run_prompt.token_ids)
     assert reply.usage.prompt_tokens != len(encode_chat(served.tokenizer, [user], add_generation_prompt=True).token_ids)
+
+
+def copy_step(workdir, tmp_path, step="2"):
+    import shutil
+
+    dst = tmp_path / "checkpoints" / step
+    shutil.copytree(os.path.join(workdir, "checkpoints", step), dst)
+    return dst
+
+
+def test_a_damaged_contract_is_named(run, tmp_path):
+    from octomed_jax.checkpoint import load_contract
+    from octomed_jax.contract import ContractError
+
+    workdir, _, _ = run
+    step = copy_step(workdir, tmp_path)
+    contract_file = step / "contract" / "metadata"  # Orbax's JSON item file
+    contract_file.write_text(contract_file.read_text()[:200])  # truncated mid-write by a full disk, say
+    with pytest.raises(ContractError, match=str(step / "contract")):
+        load_contract(str(step))
+    r = subprocess.run([sys.executable, "-m", "octomed_jax.export", "--to=hf", f"--checkpoint={step}",
+                        f"--out={tmp_path / 'hf'}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+    assert r.returncode == 1 and "export: error:" in r.stderr and str(step / "contract") in r.stderr
+    assert not (tmp_path / "hf").exists()  # nothing half-written
+
+    import shutil
+
+    shutil.rmtree(step / "contract")
+    with pytest.raises(ContractError, match=rf"{step}: this training step has no contract/ item"):
+        load_contract(str(step))
+
+
+def test_missing_parameters_are_named(run, tmp_path):
+    import shutil
+
+    from octomed_jax.checkpoint import load_run
+
+    workdir, _, _ = run
+    step = copy_step(workdir, tmp_path)
+    shutil.rmtree(step / "state")
+    os.makedirs(step / "state")  # an empty item: the array files are gone
+    with pytest.raises(ValueError, match=str(step / "state")):
+        load_run(str(step))
+
+
+def test_resuming_under_another_contract_is_refused(run, tmp_path):
+    import shutil
+
+    from octomed_jax.training.trainer import SetupError, train
+
+    workdir, _, _ = run
+    shutil.copytree(os.path.join(workdir, "checkpoints"), tmp_path / "checkpoints")
+    from octomed_jax.checkpoint import load_contract
+
+    cfg = tiny_config.get_config()
+    cfg.data.data_dir = load_contract(workdir).data.data_dir
+    cfg.recipe.images.max_pixels = MAX_PIXELS
+    cfg.data.system_prompt = "Another prompt."  # the same run continued with another system prompt
+    cfg.train.num_steps = 4
+    with pytest.raises(SetupError, match=r"(?s)cannot resume from .*checkpoints/4.*prompting.*Another prompt"):
+        train(cfg, str(tmp_path))
