@@ -221,6 +221,7 @@ def add_training_defaults(config: ml_collections.ConfigDict) -> None:
             num_workers=0,
             max_errors=1000,
             max_error_fraction=0.01,
+            verify_files="sha256",  # shards checked against the manifest at start: "sha256" or "size" (cheaper)
             system_prompt="",  # "" -> Qwen's default system prompt
         )
     )

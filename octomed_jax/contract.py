@@ -286,6 +286,7 @@ class RunContract:
                 system_prompt=prompting.system_prompt,
                 instruction=prompting.instruction,
                 tokenizer_path=prompting.tokenizer_path,
+                verify_files=d.get("verify_files", "sha256"),
             )
         train = None
         if total_steps is not None:

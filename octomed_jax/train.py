@@ -28,13 +28,18 @@ def define_flags(flag_values: flags.FlagValues) -> None:
 def main(config: ml_collections.ConfigDict, flag_values: flags.FlagValues) -> None:
     """Loads the config's plugins, then trains into `--workdir`; a setup problem exits with its message."""
     from data_pipeline.plugins import PluginError, load_plugins
+    from data_pipeline.storage import ManifestError, StorageError
+    from octomed_jax.checkpoint import CheckpointError
+    from octomed_jax.contract import ContractError
+    from octomed_jax.data.checkpointing import DataStateError
     from octomed_jax.training.trainer import SetupError, train
 
     workdir = flag_values.workdir or os.path.join("runs", config.recipe.name)
     try:
         load_plugins(config.get("plugins", ()))
         summary = train(config, workdir)
-    except (PluginError, SetupError) as e:
+    # Each names the file or setting at fault and what to do: one line, no traceback.
+    except (PluginError, SetupError, ManifestError, StorageError, DataStateError, CheckpointError, ContractError) as e:
         sys.exit(f"train: {e}")
     logging.info("summary: %s", json.dumps({k: v for k, v in summary.items() if k != "losses"}, default=str))
 

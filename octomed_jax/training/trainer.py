@@ -8,7 +8,6 @@ restart equal those of a run never interrupted. SIGTERM (preemption) saves a che
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -23,6 +22,7 @@ from absl import logging
 from flax import nnx
 from tqdm import tqdm
 
+from data_pipeline.writer import MANIFEST, read_json
 from octomed_jax import sharding as sharding_lib
 from octomed_jax.checkpoint import load_contract
 from octomed_jax.contract import RunContract
@@ -78,8 +78,7 @@ def run_contract(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
 
 def _built_sources(data_dir: str) -> dict[str, float]:
     """Every source the build wrote, weighted by its record count (each record seen once per epoch)."""
-    with open(os.path.join(data_dir, "manifest.json")) as f:
-        files = json.load(f)["files"]
+    files = read_json(os.path.join(data_dir, MANIFEST), "manifest")["files"]
     names = [s for s, entries in files.items() if sum(e["records"] for e in entries) > 0]
     if not names:
         raise SetupError(f"{data_dir}/manifest.json lists no source with accepted traces")
@@ -136,8 +135,7 @@ def estimate_steps(config: ml_collections.ConfigDict, data_dir: str) -> int:
     """Optimizer steps for the configured epochs, from the manifest's token counts (for the LR schedule)."""
     if config.train.num_steps > 0:
         return config.train.num_steps
-    with open(os.path.join(data_dir, "manifest.json")) as f:
-        manifest = json.load(f)
+    manifest = read_json(os.path.join(data_dir, MANIFEST), "manifest")
     totals = manifest["totals"]
     tokens = totals["response_tokens"] + totals["traces_kept"] * config.train.prompt_tokens_estimate
     per_step = config.train.global_batch_rows * config.data.seq_len * 0.97
