@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from data_pipeline.records import Question
     from octomed_jax.models.qwen2_5_vl import Qwen25VL
 
-# The paper's protocol (docs/paper.md, evaluation protocol): 5 seeds at temperature 0.6, top-p 0.95, 8,192 new tokens.
+# The paper's protocol (docs/paper.md, "Evaluation protocol"): 5 seeds at temperature 0.6, top-p 0.95, 8,192 new tokens.
 PAPER_PARAMS = SamplingParams(temperature=0.6, top_p=0.95, max_new_tokens=8192)
 PAPER_SEEDS = (0, 1, 2, 3, 4)
 
