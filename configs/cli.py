@@ -118,7 +118,8 @@ def parse_cli(
     doc: str,
     define_flags: Callable[[flags.FlagValues], None],
     default_config: str | None = None,
-) -> tuple[ml_collections.ConfigDict, flags.FlagValues]:
+    config_optional: bool = False,
+) -> tuple[ml_collections.ConfigDict | None, flags.FlagValues]:
     """Parses a command line into its config (overrides applied) and a fresh `FlagValues` of the other flags.
 
     Args:
@@ -126,7 +127,8 @@ def parse_cli(
       program: the name errors start with.
       doc: printed with the flags for `--help`.
       define_flags: defines the CLI's other flags on the `FlagValues` it is given.
-      default_config: the config name when `argv` gives none (None: `--config` is required).
+      default_config: the config name when `argv` gives none (None: `--config` is required, unless...)
+      config_optional: ... the program can do without one (the config is then None).
 
     Returns:
       (config, flag values).
@@ -141,6 +143,8 @@ def parse_cli(
         print(f"{doc}\n{flag_values.get_help()}")
         sys.exit(0)
     _parse(flag_values, argv, program)
+    if config_optional and holder.value is None:
+        return None, flag_values
     return _require(holder, program), flag_values
 
 

@@ -216,6 +216,12 @@ class RunContract:
             raise ContractError(f"{path}: not valid JSON ({e}); the file is damaged") from e
         return cls.from_dict(raw, where=path)
 
+    def run_config(self) -> ml_collections.ConfigDict:
+        """The config the run started from (its provenance copy; tuples come back as lists)."""
+        if not self.config:
+            raise ContractError(f"run {self.recipe!r}: the contract holds no config (not a training contract)")
+        return ml_collections.ConfigDict(json.loads(self.config))
+
     def incompatibilities(self, other: RunContract) -> list[str]:
         """Fields where resuming this run under `other` would change what the checkpoint means.
 

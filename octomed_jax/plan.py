@@ -3,8 +3,10 @@
   python -m octomed_jax.plan --config=full_mix --topology=v5p:2x2x2 --topology=v5p:4x4x4 --json=plan.json
   python -m octomed_jax.plan --config=full_mix --topology=h100:8
   python -m octomed_jax.plan --config=full_mix --topology=gpu:8 --config.mesh.tensor=2
+  python -m octomed_jax.plan --checkpoint=runs/full_mix/checkpoints/500 --topology=v5p:4x4x4
 
-For each `--topology` the train step of `--config` is lowered with abstract inputs and compiled (TPU: by the
+For each `--topology` the train step of `--config` (or of the run a `--checkpoint` step comes from: its run
+contract's config) is lowered with abstract inputs and compiled (TPU: by the
 TPU compiler via libtpu, `pip install -e ".[tpu]"`; GPU: on N fake CPU devices, memory estimated), and a
 table gives bytes per device, FLOPs per step, the step time and the days OctoMed's 3 epochs take.
 The flags live on a `FlagValues` of their own, defined when `run` parses.
@@ -38,13 +40,24 @@ def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("json", None, "Also write the figures to this JSON file.", flag_values=fv)
     flags.DEFINE_bool("gpu_compile", True, "Compile GPU topologies on the fake CPU devices (else lower only).",
                       flag_values=fv)
+    flags.DEFINE_string("checkpoint", None, "Plan the run a training step (or workdir) comes from, from its run "
+                        "contract, instead of --config.", flag_values=fv)
 
 
 def _parse(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict, flags.FlagValues]:
     """The config (with `--config.x.y=v` overrides) and the plan's flags; a bad name or flag exits naming it."""
     from configs.cli import parse_cli
 
-    config, fv = parse_cli(argv, program="plan", doc=__doc__ or "", define_flags=_define_flags)
+    config, fv = parse_cli(argv, program="plan", doc=__doc__ or "", define_flags=_define_flags, config_optional=True)
+    if (config is None) == (fv.checkpoint is None):
+        raise planning.PlanError("give --config=NAME (e.g. full_mix) or --checkpoint=STEP_OR_WORKDIR, not both")
+    if config is None:
+        from octomed_jax.checkpoint import load_contract
+
+        try:
+            config = load_contract(fv.checkpoint).run_config()
+        except (FileNotFoundError, ValueError) as e:
+            raise planning.PlanError(str(e)) from e
     if not fv.topology:
         raise planning.PlanError("give at least one --topology (e.g. v5p:2x2x2 or gpu:8)")
     return config, fv

@@ -224,3 +224,15 @@ def test_resuming_under_another_contract_is_refused(run, tmp_path):
     cfg.train.num_steps = 4
     with pytest.raises(SetupError, match=r"(?s)cannot resume from .*checkpoints/4.*prompting.*Another prompt"):
         train(cfg, str(tmp_path))
+
+
+def test_plan_reads_the_run_from_a_step(run):
+    from octomed_jax import plan, planning
+
+    workdir, _, _ = run
+    step = os.path.join(workdir, "checkpoints", "2")
+    (r,) = plan.run(["plan", f"--checkpoint={step}", "--topology=gpu:8", "--nogpu_compile"])
+    # tiny_config's mesh and batch, read back from the step's contract.
+    assert r["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2} and r["rows_per_micro_batch"] == 8
+    with pytest.raises(planning.PlanError, match="not both"):
+        plan.run(["plan", "--config=full_mix", f"--checkpoint={step}", "--topology=gpu:8"])
