@@ -39,6 +39,7 @@ from data_pipeline import filters as flt
 from data_pipeline.hashing import shard_of, stable_hash
 from data_pipeline.plugins import PLUGIN_HINT, PluginError, load_plugins
 from data_pipeline.records import Question
+from data_pipeline.sources import Rejected, Skipped, outcome_key
 from data_pipeline.storage import ManifestError, StorageError
 from data_pipeline.store import CompletionStore
 from data_pipeline.teachers import Accounting, Completion, SampleResult, Teacher, make_teacher, sample_questions
@@ -359,11 +360,11 @@ def run_build(
             def questions(key: str = key, entry: Any = entry, subset: set | None = subset, read_bar: Any = read_bar):
                 for item in _read(entry, source_root, recipe):
                     read_bar.update(1)
-                    if hasattr(item, "reason") and not hasattr(item, "question"):  # Rejected
+                    if isinstance(item, Rejected | Skipped):  # a row that is no question: counted
                         if shard_of(f"{key}#{item.index}", num_shards) == shard_index:
                             s = stats[(key, UNPARSED)]
                             s.questions_in += 1
-                            s.dropped[item.reason] += 1
+                            s.dropped[outcome_key(item)] += 1
                         continue
                     q = item if isinstance(item, Question) else item.question
                     if shard_of(q.key, num_shards) != shard_index:

@@ -2,7 +2,7 @@
 
 Convention (details in `base`):
 
-- `SOURCES[name].read(path, *, split=..., **options) -> Iterator[Question | ReleasedTraces | Rejected]`.
+- `SOURCES[name].read(path, *, split=..., **options) -> Iterator[Question | ReleasedTraces | Rejected | Skipped]`.
 - A bad row never raises: it is yielded as `Rejected(source, index, reason, message)` and the next row is
   read. `count_rejections(items, counter)` strips them off into a `Counter` of reasons for the manifest.
 - Rows left out by design (another category or language, open questions) are skipped silently.
@@ -25,11 +25,14 @@ from typing import Any
 
 from data_pipeline.plugins import PLUGIN_HINT
 from data_pipeline.sources.base import (
+    Excluded,
     ImageSettings,
     Item,
     Rejected,
     ReleasedTraces,
+    Skipped,
     count_rejections,
+    outcome_key,
 )
 from data_pipeline.sources.classification import read_classification_csv, read_image_folder
 from data_pipeline.sources.headqa import read_headqa
@@ -119,8 +122,11 @@ __all__ = [
     "SOURCES",
     "ImageSettings",
     "Item",
+    "Excluded",
     "Rejected",
     "ReleasedTraces",
+    "Skipped",
+    "outcome_key",
     "SourceAdapter",
     "count_rejections",
     "read_classification_csv",

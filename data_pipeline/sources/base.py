@@ -6,8 +6,10 @@ bad row: each row becomes exactly one of
 - a validated `Question` (or `ReleasedTraces` for datasets that already carry teacher responses),
 - a `Rejected(source, index, reason, message)`: a counted outcome; `reason` is the manifest key
   (`malformed_record`, `empty_question`, `answer_not_in_options`, `missing_image`, `path_escape`, ...),
-- nothing, when the row is left out by design (another MMLU-Pro category, a Chinese SLAKE question, an
-  open VQA question): selection is not an error, so it is not counted.
+- a `Skipped(source, index, reason, message)`: a row left out by design (another MMLU-Pro category, another
+  language, an open VQA question, a row of another split in a shared file). Selection is not an error, but
+  it is counted too (under `skipped:<reason>`): nothing a source holds disappears without a count. A row
+  builder says so by raising `Excluded(reason, message)`.
 
 Only a missing input path raises (FileNotFoundError naming it), because then there is nothing to count.
 Adapters read local files and never download.
@@ -43,6 +45,35 @@ class Rejected:
     index: int
     reason: str
     message: str
+    file: str = ""  # the input file the row came from, when known
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """A row left out by design, not an error; counted as `skipped:<reason>` in the manifest.
+
+    Attributes:
+      source, index, message, file: as for `Rejected`.
+      reason: why it is not read, e.g. "other_language", "open_question", "other_category", "other_split".
+    """
+
+    source: str
+    index: int
+    reason: str
+    message: str
+    file: str = ""
+
+    @property
+    def count_key(self) -> str:
+        return f"skipped:{self.reason}"
+
+
+class Excluded(Exception):  # noqa: N818  (an outcome, not an error)
+    """Raised by a row builder for a row that is left out by design; `run_rows` makes it a `Skipped`."""
+
+    def __init__(self, reason: str, message: str = ""):
+        super().__init__(message or reason)
+        self.reason = reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +88,7 @@ class ReleasedTraces:
     teacher: str = "octomed-released"
 
 
-Item = Question | ReleasedTraces | Rejected
+Item = Question | ReleasedTraces | Rejected | Skipped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,9 +223,9 @@ def run_rows(
     Args:
       source: adapter name for the rejections.
       rows: (index, row) pairs from `iter_rows` (or an adapter's own flattening).
-      build: makes a Question / ReleasedTraces from a row, returns None to leave the row out by design,
-        raises BadRecordError (counted under its reason) or KeyError/TypeError/ValueError for a row
-        missing fields (counted as `malformed_record`).
+      build: makes a Question / ReleasedTraces from a row, raises `Excluded(reason)` to leave the row out by
+        design (a `Skipped`; returning None is the same with reason "left_out"), raises BadRecordError (counted
+        under its reason) or KeyError/TypeError/ValueError for a row missing fields (`malformed_record`).
     """
     for index, row in rows:
         if isinstance(row, _RowError):
@@ -208,21 +239,27 @@ def run_rows(
                 item.validate()
             elif isinstance(item, ReleasedTraces):
                 item.question.validate()
+        except Excluded as e:
+            yield Skipped(source, index, e.reason, str(e))
         except BadRecordError as e:
             yield Rejected(source, index, e.reason, str(e))
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
             # A row without the fields its format promises: count it, keep going.
             yield Rejected(source, index, "malformed_record", f"row {index}: {type(e).__name__}: {e}")
         else:
-            if item is not None:
-                yield item
+            yield item if item is not None else Skipped(source, index, "left_out", f"row {index} left out by design")
+
+
+def outcome_key(item: Rejected | Skipped) -> str:
+    """The manifest key an unread row is counted under: its reason, or `skipped:<reason>` by design."""
+    return item.count_key if isinstance(item, Skipped) else item.reason
 
 
 def count_rejections(items: Iterable[Item], counts: Counter[str]) -> Iterator[Question | ReleasedTraces]:
-    """Passes good items through and adds each rejection to `counts[reason]` (for the manifest)."""
+    """Passes good items through and adds each rejected or skipped row to `counts` (`outcome_key`)."""
     for item in items:
-        if isinstance(item, Rejected):
-            counts[item.reason] += 1
+        if isinstance(item, Rejected | Skipped):
+            counts[outcome_key(item)] += 1
         else:
             yield item
 

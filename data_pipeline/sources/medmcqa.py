@@ -12,6 +12,7 @@ from typing import Any
 
 from data_pipeline.records import BadRecordError, Question
 from data_pipeline.sources.base import (
+    Excluded,
     Item,
     find_files,
     iter_rows,
@@ -42,9 +43,9 @@ def read_medmcqa(
     """
     files = find_files(path, split, (".jsonl", ".json", ".parquet"))
 
-    def build(index: int, row: dict[str, Any]) -> Question | None:
+    def build(index: int, row: dict[str, Any]) -> Question:
         if single_choice_only and row.get("choice_type") == "multi":
-            return None
+            raise Excluded("multi_choice", f"row {index}: a multiple-answer question")
         cop = row.get("cop")
         if cop is None or cop == "" or int(cop) < 0:
             raise BadRecordError("missing_answer", f"row {index} has no correct option (cop={cop!r})")

@@ -9,6 +9,7 @@ from typing import Any
 
 from data_pipeline.records import Question
 from data_pipeline.sources.base import (
+    Excluded,
     Item,
     answer_letter,
     find_files,
@@ -37,10 +38,10 @@ def read_mmlu_pro(path: str | Path, *, split: str = "test", categories: Sequence
     files = find_files(path, split, (".parquet", ".jsonl", ".json"))
     wanted = {c.lower() for c in categories}
 
-    def build(index: int, row: dict[str, Any]) -> Question | None:
+    def build(index: int, row: dict[str, Any]) -> Question:
         category = str(row.get("category", "")).lower()
         if category not in wanted:
-            return None
+            raise Excluded("other_category", f"row {index}: category {category!r}, not one of {sorted(wanted)}")
         # Some copies pad the options with "N/A"; they are not choices.
         texts = [t for t in row["options"] if str(t).strip() not in ("", "N/A")]
         if row.get("answer") not in (None, ""):

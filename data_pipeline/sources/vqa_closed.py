@@ -15,6 +15,7 @@ from typing import Any
 from data_pipeline.records import BadRecordError, Question
 from data_pipeline.sources.base import (
     DEFAULT_IMAGES,
+    Excluded,
     ImageSettings,
     Item,
     find_files,
@@ -42,14 +43,14 @@ def _read_closed(
     files = find_files(path, split, (".json", ".jsonl", ".parquet"), single_file_ok=True)
     root = root_of(files, path, image_root)
 
-    def build(index: int, row: dict[str, Any]) -> Question | None:
+    def build(index: int, row: dict[str, Any]) -> Question:
         if str(row.get("answer_type", "")).strip().upper() != "CLOSED":
-            return None
+            raise Excluded("open_question", f"row {index}: answer_type {row.get('answer_type')!r}")
         if "q_lang" in row and str(row["q_lang"]).lower() not in languages:
-            return None
+            raise Excluded("other_language", f"row {index}: q_lang {row['q_lang']!r} not in {sorted(languages)}")
         phrase = str(row.get("phrase_type", ""))
         if phrase and ("test" if phrase.startswith("test") else "train") != split:
-            return None  # VQA-RAD: a row of the other split of the same file
+            raise Excluded("other_split", f"row {index}: phrase_type {phrase!r}")  # VQA-RAD: one file, both splits
         answer = text_field(row, "answer").lower().rstrip(".")
         if answer not in YES_NO_OPTIONS.values():
             raise BadRecordError("closed_not_yes_no", f"closed answer {answer!r} is not yes/no")

@@ -23,6 +23,7 @@ from data_pipeline.sources import (  # noqa: E402
     ImageSettings,
     Rejected,
     ReleasedTraces,
+    Skipped,
     SourceAdapter,
     count_rejections,
     read_classification_csv,
@@ -50,10 +51,15 @@ def write_jsonl(path: Path, rows: list, extra_lines: tuple[str, ...] = ()) -> Pa
 
 
 def split_items(items) -> tuple[list, list[Rejected]]:
+    """(questions, rejections); rows skipped by design are checked with `skipped_reasons`."""
     items = list(items)
-    good = [i for i in items if not isinstance(i, Rejected)]
+    good = [i for i in items if not isinstance(i, Rejected | Skipped)]
     bad = [i for i in items if isinstance(i, Rejected)]
     return good, bad
+
+
+def skipped_reasons(items) -> Counter:
+    return Counter(i.reason for i in items if isinstance(i, Skipped))
 
 
 def reasons(bad: list[Rejected]) -> Counter:
@@ -200,9 +206,11 @@ def test_mmlu_pro_health_only(tmp_path):
     )  # fmt: skip
     (tmp_path / "data").mkdir()
     pq.write_table(table, tmp_path / "data" / "test-00000-of-00001.parquet")
-    good, bad = split_items(read_mmlu_pro(tmp_path))
+    items = list(read_mmlu_pro(tmp_path))
+    good, bad = split_items(items)
     assert [(q.id, q.answer, len(q.options)) for q in good] == [("1", "J", 10), ("3", "C", 4)]
     assert good[0].options["J"] == "option 9" and not bad
+    assert skipped_reasons(items) == {"other_category": 1}  # the law question: counted, not an error
 
 
 def test_medxpertqa_text_strips_answer_choices(tmp_path):
@@ -287,11 +295,13 @@ def test_vqa_rad_closed_yes_no(tmp_path):
          "phrase_type": "test_freeform"},
     ]  # fmt: skip
     (tmp_path / "VQA_RAD Dataset Public.json").write_text(json.dumps(rows))
-    good, bad = split_items(read_vqa_rad(tmp_path, split="train"))
+    items = list(read_vqa_rad(tmp_path, split="train"))
+    good, bad = split_items(items)
     assert [(q.id, q.answer) for q in good] == [("1", "A"), ("2", "B")]
     assert good[0].options == {"A": "yes", "B": "no"} and good[0].metadata["image_organ"] == "CHEST"
     assert reasons(bad) == Counter({"closed_not_yes_no": 1})
-    assert [q.id for q in read_vqa_rad(tmp_path, split="test")] == ["5"]
+    assert skipped_reasons(items) == {"open_question": 1, "other_split": 1}  # every row accounted for
+    assert [q.id for q in split_items(read_vqa_rad(tmp_path, split="test"))[0]] == ["5"]
 
 
 def test_slake_english_by_default(tmp_path):
