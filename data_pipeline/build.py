@@ -38,11 +38,12 @@ from absl import flags
 from data_pipeline import filters as flt
 from data_pipeline.hashing import shard_of, stable_hash
 from data_pipeline.plugins import PLUGIN_HINT, PluginError, load_plugins
-from data_pipeline.records import Question
+from data_pipeline.records import BadRecordError, Question
 from data_pipeline.sources import Rejected, Skipped, outcome_key
 from data_pipeline.storage import ManifestError, StorageError
 from data_pipeline.store import CompletionStore
 from data_pipeline.teachers import Accounting, Completion, SampleResult, Teacher, make_teacher, sample_questions
+from data_pipeline.validity import check_question_text
 from data_pipeline.writer import (
     MANIFEST,
     ManifestStats,
@@ -373,6 +374,11 @@ def run_build(
                     s.questions_in += 1
                     if subset is not None and q.key not in subset:
                         s.dropped["not_in_subset"] += 1
+                        continue
+                    try:
+                        check_question_text(q)  # before any teacher call: training would refuse it
+                    except BadRecordError as e:
+                        s.dropped[e.reason] += 1
                         continue
                     if decontam is not None:
                         why = decontam.reason(q)

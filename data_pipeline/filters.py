@@ -4,7 +4,8 @@
   the ground-truth letter (`answers` is the only answer parser in the repo).
 - Up to K *distinct* accepted traces are kept per question: identical formatted texts are kept once,
   and when more than K remain the choice is a seeded draw that depends only on (seed, question key),
-  so it does not depend on the order completions arrived in.
+  so it does not depend on the order completions arrived in. A formatted text holding a control token
+  of the chat template is dropped (`data_pipeline.validity`): training would refuse it.
 - Pass-rate filter: keep questions with lo..hi correct of n. The same function serves the teacher's
   and the student's pass rate (the student is just another OpenAI-compatible endpoint).
 - LLM-judge difficulty filter: a judge prompt to an endpoint, an integer 1..10 parsed from the reply,
@@ -23,6 +24,7 @@ from typing import Any
 from data_pipeline.hashing import stable_hash
 from data_pipeline.records import AcceptedTrace, Question
 from data_pipeline.teachers import Completion, TeacherConfig, question_messages
+from data_pipeline.validity import CONTROL_REASON, find_control_token
 
 JUDGE_PROMPT_VERSION = "judge-v1"
 JUDGE_SYSTEM_PROMPT = (
@@ -57,7 +59,7 @@ class RejectionResult:
       n_correct: completions whose answer equals the ground truth.
       traces: the kept traces (at most K, distinct, ordered by sample index).
       dropped: completions dropped, by reason ("wrong_answer", "no_answer", "duplicate",
-        "empty_reasoning", "over_k").
+        "empty_reasoning", "control_tokens", "over_k").
     """
 
     question: Question
@@ -141,6 +143,9 @@ def rejection_sample(
             option_text=option_text,
             reasoning=reasoning if response_format == "cot" else None,
         )
+        if find_control_token(text) is not None:
+            drop(CONTROL_REASON)  # the chat template would refuse it at training time (data_pipeline.validity)
+            continue
         if text in distinct:
             drop("duplicate")  # the direct format makes every correct sample the same text
             continue
