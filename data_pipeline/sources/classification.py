@@ -8,6 +8,7 @@ identical. Images are sampled stratified by class: at most `max_per_class` per c
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
@@ -18,9 +19,11 @@ from data_pipeline import images as imglib
 from data_pipeline.records import LETTERS, BadRecordError, Question
 from data_pipeline.sources.base import (
     DEFAULT_IMAGES,
+    SPLIT_ALIASES,
     ImageSettings,
     Item,
     Rejected,
+    Skipped,
     _RowError,
     find_files,
     iter_rows,
@@ -29,6 +32,7 @@ from data_pipeline.sources.base import (
     run_rows,
     text_field,
 )
+from data_pipeline.sources.layout import LayoutError, csv_header, not_read, require_columns
 
 DEFAULT_QUESTION = "Which of the following best describes this image?"
 
@@ -81,11 +85,11 @@ def _classification_questions(
     max_options: int | None,
     images: ImageSettings,
 ) -> Iterator[Item]:
-    """Shared by both layouts: `rows` are (index, {"path", "label"}) or (index, Rejected)."""
+    """Shared by every layout: `rows` are (index, {"path", "label"}) or (index, Rejected | Skipped)."""
     for _, row in rows:
-        if isinstance(row, Rejected):
+        if isinstance(row, Rejected | Skipped):
             yield row
-    good = [(i, r["path"], r["label"]) for i, r in rows if not isinstance(r, Rejected)]
+    good = [(i, r["path"], r["label"]) for i, r in rows if not isinstance(r, Rejected | Skipped)]
 
     def display(label: str) -> str:
         if label_names is None:
@@ -122,6 +126,37 @@ def _classification_questions(
     yield from run_rows(name, ((i, {"path": p, "label": lab}) for i, p, lab in sampled), build)
 
 
+def _split_folder(root: Path, split: str) -> tuple[Path, list[Path]]:
+    """The folder of `split` when `root` holds split folders (`Training/`, `Testing/`), and the others.
+
+    A root whose subfolders are all split names (any alias: train/training, test/testing, val/validation)
+    is a split layout: classes are the folders below the split's folder. Otherwise `root` is the split's
+    folder itself (its subfolders are the classes).
+
+    Raises:
+      LayoutError: only some subfolders are split names (ambiguous), naming them.
+      FileNotFoundError: a split layout without a folder for `split`.
+    """
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    alias_of = {a: s for s, aliases in SPLIT_ALIASES.items() for a in aliases}
+    split_names = [d for d in folders if d.name.lower() in alias_of]
+    if not split_names:
+        return root, []
+    if len(split_names) != len(folders):
+        others = [d.name for d in folders if d not in split_names]
+        raise LayoutError(
+            f"{root}: split folders {[d.name for d in split_names]} beside other folders {others}; point the source "
+            "at a folder of split folders or at one split's class folders"
+        )
+    wanted = alias_of.get(split.lower(), split.lower())
+    chosen = [d for d in split_names if alias_of[d.name.lower()] == wanted]
+    if len(chosen) != 1:
+        raise FileNotFoundError(
+            f"{root}: no single folder for split {split!r} among {[d.name for d in split_names]}; nothing is downloaded"
+        )
+    return chosen[0], [d for d in split_names if d != chosen[0]]
+
+
 def read_image_folder(
     path: str | Path,
     *,
@@ -135,12 +170,16 @@ def read_image_folder(
     max_options: int | None = None,
     images: ImageSettings = DEFAULT_IMAGES,
 ) -> Iterator[Item]:
-    """Reads an ImageFolder layout: `path/<class>/.../<image>`.
+    """Reads an ImageFolder layout: `path/<class>/.../<image>`, or `path/<split>/<class>/.../<image>`.
+
+    The Kaggle Brain Tumor MRI archive unpacks to `Training/<class>/*.jpg` and `Testing/<class>/*.jpg`: the
+    split comes from the split folder and the class from the folder below it; the other split folders are
+    listed as not read, and so are files that are not images.
 
     Args:
-      path: the split's directory (the one holding one folder per class).
+      path: a folder of split folders, or the split's directory (the one holding one folder per class).
       name: the source name to record (e.g. "brain_tumor_mri").
-      split: recorded on the questions.
+      split: the split folder to read (any alias: "train" reads `Training/`), recorded on the questions.
       question: the stem shown with every image.
       class_names: folder name -> display name, also fixing the option set and its unshuffled order
         (default: the folder names, sorted; folders missing from the map are counted as `unknown_label`).
@@ -151,20 +190,26 @@ def read_image_folder(
       images: image checks.
 
     Yields:
-      Question or Rejected, class by class.
+      Question or Rejected, class by class, then a Skipped("not_read") per other split folder or non-image file.
     """
-    root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder does not exist: {root} (nothing is downloaded)")
+    top = Path(path)
+    if not top.is_dir():
+        raise FileNotFoundError(f"image folder does not exist: {top} (nothing is downloaded)")
+    root, other_splits = _split_folder(top, split)
     rows: list[tuple[int, Any]] = []
-    files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix.lower() in imglib.IMAGE_EXTENSIONS)
+    unread: list[Skipped] = [
+        not_read(name, d, f"{d.relative_to(top)}/ is the folder of another split") for d in other_splits
+    ]
+    everything = sorted(f for f in root.rglob("*") if f.is_file() and not f.name.startswith("."))
+    files = [f for f in everything if f.suffix.lower() in imglib.IMAGE_EXTENSIONS]
+    unread += [not_read(name, f, f"{f.relative_to(top)} is not an image") for f in everything if f not in files]
     for index, f in enumerate(files):
         rel = f.relative_to(root)
         if len(rel.parts) < 2:
             rows.append((index, Rejected(name, index, "no_label", f"{rel} is not inside a class folder")))
             continue
         rows.append((index, {"path": rel.as_posix(), "label": rel.parts[0]}))
-    return _classification_questions(
+    questions = _classification_questions(
         name,
         root,
         rows,
@@ -177,6 +222,7 @@ def read_image_folder(
         max_options=max_options,
         images=images,
     )
+    return itertools.chain(questions, unread)
 
 
 def read_classification_csv(
@@ -215,6 +261,8 @@ def read_classification_csv(
       Question or Rejected.
     """
     files = find_files(path, split, (".csv", ".tsv"), single_file_ok=True)
+    for f in files:
+        require_columns(f, csv_header(f), (image_column, label_column), hint="set image_column / label_column")
     root = root_of(files, path, image_root)
     rows: list[tuple[int, Any]] = []
     for index, row in iter_rows(files):
