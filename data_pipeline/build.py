@@ -12,9 +12,10 @@ a recipe name with the same overrides is the same recipe at both stages. The con
 loaded first (`data_pipeline.plugins`): adapters and teacher kinds outside the production registries.
 
 Stages, streamed per source (bounded memory; questions are never all held at once):
-read (adapter) -> shard by hash of the question key -> seeded subset (max_questions) -> decontamination
-and dedup -> [judge filter] -> [student pass-rate filter] -> teacher sampling (stored as it arrives)
--> [teacher pass-rate filter] -> rejection sampling, K distinct traces, formatting -> sorted shards.
+read (adapter) -> shard by hash of the question key -> merge exact copies (same content key) -> seeded
+subset (max_questions) -> decontamination and dedup -> [judge filter] -> [student pass-rate filter] -> teacher
+sampling (stored as it arrives) -> [teacher pass-rate filter] -> rejection sampling, K distinct traces,
+formatting -> sorted shards.
 
 Teacher, judge and student calls are I/O-bound and run in a thread pool (`recipe.concurrency`); the
 CPU-bound work per completion (answer extraction, formatting, msgpack) is cheap next to the tokenizer,
@@ -36,6 +37,7 @@ import ml_collections
 from absl import flags
 
 from data_pipeline import filters as flt
+from data_pipeline.decontam import SameKey
 from data_pipeline.hashing import shard_of, stable_hash
 from data_pipeline.plugins import PLUGIN_HINT, PluginError, load_plugins
 from data_pipeline.records import BadRecordError, Question
@@ -166,7 +168,7 @@ def check_paths(recipe: Recipe, source_root: str) -> None:
 
 
 def _read(
-    entry: ml_collections.ConfigDict, source_root: str, recipe: Recipe, *, paths_only: bool = False
+    entry: ml_collections.ConfigDict, source_root: str, recipe: Recipe, *, keys_only: bool = False
 ) -> Iterator[Any]:
     """The adapter's items for one source entry (Question | ReleasedTraces | Rejected); `check_registered` ran."""
     from data_pipeline.sources import SOURCES, ImageSettings
@@ -176,12 +178,8 @@ def _read(
     params = inspect.signature(read).parameters
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     if "images" in params or accepts_any:
-        # A first pass that only needs keys skips loading and decoding images.
-        options["images"] = ImageSettings(
-            max_pixels=int(recipe.images.max_source_pixels),
-            decode=not paths_only,
-            load_bytes=not paths_only,
-        )
+        # A first pass that only needs keys skips decoding images; keys hash the images' bytes, so it reads them.
+        options["images"] = ImageSettings(max_pixels=int(recipe.images.max_source_pixels), decode=not keys_only)
     if "seed" in params and "seed" not in options:
         options["seed"] = int(recipe.seed)
     return read(_resolve(source_root, entry.path), split=entry.split, **options)
@@ -297,6 +295,14 @@ def run_build(
     )
     os.makedirs(out_dir, exist_ok=True)
     store = CompletionStore(store_path)
+    legacy = store.legacy_count()
+    if legacy:
+        log(
+            f"completion store {store_path}: {legacy} completions are stored under the question keys of an "
+            "earlier build (<source>/<release id>); keys now hash the question's content (records.Question.key), "
+            "so those are not reused and their samples are requested again (delete the old rows or the file to "
+            "reclaim the space)"
+        )
     writer = (
         None
         if dry_run
@@ -354,11 +360,15 @@ def run_build(
 
             # Stage 1: read, shard, subset, decontaminate.
             read_bar = _bar(progress, f"read {key}", 0)
+            same = SameKey()
             subset = (
                 _subset_keys(entry, key, source_root, recipe, num_shards, shard_index) if entry.max_questions else None
             )
 
-            def questions(key: str = key, entry: Any = entry, subset: set | None = subset, read_bar: Any = read_bar):
+            def questions(
+                key: str = key, entry: Any = entry, subset: set | None = subset, read_bar: Any = read_bar,
+                same: SameKey = same,
+            ):
                 for item in _read(entry, source_root, recipe):
                     read_bar.update(1)
                     if isinstance(item, Rejected | Skipped):  # a row that is no question: counted
@@ -372,6 +382,10 @@ def run_build(
                         continue
                     s = stats[(key, q.category)]
                     s.questions_in += 1
+                    why = same.check(q)  # one question per content key: exact copies share every completion
+                    if why is not None:
+                        s.dropped[why] += 1
+                        continue
                     if subset is not None and q.key not in subset:
                         s.dropped["not_in_subset"] += 1
                         continue
@@ -410,6 +424,7 @@ def run_build(
                     stats[(key, q.category)].questions_kept += 1
                 for r in ready:
                     stats[(key, r.question.category)].questions_kept += 1
+                _log_conflicts(key, same, log)
                 read_bar.close()
                 continue
 
@@ -469,6 +484,7 @@ def run_build(
                     tokens.add((key, q.category), t.response)
             for c in seen_categories:
                 describe("teacher", by_name[c], [c])
+            _log_conflicts(key, same, log)
             read_bar.close()
             sample_bar.close()
         tokens.flush()
@@ -507,6 +523,16 @@ def run_build(
     table = summary_table(stats, dry_requests if dry_run else None, accounting)
     log(table)
     return BuildResult(manifest, stats, accounting, dict(dry_requests), table)
+
+
+def _log_conflicts(key: str, same: SameKey, log: Callable[[str], None]) -> None:
+    """Names the first questions that the release repeats with another answer (counted `conflicting_duplicate`)."""
+    if same.conflicts:
+        pairs = "; ".join(f"{a} ({x}) and {b} ({y})" for a, x, b, y in same.conflicts)
+        log(
+            f"{key}: the same question (text, options, images) appears with different answers; the first is kept: "
+            f"{pairs}"
+        )
 
 
 def _with_ready(results: Iterator[SampleResult], ready: collections.deque) -> Iterator[SampleResult]:
@@ -562,16 +588,20 @@ def _subset_keys(
 
     m = math.ceil(int(entry.max_questions) / num_shards)
     heap: list[tuple[int, str]] = []  # max-heap by negated hash of the m smallest
-    for item in _read(entry, source_root, recipe, paths_only=True):
+    in_heap: set[str] = set()  # exact copies share a key: each key takes one place
+    for item in _read(entry, source_root, recipe, keys_only=True):
         q = item if isinstance(item, Question) else getattr(item, "question", None)
-        if q is None or shard_of(q.key, num_shards) != shard_index:
+        if q is None or shard_of(q.key, num_shards) != shard_index or q.key in in_heap:
             continue
         h = stable_hash("subset", recipe.seed, q.key)
         if len(heap) < m:
             heapq.heappush(heap, (-h, q.key))
         elif -heap[0][0] > h:
-            heapq.heapreplace(heap, (-h, q.key))
-    return {k for _, k in heap}
+            in_heap.discard(heapq.heapreplace(heap, (-h, q.key))[1])
+        else:
+            continue
+        in_heap.add(q.key)
+    return in_heap
 
 
 def _decontaminator(recipe: Recipe, source_root: str) -> Any:

@@ -17,6 +17,10 @@ a time): a question is dropped, with the first reason that applies, when
 
 The first occurrence is kept, so the outcome depends on input order; the build feeds questions in a
 deterministic order.
+
+Before all of that, always on: `SameKey` merges the questions of one source that share a content key
+(`Question.key`: source, text, options in order, image bytes): `duplicate_question` when the copy has the
+same answer, `conflicting_duplicate` when the release gives the same question another answer.
 """
 
 from __future__ import annotations
@@ -189,6 +193,36 @@ class Deduplicator:
             for key in bands:
                 self._buckets[key].append(len(self._signatures) - 1)
         return None
+
+
+class SameKey:
+    """Exact copies within one source (same `Question.key`): the first is kept, later ones are counted.
+
+    Keys hash the content, so a kept question's completions and traces are never shared with another
+    question; merging the copies keeps one record per key (two would share every completion). The first
+    occurrence's answer is the one trained on; `conflicts` names the ids of the first few copies that the
+    release answers differently, for the build log.
+
+    Memory: one entry per distinct question of the source (the build makes one per source).
+    """
+
+    MAX_EXAMPLES = 5
+
+    def __init__(self) -> None:
+        self._first: dict[str, tuple[str, str]] = {}  # key -> (answer, id) of its first occurrence
+        self.conflicts: list[tuple[str, str, str, str]] = []  # (first id, its answer, later id, its answer)
+
+    def check(self, q: Question) -> str | None:
+        """None for a key's first question (remembered), else `duplicate_question` or `conflicting_duplicate`."""
+        first = self._first.get(q.key)
+        if first is None:
+            self._first[q.key] = (q.answer, q.id)
+            return None
+        if first[0] == q.answer:
+            return "duplicate_question"
+        if len(self.conflicts) < self.MAX_EXAMPLES:
+            self.conflicts.append((first[1], first[0], q.id, q.answer))
+        return "conflicting_duplicate"
 
 
 class Decontaminator:

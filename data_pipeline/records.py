@@ -9,10 +9,14 @@ a clear message instead of producing a wrong batch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import string
+import unicodedata
 from typing import Any, Literal
 
 import msgpack
+
+from data_pipeline.hashing import bytes_digest, content_digest
 
 SCHEMA_VERSION = 1
 
@@ -20,6 +24,9 @@ Category = Literal["text", "mm_reasoning", "mm_classification"]
 CATEGORIES: tuple[str, ...] = ("text", "mm_reasoning", "mm_classification")
 ResponseFormat = Literal["cot", "direct"]
 LETTERS = string.ascii_uppercase
+# What `Question.key` looks like (an SQLite GLOB): "<source>/" then 32 hex digits. Completion stores of builds
+# before keys covered the content hold "<source>/<release id>" keys instead.
+KEY_GLOB = "*/" + "[0-9a-f]" * 32
 
 
 class BadRecordError(ValueError):
@@ -50,8 +57,12 @@ class ImageRef:
 class Question:
     """A multiple-choice question from any source, in one shape.
 
+    Identity is the content, not the id: `key` hashes the source, text, options and images, so two
+    different questions never share a key (nor a stored completion), and exact copies do.
+
     Attributes:
-      id: unique within the source (the adapter makes it stable across runs).
+      id: the release's id (the adapter makes it stable across runs); for reports, not identity: real
+        releases repeat ids.
       source: adapter name, e.g. "medqa".
       category: "text", "mm_reasoning" or "mm_classification".
       question: the stem, without the options.
@@ -73,27 +84,40 @@ class Question:
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
-        """Globally unique id: source and id."""
+        """The question's identity: "<source>/" + 32 hex digits of its content.
+
+        Hashed: the source, the stem and the option texts in order (Unicode NFC, whitespace collapsed: the
+        same question as a teacher sees it), and each image's encoded bytes in order (a path-only image: its
+        path). Not hashed: the answer (equal content with another answer is a conflict, not another question),
+        the id, split and metadata. Computed once per instance (images can be large).
+        """
+        images = [bytes_digest(im.data) if im.data else f"path:{im.path}" for im in self.images]
+        content = [self.source, _norm(self.question), [_norm(t) for t in self.options.values()], images]
+        return f"{self.source}/{content_digest(content)}"
+
+    @property
+    def label(self) -> str:
+        """"<source>/<release id>": how reports and errors name the question (not unique)."""
         return f"{self.source}/{self.id}"
 
     def validate(self) -> Question:
         """Raises BadRecordError naming what is wrong; returns self so adapters can chain it."""
         if not self.question or not self.question.strip():
-            raise BadRecordError("empty_question", f"{self.key} has an empty question")
+            raise BadRecordError("empty_question", f"{self.label} has an empty question")
         if self.category not in CATEGORIES:
-            raise BadRecordError("bad_category", f"{self.key} has category {self.category!r}")
+            raise BadRecordError("bad_category", f"{self.label} has category {self.category!r}")
         if len(self.options) < 2:
-            raise BadRecordError("too_few_options", f"{self.key} has {len(self.options)} options")
+            raise BadRecordError("too_few_options", f"{self.label} has {len(self.options)} options")
         expected = list(LETTERS[: len(self.options)])
         if list(self.options) != expected:
-            raise BadRecordError("bad_option_letters", f"{self.key} options {list(self.options)} != {expected}")
+            raise BadRecordError("bad_option_letters", f"{self.label} options {list(self.options)} != {expected}")
         if any(not str(t).strip() for t in self.options.values()):
-            raise BadRecordError("empty_option", f"{self.key} has an empty option")
+            raise BadRecordError("empty_option", f"{self.label} has an empty option")
         if self.answer not in self.options:
             raise BadRecordError(
-                "answer_not_in_options", f"{self.key} answer {self.answer!r} not among {list(self.options)}"
+                "answer_not_in_options", f"{self.label} answer {self.answer!r} not among {list(self.options)}"
             )
         return self
 
@@ -151,6 +175,10 @@ class AcceptedTrace:
         check_schema(d, "AcceptedTrace")
         d["question"] = Question.from_dict(d["question"])
         return cls(**d)
+
+
+def _norm(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFC", str(text)).split())
 
 
 def check_schema(d: dict[str, Any], kind: str) -> None:

@@ -1,9 +1,10 @@
 """A resumable store of teacher completions in SQLite.
 
-Rows are keyed by (question key, teacher name, prompt version, sample index). Each response is written
-in its own transaction as it arrives, in WAL mode: rows committed before a SIGKILL survive it, and the
-primary key (with INSERT OR IGNORE) means nothing is ever stored twice. A restarted run asks `missing`
-which sample indices are still needed and requests only those.
+Rows are keyed by (question key, teacher name, prompt version, sample index); the question key is
+`Question.key`, a hash of the question's content, so two different questions never share a completion.
+Each response is written in its own transaction as it arrives, in WAL mode: rows committed before a
+SIGKILL survive it, and the primary key (with INSERT OR IGNORE) means nothing is ever stored twice. A
+restarted run asks `missing` which sample indices are still needed and requests only those.
 
 Judge outputs live in the same table under the judge's own teacher name and prompt version.
 
@@ -21,7 +22,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from data_pipeline.records import Question
+from data_pipeline.records import KEY_GLOB, Question
 from data_pipeline.storage import storage_errors
 from data_pipeline.teachers import Completion
 
@@ -170,6 +171,17 @@ class CompletionStore:
             name, version = _tid(teacher)
             return self._conn.execute(
                 "SELECT COUNT(*) FROM completions WHERE teacher=? AND prompt_version=?", (name, version)
+            ).fetchone()[0]
+
+    def legacy_count(self) -> int:
+        """Completions stored under question keys of an earlier layout ("<source>/<release id>").
+
+        Those keys did not cover the question's content (two questions with one id shared completions), so
+        they are never looked up: a build over such a store requests those samples again.
+        """
+        with self._lock, storage_errors(self.path, _READING):
+            return self._conn.execute(
+                "SELECT COUNT(*) FROM completions WHERE question_key NOT GLOB ?", (KEY_GLOB,)
             ).fetchone()[0]
 
     def iter_all(self) -> Iterator[Completion]:

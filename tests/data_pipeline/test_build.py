@@ -57,7 +57,7 @@ def write_sources(root: str) -> dict[str, str]:
             Image.new("RGB", (8 + i, 8), (i * 40, 10, 200 - i * 30)).save(buf, format="PNG")
             open(f"{root}/pmc_vqa/images/fig{i}.png", "wb").write(buf.getvalue())
             label = "ABCD"[i % 4]
-            answers[f"pmc_vqa/train-{i}-fig{i}"] = label
+            answers[f"pmc_vqa/v1-train-{i}-fig{i}"] = label  # the id PMC-VQA version 1 rows get
             w.writerow(
                 [f"fig{i}.png", f"What modality is figure {i}?", "x", "A:CT", " B:MRI", "C:X-ray", "D:US", label]
             )
@@ -65,8 +65,23 @@ def write_sources(root: str) -> dict[str, str]:
     return answers
 
 
-def answer_fn(answers: dict[str, str]):
+def labels_by_key(root: str) -> dict[str, str]:
+    """`Question.key` (a content hash: what the fake teacher sees) -> the fixture's "<source>/<id>"."""
+    from data_pipeline.records import Question
+    from data_pipeline.sources import read_source
+
+    entries = build_config.get_config().recipe.sources
+    return {
+        q.key: q.label
+        for e in entries.values()
+        for q in read_source(e.adapter, os.path.join(root, e.path), split=e.split, **e.options.to_dict())
+        if isinstance(q, Question)
+    }
+
+
+def answer_fn(answers: dict[str, str], labels: dict[str, str]):
     def fn(qkey: str, s: int) -> str:
+        qkey = labels[qkey]
         truth = answers[qkey]
         if qkey == "medqa/train-5":  # this question is never answered right
             return "ABCDE"[("ABCDE".index(truth) + 1) % 5]
@@ -88,7 +103,7 @@ def world(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("sources"))
     answers = write_sources(root)
     fault = lambda q, s, a: "500" if (a == 0 and s.startswith("4")) else "ok"  # noqa: E731
-    with FakeOpenAI(answer_fn=answer_fn(answers), fault_plan=fault) as srv:
+    with FakeOpenAI(answer_fn=answer_fn(answers, labels_by_key(root)), fault_plan=fault) as srv:
         yield root, srv
 
 
@@ -226,7 +241,8 @@ def test_missing_source_path_fails_at_once(world, tmp_path):
 
 def test_judge_and_student_filters(world, tmp_path):
     root, srv = world
-    srv.judge_fn = lambda q: int(q.split("-")[1]) % 10 + 1 if q.startswith("medqa") else 4
+    labels = labels_by_key(root)
+    srv.judge_fn = lambda q: int(labels[q].split("-")[1]) % 10 + 1 if q.startswith("medqa") else 4
     cfg = make_config(root, srv.base_url)
     f = cfg.recipe.filters
     f.judge.enabled = True
