@@ -13,7 +13,7 @@ from configs.base import source
 
 TEXT_SOURCES = ("medqa", "medmcqa", "headqa")
 MM_REASONING_SOURCES = ("pmc_vqa", "slake", "vqa_rad")
-CLASSIFICATION_SOURCES = ("aptos", "messidor2", "bcss", "brain_tumor_mri", "coronahack")
+CLASSIFICATION_SOURCES = ("aptos", "messidor2", "bcss", "brain_tumor_mri", "coronahack", "mimic_cxr")
 DR_GRADES = {"0": "No DR", "1": "Mild DR", "2": "Moderate DR", "3": "Severe DR", "4": "Proliferative DR"}
 
 
@@ -48,6 +48,7 @@ def all_sources() -> ml_collections.ConfigDict:
                 label_names=DR_GRADES,
             ),
             bcss=source("image_folder", "bcss", name="bcss"),
+            # The Kaggle archive unpacked: Training/<class>/, Testing/<class>/ (the split picks the folder).
             brain_tumor_mri=source("image_folder", "brain_tumor_mri", name="brain_tumor_mri"),
             coronahack=source(
                 "classification_csv",
@@ -57,6 +58,8 @@ def all_sources() -> ml_collections.ConfigDict:
                 label_column="Label",
                 image_dir="train",
             ),
+            # The PhysioNet release folder; frontal images whose study has exactly one positive CheXpert label.
+            mimic_cxr=source("mimic_cxr", "mimic-cxr-jpg/2.0.0"),
         )
     )
 

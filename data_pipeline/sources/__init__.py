@@ -39,6 +39,7 @@ from data_pipeline.sources.headqa import read_headqa
 from data_pipeline.sources.medmcqa import read_medmcqa
 from data_pipeline.sources.medqa import read_medqa
 from data_pipeline.sources.medxpertqa import read_medxpertqa
+from data_pipeline.sources.mimic_cxr import read_mimic_cxr
 from data_pipeline.sources.mmlu_pro import read_mmlu_pro
 from data_pipeline.sources.nejm import read_nejm
 from data_pipeline.sources.pmc_vqa import read_pmc_vqa
@@ -75,9 +76,9 @@ def _medxpertqa_text(path: str | Path, **kwargs: Any) -> Iterator[Item]:
 SOURCES: dict[str, SourceAdapter] = {
     a.name: a
     for a in (
-        SourceAdapter("medqa", read_medqa, "text", "MedQA USMLE jsonl (options dict, answer_idx)"),
-        SourceAdapter("medmcqa", read_medmcqa, "text", "MedMCQA jsonl (opa..opd, cop 1-based by default)"),
-        SourceAdapter("headqa", read_headqa, "mixed", "HeadQA json exams (qid, qtext, ra, answers, image)"),
+        SourceAdapter("medqa", read_medqa, "text", "MedQA jsonl, one region x 4/5 options (default US, 5)"),
+        SourceAdapter("medmcqa", read_medmcqa, "text", "MedMCQA json (cop from 1) or HF parquet (cop from 0)"),
+        SourceAdapter("headqa", read_headqa, "mixed", "HeadQA archive json or HF parquet, one language (default en)"),
         SourceAdapter("mmlu_pro", read_mmlu_pro, "text", "MMLU-Pro, health category"),
         SourceAdapter("medxpertqa_text", _medxpertqa_text, "text", "MedXpertQA Text jsonl"),
         SourceAdapter("medxpertqa_mm", _medxpertqa_mm, "mm_reasoning", "MedXpertQA MM jsonl + images/"),
@@ -87,6 +88,7 @@ SOURCES: dict[str, SourceAdapter] = {
         SourceAdapter("nejm", read_nejm, "mm_reasoning", "NEJM Image Challenge json/jsonl"),
         SourceAdapter("image_folder", read_image_folder, "mm_classification", "ImageFolder classification set"),
         SourceAdapter("classification_csv", read_classification_csv, "mm_classification", "csv image -> label"),
+        SourceAdapter("mimic_cxr", read_mimic_cxr, "mm_classification", "MIMIC-CXR-JPG: one positive finding, frontal"),
         SourceAdapter("released_traces", read_released_traces, "mixed", "OctoMed released traces (parquet/jsonl)"),
     )
 }
@@ -106,8 +108,11 @@ def register_source(adapter: SourceAdapter) -> None:
     SOURCES[adapter.name] = adapter
 
 
-def read_source(name: str, path: str | Path, **options: Any) -> Iterator[Item]:
+def read_source(name: str, path: str | Path, /, **options: Any) -> Iterator[Item]:
     """Reads source `name` from local `path`; `options` go to its reader (split, image settings, ...).
+
+    `name` and `path` are positional-only, so an adapter's own `name=` option (the released-trace and
+    classification readers) passes through: `read_source("released_traces", path, name="octomed_messidor2")`.
 
     Raises:
       KeyError: an unknown source name (the message lists the known ones).
@@ -135,6 +140,7 @@ __all__ = [
     "read_medmcqa",
     "read_medqa",
     "read_medxpertqa",
+    "read_mimic_cxr",
     "read_mmlu_pro",
     "read_nejm",
     "read_pmc_vqa",

@@ -514,7 +514,7 @@ def test_missing_input_path_names_it(tmp_path):
 def test_registry():
     expected = {
         "medqa", "medmcqa", "headqa", "mmlu_pro", "medxpertqa_text", "medxpertqa_mm", "pmc_vqa", "vqa_rad",
-        "slake", "nejm", "image_folder", "classification_csv", "released_traces",
+        "slake", "nejm", "image_folder", "classification_csv", "mimic_cxr", "released_traces",
     }  # fmt: skip
     assert set(SOURCES) == expected  # the public formats only: the demo's world is a plugin (tests/demo)
     assert all(a.name == k for k, a in SOURCES.items())
