@@ -9,6 +9,14 @@ counted reasons below, so a bad image costs its own question and nothing else:
 - `corrupt_image`: PIL cannot identify or fully decode the bytes.
 - `image_too_large`: more pixels than `max_pixels` (read from the header, before decoding), or a
   decompression bomb as PIL defines it.
+- `bad_aspect_ratio`: the long side over 200 times the short side (Qwen2.5-VL's processor refuses it).
+
+The rules of the model's image preprocessing live here, so that the build and
+`octomed_jax.data.images.preprocess_image` apply the same ones and nothing the build accepts is refused in
+training, evaluation or serving: `check_dimensions` (no pixels, aspect ratio) and `open_image` (full
+decode, bomb guard, EXIF orientation). A malformed EXIF block is read as "no orientation": PIL's
+`exif_transpose` raises `struct.error` or `SyntaxError` on some (it rewrites the whole block), while the
+pixels themselves are fine.
 
 Bytes are kept as read (no re-encoding) together with their format, so the training images are exactly the
 source images.
@@ -30,6 +38,19 @@ DEFAULT_MAX_PIXELS = 50_000_000
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 # PIL names some JPEG variants separately; training code only needs to know it is a JPEG.
 _FORMAT_ALIASES = {"mpo": "jpeg", "jpg": "jpeg"}
+# Qwen2.5-VL's processor (transformers' `smart_resize`) refuses images more elongated than this.
+MAX_ASPECT_RATIO = 200
+_EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> the transpose that shows the image upright (as PIL's `ImageOps.exif_transpose`).
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def refuse_absolute(rel_path: str) -> str:
@@ -71,41 +92,90 @@ def resolve_inside(root: str | Path, rel_path: str) -> Path:
     return full
 
 
+def check_dimensions(width: int, height: int) -> None:
+    """The size rules of the model's preprocessing: some pixels, aspect ratio at most `MAX_ASPECT_RATIO`.
+
+    Raises:
+      BadRecordError: `corrupt_image` (no pixels) or `bad_aspect_ratio`.
+    """
+    if width <= 0 or height <= 0:
+        raise BadRecordError("corrupt_image", f"image has no pixels: {width}x{height} (width x height)")
+    ratio = max(width, height) / min(width, height)
+    if ratio > MAX_ASPECT_RATIO:
+        raise BadRecordError(
+            "bad_aspect_ratio",
+            f"image {width}x{height} (width x height) has aspect ratio {ratio:g} > {MAX_ASPECT_RATIO}; "
+            "Qwen2.5-VL's processor refuses it",
+        )
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1..8) of an image; 1 (as stored) when it has none or its EXIF is malformed."""
+    try:
+        value = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # PIL's EXIF parser raises struct.error, SyntaxError, ValueError, ... on bad blocks
+        return 1
+    return value if isinstance(value, int) and value in _ORIENTATION_TRANSPOSE else 1
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Decodes encoded image bytes fully and turns them upright by their EXIF orientation.
+
+    The pixels equal `ImageOps.exif_transpose(Image.open(...))` (what transformers' `load_image` gives)
+    whenever that succeeds; a malformed EXIF block counts as no orientation instead of raising.
+
+    Raises:
+      BadRecordError: `corrupt_image` (undecodable or empty) or `image_too_large` (PIL's bomb guard,
+        its warning threshold included).
+    """
+    if not data:
+        raise BadRecordError("corrupt_image", "cannot decode image: no bytes")
+    try:
+        with warnings.catch_warnings():
+            # PIL warns (not raises) between MAX_IMAGE_PIXELS and twice that; treat both as a bomb.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadRecordError("image_too_large", str(e)) from e
+    except Exception as e:  # PIL's decoders raise many unrelated types (OSError, SyntaxError, struct.error, ...)
+        raise BadRecordError("corrupt_image", f"cannot decode image: {type(e).__name__}: {e}") from e
+    method = _ORIENTATION_TRANSPOSE.get(exif_orientation(image))
+    return image if method is None else image.transpose(method)
+
+
 def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, decode: bool = True) -> tuple[str, int, int]:
-    """Checks encoded image bytes: size from the header first, then (optionally) a full decode.
+    """Checks encoded image bytes: size from the header first, then (optionally) the model's decode.
 
     Args:
       data: the encoded image.
       max_pixels: the largest width * height accepted.
-      decode: decode the pixels to catch truncated or corrupt data (the header alone does not).
+      decode: decode the pixels as `open_image` (the model's preprocessing) does, to catch truncated or
+        corrupt data (the header alone does not).
 
     Returns:
       (format, width, height), format lowercase ("png", "jpeg", ...).
 
     Raises:
-      BadRecordError: `corrupt_image` or `image_too_large`.
+      BadRecordError: `corrupt_image`, `image_too_large` or `bad_aspect_ratio`.
     """
     if not data:
         raise BadRecordError("corrupt_image", "empty image data")
     try:
         with warnings.catch_warnings():
-            # PIL warns (not raises) between MAX_IMAGE_PIXELS and twice that; treat both as a bomb.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 width, height = im.size
                 fmt = (im.format or "").lower()
-                if width * height > max_pixels:
-                    raise BadRecordError(
-                        "image_too_large", f"{width}x{height} = {width * height} pixels > limit {max_pixels}"
-                    )
-                if decode:
-                    im.load()
-    except BadRecordError:
-        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise BadRecordError("image_too_large", str(e)) from e
-    except Exception as e:  # PIL's decoders raise many unrelated types (OSError, SyntaxError, struct.error, ...)
-        raise BadRecordError("corrupt_image", f"cannot decode image: {type(e).__name__}: {e}") from e
+    except Exception as e:  # see open_image
+        raise BadRecordError("corrupt_image", f"cannot read image header: {type(e).__name__}: {e}") from e
+    if width * height > max_pixels:
+        raise BadRecordError("image_too_large", f"{width}x{height} = {width * height} pixels > limit {max_pixels}")
+    check_dimensions(width, height)  # EXIF orientation swaps the sides, which leaves the ratio as it is
+    if decode:
+        open_image(data)
     return _FORMAT_ALIASES.get(fmt, fmt), width, height
 
 
@@ -138,7 +208,7 @@ def load_image(
       An ImageRef with the original bytes and format (and the relative path for provenance).
 
     Raises:
-      BadRecordError: `path_escape`, `missing_image`, `corrupt_image` or `image_too_large`.
+      BadRecordError: `path_escape`, `missing_image`, `corrupt_image`, `image_too_large` or `bad_aspect_ratio`.
     """
     full = resolve_inside(root, rel_path)
     if not full.is_file():

@@ -33,7 +33,15 @@ PAD_ID = tok.ENDOFTEXT_ID
 
 # Reasons a record is not trained on. Errors count against the error budget; drops are the config's
 # choice (too long for a row) and are only counted.
-ERROR_REASONS = ("corrupt_record", "schema_version", "corrupt_image", "missing_image", "template_error")
+ERROR_REASONS = (
+    "corrupt_record",
+    "schema_version",
+    "corrupt_image",
+    "missing_image",
+    "image_too_large",
+    "bad_aspect_ratio",
+    "template_error",
+)
 DROP_REASONS = ("overlong", "too_many_patches")
 
 
@@ -182,8 +190,10 @@ class ExampleDecoder:
                     raise _Skip("missing_image", f"image {k}: {e}") from e
             try:
                 p, g = preprocess_image(data, min_pixels=self.cfg.min_pixels, max_pixels=self.cfg.max_pixels)
-            except (ImageError, OSError, ValueError) as e:
-                raise _Skip("corrupt_image", f"image {k}: {e}") from e
+            except ImageError as e:
+                raise _Skip(e.reason, f"image {k}: {e}") from e
+            except Exception as e:  # PIL raises unrelated types on odd files; one image must not stop a run
+                raise _Skip("corrupt_image", f"image {k}: {type(e).__name__}: {e}") from e
             patches.append(p)
             grids.append(g)
         return patches, grids

@@ -20,12 +20,13 @@ grayscale; images that are already 8-bit are processed exactly as transformers d
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
 import PIL.Image
-import PIL.ImageOps
+
+from data_pipeline import images as source_images
+from data_pipeline.records import BadRecordError
 
 # Qwen2.5-VL processor defaults (preprocessor_config.json of the Hub checkpoints).
 PATCH_SIZE = 14
@@ -35,7 +36,6 @@ MIN_PIXELS = 56 * 56
 MAX_PIXELS = 28 * 28 * 1280
 # The OctoMed recipe caps images at 512 x 512 pixels.
 OCTOMED_MAX_PIXELS = 262_144
-MAX_ASPECT_RATIO = 200
 
 # transformers.image_utils.OPENAI_CLIP_MEAN / OPENAI_CLIP_STD.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -48,7 +48,21 @@ ImageInput = PIL.Image.Image | bytes | bytearray | memoryview | np.ndarray
 
 
 class ImageError(ValueError):
-    """An image that cannot be preprocessed (undecodable, empty, or too elongated)."""
+    """An image that cannot be preprocessed (undecodable, empty, or too elongated).
+
+    Attributes:
+      reason: the build's name for the problem (`data_pipeline.images`): "corrupt_image",
+        "image_too_large" or "bad_aspect_ratio".
+    """
+
+    def __init__(self, message: str, reason: str = "corrupt_image"):
+        super().__init__(message)
+        self.reason = reason
+
+    @classmethod
+    def of(cls, error: BadRecordError) -> ImageError:
+        """The same problem as the build's check reported it."""
+        return cls(str(error), error.reason)
 
 
 def smart_resize(
@@ -76,14 +90,10 @@ def smart_resize(
     Raises:
       ImageError: on an empty image or an aspect ratio above 200 (transformers raises ValueError there too).
     """
-    if height <= 0 or width <= 0:
-        raise ImageError(f"image has no pixels: {height}x{width}")
-    ratio = max(height, width) / min(height, width)
-    if ratio > MAX_ASPECT_RATIO:
-        raise ImageError(
-            f"absolute aspect ratio must be smaller than {MAX_ASPECT_RATIO}, got {ratio} "
-            f"(image {height}x{width}); Qwen2.5-VL's processor rejects such images"
-        )
+    try:
+        source_images.check_dimensions(width, height)  # the build checks images with the same rules
+    except BadRecordError as e:
+        raise ImageError.of(e) from e
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
     if h_bar * w_bar > max_pixels:
@@ -207,17 +217,16 @@ def _array_to_rgb(array: np.ndarray) -> np.ndarray:
 def load_image(data: bytes | bytearray | memoryview) -> PIL.Image.Image:
     """Decodes encoded image bytes (PNG, JPEG, ...) and applies the EXIF orientation.
 
-    transformers' `load_image` also applies `exif_transpose`, so a photo is seen upright either way.
+    transformers' `load_image` also applies `exif_transpose`, so a photo is seen upright either way. The
+    decode is the build's (`data_pipeline.images.open_image`): a malformed EXIF block means no orientation.
 
     Raises:
-      ImageError: when the bytes cannot be decoded.
+      ImageError: when the bytes cannot be decoded, or PIL's decompression-bomb guard trips.
     """
     try:
-        image = PIL.Image.open(io.BytesIO(bytes(data)))
-        image.load()
-        return PIL.ImageOps.exif_transpose(image)
-    except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as e:
-        raise ImageError(f"cannot decode image ({len(data)} bytes): {e}") from e
+        return source_images.open_image(bytes(data))
+    except BadRecordError as e:
+        raise ImageError.of(e) from e
 
 
 def to_rgb_uint8(image: ImageInput) -> np.ndarray:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from data_pipeline.validity import CONTROL_TOKENS
 from octomed_jax.data import tokenizer as tok_ids
 from octomed_jax.data.images import MERGE_SIZE, num_image_tokens
 
@@ -191,11 +192,16 @@ _CONTROLS: weakref.WeakKeyDictionary[Any, tuple[str, ...]] = weakref.WeakKeyDict
 
 
 def _control_strings(tokenizer: PreTrainedTokenizerFast) -> tuple[str, ...]:
-    """Strings the tokenizer would turn into a special (control) token if they appeared in text."""
+    """Strings the tokenizer would turn into a special (control) token if they appeared in text.
+
+    The build's list (`data_pipeline.validity.CONTROL_TOKENS`, which it rejects text for) first, then any
+    other special token of this tokenizer (none for Qwen's own tokenizers).
+    """
     controls = _CONTROLS.get(tokenizer)
     if controls is None:
         decoder = tokenizer.backend_tokenizer.get_added_tokens_decoder()
-        controls = tuple(t.content for t in decoder.values() if t.special)
+        extra = tuple(t.content for t in decoder.values() if t.special and t.content not in CONTROL_TOKENS)
+        controls = CONTROL_TOKENS + extra
         _CONTROLS[tokenizer] = controls
     return controls
 

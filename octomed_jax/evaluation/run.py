@@ -4,6 +4,10 @@
 calls in process. Prompts go through THE chat template (`messages_for_question` + `encode_chat`), answers
 through THE extractor (`data_pipeline.answers.extract_answer`). Questions are encoded chunk by chunk, so
 image benchmarks never hold all their pixels in memory.
+
+A question that cannot be prompted (an image `preprocess_image` refuses, text with a control token of the
+template) is skipped, not fatal: each benchmark's metrics list it under `skipped_questions` with its id and
+reason, and its accuracy is over the questions that were asked.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import jax
 from data_pipeline.answers import extract_answer
 from octomed_jax import sharding as sharding_lib
 from octomed_jax.contract import RunContract
+from octomed_jax.data.images import ImageError
+from octomed_jax.data.template import TemplateError
 from octomed_jax.evaluation.metrics import QuestionResult, Response, benchmark_metrics, summarize
 from octomed_jax.generation.prompts import question_prompt
 from octomed_jax.generation.sampler import Sampler, SamplingParams
@@ -33,18 +39,65 @@ PAPER_PARAMS = SamplingParams(temperature=0.6, top_p=0.95, max_new_tokens=8192)
 PAPER_SEEDS = (0, 1, 2, 3, 4)
 
 
+@dataclasses.dataclass(frozen=True)
+class SkippedQuestion:
+    """A question that was not asked: its prompt could not be built.
+
+    Attributes:
+      question_id: the question's id within its benchmark.
+      reason: "corrupt_image", "image_too_large", "bad_aspect_ratio" (`ImageError.reason`) or "template_error".
+      message: what went wrong.
+    """
+
+    question_id: str
+    reason: str
+    message: str
+
+
 @dataclasses.dataclass
 class EvalResult:
     """What an evaluation returns.
 
     Attributes:
-      metrics: {"benchmarks": {name: benchmark_metrics}, "summary": summarize(...)}; a benchmark is a
-        question `source` (e.g. "medqa", "brain_tumor").
-      results: per benchmark, the per-question responses.
+      metrics: {"benchmarks": {name: benchmark_metrics + num_skipped, skipped_questions}, "summary":
+        summarize(...)}; a benchmark is a question `source` (e.g. "medqa", "brain_tumor").
+      results: per benchmark, the per-question responses of the questions asked.
+      skipped: per benchmark, the questions that could not be prompted.
     """
 
     metrics: dict[str, Any]
     results: dict[str, list[QuestionResult]]
+    skipped: dict[str, list[SkippedQuestion]] = dataclasses.field(default_factory=dict)
+
+
+def _prompt(tokenizer: PreTrainedTokenizerFast, question: Question, contract: RunContract) -> Any:
+    """The question's prompt as the run's contract builds it (`question_prompt`)."""
+    prompting, preprocessing = contract.prompting, contract.preprocessing
+    return question_prompt(
+        tokenizer, question, system_prompt=prompting.system_prompt, instruction=prompting.instruction,
+        min_pixels=preprocessing.min_pixels, max_pixels=preprocessing.max_pixels,
+    )
+
+
+def split_askable(
+    tokenizer: PreTrainedTokenizerFast, questions: Sequence[Question], contract: RunContract
+) -> tuple[list[Question], list[SkippedQuestion]]:
+    """The questions whose prompt can be built, and the others with why (one prompt built at a time).
+
+    Returns:
+      (askable questions in order, skipped questions in order).
+    """
+    askable, skipped = [], []
+    for q in questions:
+        try:
+            _prompt(tokenizer, q, contract)
+        except ImageError as e:
+            skipped.append(SkippedQuestion(q.id, e.reason, str(e)))
+        except TemplateError as e:
+            skipped.append(SkippedQuestion(q.id, "template_error", str(e)))
+        else:
+            askable.append(q)
+    return askable, skipped
 
 
 def generate_responses(
@@ -66,7 +119,7 @@ def generate_responses(
     Args:
       sampler: the sampler over the model.
       tokenizer: the Qwen tokenizer (encodes prompts, decodes responses).
-      questions: the questions.
+      questions: the questions, each one that can be prompted (`split_askable`).
       params: sampling settings (`n` samples per question and seed).
       contract: the run the model comes from: its prompting (system prompt, instruction) and preprocessing.
       seeds: one pass over the questions per seed.
@@ -77,18 +130,11 @@ def generate_responses(
       One `QuestionResult` per question, in order.
     """
     responses: list[list[list[Response]]] = [[] for _ in questions]
-    prompting = contract.prompting
     for seed in seeds:
         key = jax.random.PRNGKey(seed)
         for start in range(0, len(questions), chunk_size):
             chunk = questions[start : start + chunk_size]
-            prompts = [
-                question_prompt(
-                    tokenizer, q, system_prompt=prompting.system_prompt, instruction=prompting.instruction,
-                    min_pixels=contract.preprocessing.min_pixels, max_pixels=contract.preprocessing.max_pixels,
-                )
-                for q in chunk
-            ]
+            prompts = [_prompt(tokenizer, q, contract) for q in chunk]
             outs = sampler.generate(prompts, params, key=key, first_index=start, progress=progress)
             for q_index, (q, completions) in enumerate(zip(chunk, outs, strict=True)):
                 texts = tokenizer.batch_decode([c.token_ids for c in completions], skip_special_tokens=True)
@@ -156,11 +202,17 @@ def evaluate_model(
     groups: dict[str, list[Question]] = {}
     for q in questions:
         groups.setdefault(q.source, []).append(q)
+    categories = {name: qs[0].category for name, qs in groups.items()}
+    skipped: dict[str, list[SkippedQuestion]] = {}
+    for name in groups:
+        groups[name], skipped[name] = split_askable(tokenizer, groups[name], contract)
+        for s in skipped[name]:
+            print(f"[evaluate] {name}: question {s.question_id!r} skipped ({s.reason}): {s.message}")
     bar = None
     if progress is True:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(questions) * len(seeds) * params.n, desc="eval", unit="resp")
+        bar = tqdm(total=sum(map(len, groups.values())) * len(seeds) * params.n, desc="eval", unit="resp")
         callback: Callable[[int], None] | None = bar.update
     else:
         callback = progress or None
@@ -180,8 +232,14 @@ def evaluate_model(
     finally:
         if bar is not None:
             bar.close()
-    per_benchmark = {name: benchmark_metrics(r, majority_k=majority_k) for name, r in results.items()}
-    categories = {name: qs[0].category for name, qs in groups.items()}
+    per_benchmark = {
+        name: {
+            **benchmark_metrics(r, majority_k=majority_k),
+            "num_skipped": len(skipped[name]),
+            "skipped_questions": [dataclasses.asdict(s) for s in skipped[name]],
+        }
+        for name, r in results.items()
+    }
     return EvalResult(
         metrics={
             "benchmarks": per_benchmark,
@@ -189,7 +247,16 @@ def evaluate_model(
             "categories": categories,
         },
         results=results,
+        skipped=skipped,
     )
 
 
-__all__ = ["PAPER_PARAMS", "PAPER_SEEDS", "EvalResult", "evaluate_model", "generate_responses"]
+__all__ = [
+    "PAPER_PARAMS",
+    "PAPER_SEEDS",
+    "EvalResult",
+    "SkippedQuestion",
+    "evaluate_model",
+    "generate_responses",
+    "split_askable",
+]

@@ -2,7 +2,9 @@
 
 Each benchmark's metrics are written to `OUT/benchmarks/<name>.json` (and its responses to
 `<name>.responses.jsonl`) as soon as it finishes; a rerun with the same settings skips it. At the end:
-`OUT/results.json`, `OUT/table.md` (Table 2 layout) and `OUT/response_lengths.png`.
+`OUT/results.json`, `OUT/table.md` (Table 2 layout) and `OUT/response_lengths.png`. A question that cannot
+be prompted (an image the preprocessing refuses, a control token in its text) is skipped and listed with its
+id and reason under the benchmark's `skipped_questions`, in its JSON and in `results.json`.
 """
 
 from __future__ import annotations
@@ -124,12 +126,12 @@ def evaluate_benchmarks(
         (results,) = result.results.values()
         metrics = {**metrics, "rejected_rows": dict(rejected), "seconds": round(time.time() - start, 2)}
         with open(os.path.join(out, "benchmarks", f"{b.name}.responses.jsonl"), "w") as f:
-            for q, r in zip(questions, results, strict=True):
+            for r in results:  # the questions asked; the skipped ones are in the metrics
                 f.write(
                     json.dumps(
                         {
-                            "id": q.id,
-                            "answer": q.answer,
+                            "id": r.question_id,
+                            "answer": r.answer,
                             "responses": [[dataclasses.asdict(x) for x in seed] for seed in r.responses],
                         }
                     )
@@ -143,7 +145,7 @@ def evaluate_benchmarks(
         tqdm.write(
             f"[evaluate] {b.name}: accuracy {metrics['accuracy']:.2f} over {metrics['num_questions']} "
             f"questions, {metrics['mean_response_tokens']:.0f} tokens/response, "
-            f"{metrics['unparseable']} unparseable"
+            f"{metrics['unparseable']} unparseable, {metrics['num_skipped']} skipped"
         )
 
     from octomed_jax.evaluation.metrics import summarize
