@@ -56,6 +56,6 @@ def check_question_text(question: Question) -> None:
         token = find_control_token(text)
         if token is not None:
             raise BadRecordError(
-                CONTROL_REASON, f"{question.key}: {field} contains the control token {token!r}; fix the source row"
+                CONTROL_REASON, f"{question.label}: {field} contains the control token {token!r}; fix the source row"
             )
 
