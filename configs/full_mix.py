@@ -22,7 +22,7 @@ def all_sources() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         dict(
             medqa=source("medqa", "medqa"),
-            medmcqa=source("medmcqa", "medmcqa", cop_base=1),
+            medmcqa=source("medmcqa", "medmcqa"),  # cop counted by the format: json from 1, parquet from 0
             headqa=source("headqa", "headqa"),
             pmc_vqa=source("pmc_vqa", "pmc_vqa"),
             slake=source("slake", "slake"),

@@ -9,10 +9,11 @@ as a `Skipped(reason="not_read")` (`unread_files`), so the build log and manifes
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-from data_pipeline.sources.base import Skipped
+from data_pipeline.sources.base import Skipped, _RowError, iter_rows
 
 
 class LayoutError(ValueError):
@@ -70,3 +71,34 @@ def unread_files(source: str, folder: Path, read: Sequence[Path], *, recursive: 
     candidates = folder.rglob("*") if recursive else folder.iterdir()
     for f in sorted(p for p in candidates if p.is_file() and p.resolve() not in chosen):
         yield not_read(source, f, f"{f.relative_to(folder)} is not read")
+
+
+def checked_rows(
+    files: Sequence[Path],
+    expected: Sequence[str],
+    rows_of: Callable[[Path], Iterable[Any]] | None = None,
+    *,
+    hint: str = "",
+) -> Iterator[tuple[int, Any]]:
+    """(index, row) over `files`, the index running across them; each file's first record must have `expected`.
+
+    Args:
+      files: the files read, in order.
+      expected: the columns every record of the format has.
+      rows_of: the records of one file (default: those `iter_rows` reads); an adapter whose files nest their
+        records (exams holding questions) flattens them here.
+      hint: added to the error (which option selects the other layout).
+
+    Raises:
+      LayoutError: when a file's first record lacks one of `expected` (raised as that file is reached).
+    """
+    index = 0
+    for f in files:
+        rows = rows_of(f) if rows_of is not None else (row for _, row in iter_rows([f]))
+        checked = False
+        for row in rows:
+            if not checked and not isinstance(row, _RowError):
+                require_columns(f, row if isinstance(row, dict) else (), expected, hint=hint)
+                checked = True
+            yield index, row
+            index += 1

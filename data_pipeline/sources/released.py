@@ -8,6 +8,7 @@ pipeline can run rejection sampling and formatting without calling a teacher.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,14 @@ from data_pipeline.sources.base import (
     as_list,
     find_files,
     image_from_value,
-    iter_rows,
     options_from_any,
     root_of,
     run_rows,
     text_field,
 )
+from data_pipeline.sources.layout import checked_rows, unread_files
+
+COLUMNS = ("question", "answer", "responses")  # options come as `options`, `choices` or per-letter fields
 
 
 def read_released_traces(
@@ -53,7 +56,11 @@ def read_released_traces(
       images: image checks.
 
     Yields:
-      ReleasedTraces or Rejected (`no_responses` when a row has none).
+      ReleasedTraces or Rejected (`no_responses` when a row has none), then (for a folder) a
+      Skipped("not_read") per other file (other splits, README.md).
+
+    Raises:
+      LayoutError: a file lacks a released-trace column (raised when that file is reached).
     """
     files = find_files(path, split, (".parquet", ".jsonl", ".json"), single_file_ok=True)
     root = root_of(files, path, image_root)
@@ -78,4 +85,6 @@ def read_released_traces(
         )
         return ReleasedTraces(question=question, responses=responses, teacher=teacher)
 
-    return run_rows(name, iter_rows(files), build)
+    items = run_rows(name, checked_rows(files, COLUMNS), build)
+    p = Path(path)
+    return itertools.chain(items, unread_files(name, p, files, recursive=True)) if p.is_dir() else items

@@ -94,7 +94,7 @@ def test_medqa(tmp_path):
     good, bad = split_items(read_medqa(tmp_path, split="train"))
     assert [q.answer for q in good] == ["C", "E"]
     q = good[0]
-    assert q.id == "train-0" and q.key == "medqa/train-0" and q.category == "text"
+    assert q.id == "train-0" and q.label == "medqa/train-0" and q.category == "text"
     assert list(q.options) == ["A", "B", "C", "D", "E"] and q.options["C"] == "Aortic dissection"
     assert reasons(bad) == Counter(
         {"answer_not_in_options": 1, "empty_question": 1, "answer_mismatch": 1, "malformed_record": 1}
@@ -127,7 +127,8 @@ def test_medmcqa_cop_is_one_based_by_default(tmp_path):
     assert good[0].metadata["subject_name"] == "Anatomy"
     assert reasons(bad) == Counter({"answer_not_in_options": 1, "missing_answer": 1})
     # "dev" is the validation split.
-    assert [q.answer for q in read_medmcqa(tmp_path, split="validation")] == ["A"]
+    good, _ = split_items(read_medmcqa(tmp_path, split="validation"))
+    assert [q.answer for q in good] == ["A"]
 
 
 def test_medmcqa_hf_copy_is_zero_based(tmp_path):
@@ -179,7 +180,7 @@ def test_headqa_original_layout(tmp_path):
         ("Cuaderno_2013_1_B-3", "A", "mm_reasoning"),
     ]
     assert good[0].options == {"A": "Observation", "B": "Antibiotics", "C": "Surgery", "D": "Radiotherapy"}
-    assert good[0].metadata == {"name": "Cuaderno_2013_1_B", "year": "2013", "category": "biology"}
+    assert good[0].metadata == {"name": "Cuaderno_2013_1_B", "year": "2013", "category": "biology", "language": "en"}
     assert good[1].images[0].data == imgutil.png(3) and good[1].images[0].format == "png"
     assert reasons(bad) == Counter({"answer_not_in_options": 1, "missing_image": 1})
 
