@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import inspect
 import math
 import os
@@ -42,6 +43,7 @@ from data_pipeline.hashing import shard_of, stable_hash
 from data_pipeline.plugins import PLUGIN_HINT, PluginError, load_plugins
 from data_pipeline.records import BadRecordError, Question
 from data_pipeline.sources import Rejected, Skipped, outcome_key
+from data_pipeline.sources.base import NOT_READ, ReportedRead
 from data_pipeline.storage import ManifestError, StorageError
 from data_pipeline.store import CompletionStore
 from data_pipeline.teachers import Accounting, Completion, SampleResult, Teacher, make_teacher, sample_questions
@@ -194,6 +196,7 @@ class BuildResult:
     accounting: Accounting
     dry_run_requests: dict[str, int]
     table: str
+    reads: dict[str, Any] = dataclasses.field(default_factory=dict)  # source -> its files (`file_table`)
 
 
 class _TokenCounter:
@@ -278,6 +281,7 @@ def run_build(
     stats = ManifestStats()
     accounting = Accounting()
     dry_requests: collections.Counter = collections.Counter()
+    reads: dict[str, Any] = {}  # source -> its ReadReport: per input file, what became of the rows
 
     # Teachers: one per category, plus the optional judge and student endpoints.
     def image_root_for(entry: Any) -> str:
@@ -369,8 +373,14 @@ def run_build(
                 key: str = key, entry: Any = entry, subset: set | None = subset, read_bar: Any = read_bar,
                 same: SameKey = same,
             ):
-                for item in _read(entry, source_root, recipe):
+                reader = ReportedRead(
+                    functools.partial(_read, entry, source_root, recipe), _resolve(source_root, entry.path)
+                )
+                reads[key] = reader.report
+                for item in reader:
                     read_bar.update(1)
+                    if isinstance(item, Skipped) and item.reason == NOT_READ:  # a whole file: in the file table
+                        continue
                     if isinstance(item, Rejected | Skipped):  # a row that is no question: counted
                         if shard_of(f"{key}#{item.index}", num_shards) == shard_index:
                             s = stats[(key, UNPARSED)]
@@ -495,6 +505,7 @@ def run_build(
     finally:
         store.close()
 
+    read_reports = {k: r.to_dict() for k, r in sorted(reads.items())}
     manifest = None
     if writer is not None:
         files = writer.close()
@@ -515,14 +526,15 @@ def run_build(
             teachers=teacher_info,
             shard_index=shard_index if num_shards > 1 else None,
             num_shards=num_shards,
+            reads=read_reports,
         )
         if num_shards > 1:
             write_json(partial_manifest_path(out_dir, shard_index, num_shards), manifest)
         else:
             write_manifest(out_dir, manifest)  # last; then deletes the shard files it does not list
-    table = summary_table(stats, dry_requests if dry_run else None, accounting)
+    table = file_table(read_reports) + "\n\n" + summary_table(stats, dry_requests if dry_run else None, accounting)
     log(table)
-    return BuildResult(manifest, stats, accounting, dict(dry_requests), table)
+    return BuildResult(manifest, stats, accounting, dict(dry_requests), table, read_reports)
 
 
 def _log_conflicts(key: str, same: SameKey, log: Callable[[str], None]) -> None:
@@ -627,6 +639,37 @@ def _decontaminator(recipe: Recipe, source_root: str) -> Any:
     return Decontaminator(bench(), cfg)
 
 
+_MAX_NOT_READ_SHOWN = 20  # per source in the printed table; the manifest lists them all
+
+
+def file_table(reads: Mapping[str, Mapping[str, Any]]) -> str:
+    """A plain-text table: per source and input file, rows read, questions, rejected and skipped rows (with
+    their reasons), then the files present under the source path but not read.
+
+    Args:
+      reads: source -> `{"input_files": {file: counts}, "not_read": [...]}` (`ReadReport.to_dict`, or the
+        manifest's `sources`, whose entries without `input_files` are left out).
+    """
+    reads = {src: r for src, r in reads.items() if "input_files" in r}
+    width = max([len("file"), *(len(f) for r in reads.values() for f in r["input_files"])])
+    head = f"{'source':<18}{'file':<{width}}{'rows':>9}{'questions':>11}{'rejected':>10}{'skipped':>9}  reasons"
+    lines = [head, "-" * len(head)]
+    for src, r in sorted(reads.items()):
+        for file, c in sorted(r["input_files"].items()):
+            reasons = [f"{k}={v}" for k, v in sorted(c["rejected"].items())]
+            reasons += [f"skipped:{k}={v}" for k, v in sorted(c["skipped"].items())]
+            lines.append(
+                f"{src:<18}{file:<{width}}{c['rows']:>9}{c['questions']:>11}{sum(c['rejected'].values()):>10}"
+                f"{sum(c['skipped'].values()):>9}  {', '.join(reasons)}".rstrip()
+            )
+        unread = r["not_read"]
+        if unread:
+            more = len(unread) - _MAX_NOT_READ_SHOWN
+            shown = ", ".join(unread[:_MAX_NOT_READ_SHOWN]) + (f", ... and {more} more" if more > 0 else "")
+            lines.append(f"{src:<18}not read ({len(unread)}): {shown}")
+    return "\n".join(lines)
+
+
 def summary_table(stats: ManifestStats, dry_requests: Mapping[str, int] | None, accounting: Accounting) -> str:
     """A plain-text table: per source and category, what came in, what was kept, and why the rest went."""
     head = f"{'source':<18}{'category':<18}{'in':>9}{'kept':>9}{'traces':>10}{'accept':>8}{'tokens':>12}  dropped"
@@ -686,6 +729,7 @@ def main(argv: Sequence[str]) -> None:
             raise RecipeError("recipe.out_dir is empty for this config: give --out=DIR")
         if f.merge:
             m = merge_manifests(out)
+            print(file_table(m["sources"]))
             print(summary_table(ManifestStats.from_dict(m["sources"]), None, Accounting()))
             print(f"wrote {os.path.join(out, MANIFEST)} from {m['num_shards']} partial manifests")
             return

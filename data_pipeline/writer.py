@@ -385,12 +385,19 @@ def build_manifest(
     teachers: Mapping[str, Mapping[str, Any]] | None = None,
     shard_index: int | None = None,
     num_shards: int = 1,
+    reads: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The manifest (partial when `shard_index` is given) as a JSON-able dict; paths relative to out_dir.
 
     Each file entry is {"path", "records", "bytes", "sha256"}; `verify_source` checks them before training.
+    `reads` (source -> `{"input_files": {file: {"rows", "questions", "rejected", "skipped"}}, "not_read": [...]}`,
+    what the adapter read) goes into that source's entry of `sources`.
     """
     stats = stats or ManifestStats()
+    sources = stats.to_dict()
+    for source, read in sorted((reads or {}).items()):
+        entry = sources.setdefault(source, {"total": SourceStats().to_dict(), "categories": {}})
+        entry.update(_jsonable(read))
     return {
         "schema_version": SCHEMA_VERSION,
         "recipe_name": recipe_name,
@@ -399,7 +406,7 @@ def build_manifest(
         "shards_merged": [shard_index] if shard_index is not None else list(range(num_shards)),
         "teachers": {k: dict(v) for k, v in sorted((teachers or {}).items())},
         "totals": stats.totals().to_dict(),
-        "sources": stats.to_dict(),
+        "sources": sources,
         "files": {
             s: [
                 {"path": os.path.relpath(f.path, out_dir), "records": f.records, "bytes": f.size, "sha256": f.sha256}
@@ -496,6 +503,16 @@ def merge_manifests(out_dir: str) -> dict[str, Any]:
     if have != list(range(n)):
         missing = sorted(set(range(n)) - set(have))
         raise FileNotFoundError(f"partial manifests missing for shard(s) {missing} of {n} under {out_dir}")
+    # Every job reads every row (it keeps the questions of its shard), so the input files are the same in each.
+    reads = {s: _read_entry(e) for s, e in first["sources"].items() if "input_files" in e}
+    for p, m in zip(paths, parts, strict=True):
+        theirs = {s: _read_entry(e) for s, e in m["sources"].items() if "input_files" in e}
+        if theirs != reads:
+            changed = sorted(s for s in set(reads) | set(theirs) if reads.get(s) != theirs.get(s))
+            raise ValueError(
+                f"{p}: the input files of source(s) {changed} differ from {paths[0]}: the sources changed between "
+                "build jobs; rebuild every job on the same sources"
+            )
     stats = ManifestStats()
     files: dict[str, list[ShardFile]] = collections.defaultdict(list)
     teachers: dict[str, dict[str, Any]] = {}
@@ -521,9 +538,15 @@ def merge_manifests(out_dir: str) -> dict[str, Any]:
         out_dir=out_dir,
         teachers=teachers,
         num_shards=n,
+        reads=reads,
     )
     write_manifest(out_dir, manifest)
     return manifest
+
+
+def _read_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a manifest's source entry that says what was read (`build_manifest`'s `reads`)."""
+    return {"input_files": entry["input_files"], "not_read": entry.get("not_read", [])}
 
 
 # -- reading and checking a built folder ------------------------------------------------------------------

@@ -13,13 +13,21 @@ bad row: each row becomes exactly one of
 
 Only a missing input path raises (FileNotFoundError naming it), because then there is nothing to count.
 Adapters read local files and never download.
+
+The build reads each source through a `ReportedRead`, which keeps a `ReadReport`: per input file the rows
+read, the questions, and the rejections and skips by reason, plus the files present under the source path
+but not read. Adapters need nothing for it beyond the helpers here: `find_files` names the files it did not
+select, `iter_rows` / `read_json_any` say which file the rows come from and `iter_rows` counts them.
 """
 
 from __future__ import annotations
 
+import contextvars
 import csv
 import dataclasses
 import json
+import logging
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -28,6 +36,10 @@ from typing import Any
 
 from data_pipeline import images as imglib
 from data_pipeline.records import LETTERS, BadRecordError, ImageRef, Question
+
+log = logging.getLogger(__name__)
+NOT_READ = "not_read"  # the reason of a `Skipped` that names a whole file left alone (its index is -1)
+UNACCOUNTED = "unaccounted"  # rows a reader counted that reached no outcome: an adapter bug, made visible
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +122,173 @@ class _RowError:
         self.message = message
 
 
+class Row(tuple):
+    """An `(index, row)` pair as adapters unpack it, plus `file`: the path of the file it was read from."""
+
+    file: str
+
+    def __new__(cls, index: int, row: Any, file: str) -> Row:
+        self = super().__new__(cls, (index, row))
+        self.file = file
+        return self
+
+
+# --- Read reports -----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class FileCounts:
+    """What became of the rows of one input file: `rows == questions + sum(rejected) + sum(skipped)`."""
+
+    rows: int = 0
+    questions: int = 0
+    rejected: Counter[str] = dataclasses.field(default_factory=Counter)
+    skipped: Counter[str] = dataclasses.field(default_factory=Counter)
+
+    def outcomes(self) -> int:
+        return self.questions + sum(self.rejected.values()) + sum(self.skipped.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "questions": self.questions,
+            "rejected": dict(sorted(self.rejected.items())),
+            "skipped": dict(sorted(self.skipped.items())),
+        }
+
+
+class ReadReport:
+    """One read of a source, per input file: rows read, questions, rejections and skips by reason.
+
+    Files are named relative to the source path (the file's name when the path is a file); rows that come
+    from no single file (an image folder's listing) are counted under ".". A file whose rows `iter_rows`
+    counted and that has fewer outcomes than rows gets the difference as rejected `unaccounted` (logged):
+    an adapter that drops rows cannot make them vanish. For a file read otherwise (`read_json_any` and an
+    adapter's own flattening) the rows are its outcomes.
+    """
+
+    def __init__(self, root: str | Path):
+        root = Path(root)
+        self._base = os.path.abspath(root if root.is_dir() else root.parent)
+        self.files: dict[str, FileCounts] = {}
+        self._current = "."
+        self._current_path = ""
+        self._counted: set[str] = set()  # files whose rows iter_rows counted
+        self._listed: set[str] = set()  # files find_files saw under the source path
+        self._opened: set[str] = set()
+        self._unread: set[str] = set()  # files an adapter reported as not read (`NOT_READ`)
+        self.finished = False
+
+    def name(self, path: str | Path) -> str:
+        """`path` relative to the source path (as given when outside it)."""
+        rel = os.path.relpath(os.path.abspath(path), self._base)
+        return str(path) if rel.split(os.sep)[0] == ".." else Path(rel).as_posix()
+
+    def open_file(self, path: Path, *, count_rows: bool) -> None:
+        """Rows from now on come from `path`; with `count_rows`, `row_read` counts each of them."""
+        self._current, self._current_path = self.name(path), str(path)
+        self._opened.add(self._current)
+        self.files.setdefault(self._current, FileCounts())
+        if count_rows:
+            self._counted.add(self._current)
+
+    def row_read(self) -> None:
+        self.files[self._current].rows += 1
+
+    @property
+    def current_path(self) -> str:
+        """The path of the file rows are being read from ("" before any)."""
+        return self._current_path
+
+    def listed(self, paths: Iterable[Path]) -> None:
+        """Files present under the source path; those never opened are reported as not read."""
+        self._listed.update(self.name(p) for p in paths)
+
+    def record(self, item: Item) -> None:
+        """Counts one item the adapter yielded against the file of its row."""
+        file = getattr(item, "file", "")
+        if isinstance(item, Skipped) and item.reason == NOT_READ:
+            self._unread.add(self.name(file))
+            return
+        counts = self.files.setdefault(self.name(file) if file else self._current, FileCounts())
+        if isinstance(item, Rejected):
+            counts.rejected[item.reason] += 1
+        elif isinstance(item, Skipped):
+            counts.skipped[item.reason] += 1
+        else:
+            counts.questions += 1
+
+    def finish(self) -> None:
+        """Settles the rows of each file once the adapter is exhausted (see the class docstring)."""
+        if self.finished:
+            return
+        self.finished = True
+        for name, counts in self.files.items():
+            gap = counts.rows - counts.outcomes()
+            if name not in self._counted:
+                counts.rows = counts.outcomes()
+            elif gap > 0:
+                counts.rejected[UNACCOUNTED] += gap
+                log.warning(
+                    "%s: %d rows read reached no question, rejection or skip (counted %r)", name, gap, UNACCOUNTED
+                )
+
+    @property
+    def not_read(self) -> list[str]:
+        """Files present under the source path that were not read, sorted."""
+        return sorted((self._listed - self._opened) | self._unread)
+
+    def to_dict(self) -> dict[str, Any]:
+        """`{"input_files": {file: FileCounts.to_dict()}, "not_read": [file, ...]}`, sorted."""
+        return {
+            "input_files": {k: c.to_dict() for k, c in sorted(self.files.items())},
+            "not_read": self.not_read,
+        }
+
+
+_ACTIVE: contextvars.ContextVar[ReadReport | None] = contextvars.ContextVar("active_read_report", default=None)
+
+
+class ReportedRead(Iterator[Item]):
+    """An adapter's items, with `report` filled as they are consumed (finished when they run out).
+
+    The report is active while the adapter runs (its call and each step), so the helpers it uses report to
+    it whatever thread consumes the items, and reads outside a `ReportedRead` report nowhere.
+
+    Args:
+      read: starts the adapter (called on the first step, so files found at call time are reported too).
+      root: the source path, which files are named relative to.
+    """
+
+    def __init__(self, read: Callable[[], Iterable[Item]], root: str | Path):
+        self.report = ReadReport(root)
+        self._read = read
+        self._items: Iterator[Item] | None = None
+
+    def __iter__(self) -> ReportedRead:
+        return self
+
+    def __next__(self) -> Item:
+        token = _ACTIVE.set(self.report)
+        try:
+            if self._items is None:
+                self._items = iter(self._read())
+            item = next(self._items)
+        except StopIteration:
+            self.report.finish()
+            raise
+        finally:
+            _ACTIVE.reset(token)
+        self.report.record(item)
+        return item
+
+
+def _open_file(path: Path, *, count_rows: bool) -> None:
+    report = _ACTIVE.get()
+    if report is not None:
+        report.open_file(path, count_rows=count_rows)
+
+
 # --- Files ------------------------------------------------------------------------------------------------
 
 SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
@@ -125,7 +304,9 @@ def find_files(path: str | Path, split: str, exts: Sequence[str], *, single_file
     A file matches when a token of its name (split on `_ - . space`) is an alias of the split
     ("dev" for validation, ...). HF-style shards (`train-00000-of-00002.parquet`) all match and are read in
     name order. With `single_file_ok`, a directory holding exactly one file of the extensions (a release
-    with all splits in one file, like VQA-RAD) gives that file.
+    with all splits in one file, like VQA-RAD) gives that file. The other files under a directory are
+    reported to the active `ReadReport` (those never read are listed as not read), except images (rows
+    name the ones they use) and hidden files (tool state such as `.cache/` or `.gitattributes`).
 
     Raises:
       FileNotFoundError: naming the path, when it does not exist or holds no file for the split.
@@ -136,21 +317,30 @@ def find_files(path: str | Path, split: str, exts: Sequence[str], *, single_file
     if not p.exists():
         raise FileNotFoundError(f"source path does not exist: {p} (adapters read local files, nothing is downloaded)")
     aliases = set(SPLIT_ALIASES.get(split, (split,)))
-    found = sorted(
-        f
-        for f in p.rglob("*")
-        if f.is_file() and f.suffix.lower() in exts and aliases & set(re.split(r"[_\-. ]+", f.stem.lower()))
-    )
-    if not found and single_file_ok:
-        found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in exts)
-        found = found if len(found) == 1 else []
+    present = sorted(f for f in p.rglob("*") if f.is_file())
+    typed = [f for f in present if f.suffix.lower() in exts]
+    found = [f for f in typed if aliases & set(re.split(r"[_\-. ]+", f.stem.lower()))]
+    if not found and single_file_ok and len(typed) == 1:
+        found = typed
     if not found:
         raise FileNotFoundError(f"no {'/'.join(exts)} file for split {split!r} under {p}; pass the file itself")
+    report = _ACTIVE.get()
+    if report is not None:
+        report.listed(
+            f
+            for f in present
+            if f.suffix.lower() not in imglib.IMAGE_EXTENSIONS
+            and not any(part.startswith(".") for part in f.relative_to(p).parts)
+        )
     return found
 
 
 def read_json_any(path: Path) -> Any:
-    """Whole-file JSON; a file that is in fact JSON lines gives a list (bad lines as `_RowError`)."""
+    """Whole-file JSON; a file that is in fact JSON lines gives a list (bad lines as `_RowError`).
+
+    Rows read from it are counted against `path` in the active `ReadReport`.
+    """
+    _open_file(path, count_rows=False)
     text = path.read_text(encoding="utf-8-sig")
     try:
         return json.loads(text)
@@ -177,42 +367,47 @@ def _records_in(obj: Any) -> list[Any]:
     raise ValueError(f"expected JSON records, got {type(obj).__name__}")
 
 
-def iter_rows(files: Iterable[Path]) -> Iterator[tuple[int, Any]]:
-    """Streams (index, row) over jsonl / json / csv / parquet files; unparseable rows come as `_RowError`.
+def _file_rows(f: Path) -> Iterator[Any]:
+    """The rows of one jsonl / json / csv / parquet file; unparseable rows come as `_RowError`."""
+    suffix = f.suffix.lower()
+    if suffix == ".jsonl":
+        with f.open(encoding="utf-8-sig") as fh:
+            for line_no, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield _RowError(f"{f}:{line_no}: invalid JSON: {e}")
+    elif suffix == ".json":
+        yield from _records_in(read_json_any(f))
+    elif suffix in (".csv", ".tsv"):
+        with f.open(encoding="utf-8-sig", newline="") as fh:
+            yield from csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ",")
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq  # only the parquet sources need pyarrow
+
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=256):
+            yield from batch.to_pylist()
+    else:
+        raise ValueError(f"unsupported file type {suffix!r}: {f}")
+
+
+def iter_rows(files: Iterable[Path]) -> Iterator[Row]:
+    """Streams `Row(index, row, file)` over jsonl / json / csv / parquet files; unparseable rows come as
+    `_RowError`. Each row is counted against its file in the active `ReadReport`.
 
     Rows are streamed except for whole-file JSON, which must be parsed at once.
     """
     index = 0
     for f in files:
-        suffix = f.suffix.lower()
-        if suffix == ".jsonl":
-            with f.open(encoding="utf-8-sig") as fh:
-                for line_no, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        yield index, json.loads(line)
-                    except json.JSONDecodeError as e:
-                        yield index, _RowError(f"{f}:{line_no}: invalid JSON: {e}")
-                    index += 1
-        elif suffix == ".json":
-            for row in _records_in(read_json_any(f)):
-                yield index, row
-                index += 1
-        elif suffix in (".csv", ".tsv"):
-            with f.open(encoding="utf-8-sig", newline="") as fh:
-                for row in csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ","):
-                    yield index, row
-                    index += 1
-        elif suffix == ".parquet":
-            import pyarrow.parquet as pq  # only the parquet sources need pyarrow
-
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=256):
-                for row in batch.to_pylist():
-                    yield index, row
-                    index += 1
-        else:
-            raise ValueError(f"unsupported file type {suffix!r}: {f}")
+        _open_file(f, count_rows=True)
+        for row in _file_rows(f):
+            report = _ACTIVE.get()
+            if report is not None:
+                report.row_read()
+            yield Row(index, row, str(f))
+            index += 1
 
 
 def run_rows(
@@ -222,14 +417,17 @@ def run_rows(
 
     Args:
       source: adapter name for the rejections.
-      rows: (index, row) pairs from `iter_rows` (or an adapter's own flattening).
+      rows: (index, row) pairs: `Row`s from `iter_rows` (their file goes into each Rejected / Skipped), or an
+        adapter's own flattening (then the file being read, when a `ReadReport` knows it).
       build: makes a Question / ReleasedTraces from a row, raises `Excluded(reason)` to leave the row out by
         design (a `Skipped`; returning None is the same with reason "left_out"), raises BadRecordError (counted
         under its reason) or KeyError/TypeError/ValueError for a row missing fields (`malformed_record`).
     """
-    for index, row in rows:
+    for pair in rows:
+        index, row = pair
+        file = getattr(pair, "file", "") or _current_path()
         if isinstance(row, _RowError):
-            yield Rejected(source, index, "malformed_record", row.message)
+            yield Rejected(source, index, "malformed_record", row.message, file)
             continue
         try:
             if not isinstance(row, dict):
@@ -240,14 +438,23 @@ def run_rows(
             elif isinstance(item, ReleasedTraces):
                 item.question.validate()
         except Excluded as e:
-            yield Skipped(source, index, e.reason, str(e))
+            yield Skipped(source, index, e.reason, str(e), file)
         except BadRecordError as e:
-            yield Rejected(source, index, e.reason, str(e))
+            yield Rejected(source, index, e.reason, str(e), file)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
             # A row without the fields its format promises: count it, keep going.
-            yield Rejected(source, index, "malformed_record", f"row {index}: {type(e).__name__}: {e}")
+            yield Rejected(source, index, "malformed_record", f"row {index}: {type(e).__name__}: {e}", file)
         else:
-            yield item if item is not None else Skipped(source, index, "left_out", f"row {index} left out by design")
+            yield (
+                item
+                if item is not None
+                else Skipped(source, index, "left_out", f"row {index} left out by design", file)
+            )
+
+
+def _current_path() -> str:
+    report = _ACTIVE.get()
+    return report.current_path if report is not None else ""
 
 
 def outcome_key(item: Rejected | Skipped) -> str:
