@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import signal
@@ -109,8 +110,9 @@ def test_n_capped_by_endpoint_is_filled_by_more_requests(tmp_path):
 def test_reasoning_content_kept_separately(tmp_path):
     with FakeOpenAI(reasoning_content=True) as srv:
         teacher = OpenAITeacher(fast_config(srv.base_url))
-        (c0, c1) = teacher.sample(make_questions(1)[0], [0, 1])
-    assert c0.reasoning_content == "Thinking about medqa/q0 sample 0."
+        q = make_questions(1)[0]
+        (c0, c1) = teacher.sample(q, [0, 1])
+    assert c0.reasoning_content == f"Thinking about {q.key} sample 0."  # the key the request names
     assert c0.content == "The answer is \\boxed{A}."
     assert c1.sample_index == 1 and c1.content.endswith("\\boxed{B}.")
     assert (c0.prompt_tokens, c1.prompt_tokens) == (100, 0)  # the prompt is billed once per request
@@ -142,7 +144,7 @@ def test_request_body_and_images(tmp_path):
     assert parts[0]["image_url"]["url"].startswith("data:image/png;base64,")
     assert parts[1]["image_url"]["url"].startswith("data:image/jpeg;base64,")
     assert parts[2]["type"] == "text" and "What is shown?" in parts[2]["text"]
-    bad = Question(**{**q.__dict__, "images": (ImageRef(path="../../etc/passwd"),)})
+    bad = dataclasses.replace(q, images=(ImageRef(path="../../etc/passwd"),))
     with pytest.raises(TeacherError, match="escapes"):
         question_messages(bad, cfg, str(tmp_path))
 
@@ -165,14 +167,15 @@ def test_api_key_sent_but_never_in_errors(monkeypatch):
 
 def test_retries_exhausted_is_reported_not_fatal(tmp_path):
     qs = make_questions(3)
-    with FakeOpenAI(fault_plan=lambda q, s, a: "500" if q == "medqa/q1" else "ok") as srv:
+    q0, q1, q2 = (q.key for q in qs)
+    with FakeOpenAI(fault_plan=lambda q, s, a: "500" if q == q1 else "ok") as srv:
         teacher = OpenAITeacher(fast_config(srv.base_url, max_retries=2))
         store = CompletionStore(str(tmp_path / "c.sqlite"))
         acct = Accounting()
         res = {r.question.key: r for r in sample_questions(teacher, qs, store, n=4, accounting=acct)}
-    assert res["medqa/q1"].error is not None and "3 attempts" in res["medqa/q1"].error
-    assert len(res["medqa/q1"].completions) == 0
-    assert res["medqa/q0"].error is None and len(res["medqa/q2"].completions) == 4
+    assert res[q1].error is not None and "3 attempts" in res[q1].error
+    assert len(res[q1].completions) == 0
+    assert res[q0].error is None and len(res[q2].completions) == 4
     assert acct.to_dict()["fake-r1"]["failures"] == 2  # both chunks of q1 failed
 
 
@@ -219,7 +222,8 @@ def test_sigkill_midway_then_restart_requests_only_missing(tmp_path):
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == f"done {nq * n}"
-    everything = {(f"medqa/q{i}", s) for i in range(nq) for s in range(n)}
+    keys = [Question(f"q{i}", "medqa", "text", f"Q {i}?", {"A": "a", "B": "b"}, "A").key for i in range(nq)]  # CLIENT's
+    everything = {(k, s) for k in keys for s in range(n)}
     # The restart asked for exactly what the store lacked, once each.
     assert set(srv.served) == everything - stored
     assert all(v == 1 for v in srv.served.values())
