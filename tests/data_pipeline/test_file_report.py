@@ -25,6 +25,7 @@ from fake_openai import FakeOpenAI  # noqa: E402
 from configs import base as config_base  # noqa: E402
 from configs import full_mix  # noqa: E402
 from data_pipeline.build import file_table, run_build  # noqa: E402
+from data_pipeline.build import main as build_main  # noqa: E402
 from data_pipeline.records import Question  # noqa: E402
 from data_pipeline.sources.base import (  # noqa: E402
     UNACCOUNTED,
@@ -261,3 +262,41 @@ def test_rows_carry_their_file_and_flattened_reads_count_outcomes(tmp_path):
     outcomes = list(run_rows("h", iter_rows([bad]), build))
     assert isinstance(outcomes[1], Rejected) and outcomes[1].file == str(bad)
     assert outcomes[1].reason == "malformed_record"
+
+
+CLI_CONFIG = """
+import ml_collections
+from configs import base, full_mix
+
+
+def get_config():
+    config = full_mix.get_config()
+    r = config.recipe
+    r.name = "file_report"
+    r.sources = ml_collections.ConfigDict(
+        {"medmcqa": base.source("medmcqa", "medmcqa"), "mmlu_pro": base.source("mmlu_pro", "mmlu_pro", split="test")}
+    )
+    r.decontamination.enabled = False
+    for c in r.teachers:
+        r.teachers[c].base_url, r.teachers[c].api_key_env, r.teachers[c].n = "http://127.0.0.1:9/v1", "", 4
+    return config
+"""
+
+
+def test_cli_dry_run_prints_the_file_table_first(world, tmp_path, capsys):
+    """`python -m data_pipeline.build --config=NAME --dry_run`: the file table, then the summary; nothing sent."""
+    root, _ = world
+    (tmp_path / "file_report_config.py").write_text(CLI_CONFIG)
+    build_cli = [
+        "build",
+        f"--config={tmp_path / 'file_report_config.py'}",
+        f"--config.recipe.source_root={root}",
+        f"--out={tmp_path / 'out'}",
+        "--dry_run",
+        "--no_progress",
+    ]
+    build_main(build_cli)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2:6] == TABLE_ROWS
+    assert lines.index("dry run: samples to request deepseek-r1=32") > 6
+    assert not (tmp_path / "out" / "manifest.json").exists()
