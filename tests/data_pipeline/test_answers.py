@@ -1,4 +1,8 @@
-"""Answer extraction on hand-written responses: every form, and the ambiguous ones that must give None."""
+"""Answer extraction on hand-written responses and on teacher phrasings: every form, and the ambiguous ones that
+must give None."""
+
+import json
+from pathlib import Path
 
 import pytest
 
@@ -86,6 +90,16 @@ CASES = [
     ("", OPTS, None),
     ("I cannot determine the answer from the information given.", OPTS, None),
     ("\\boxed{42}", OPTS, None),
+    # statements that are not the answer
+    ("Answer: C\n\nMyocardial infarction is the correct answer only when troponin rises.", OPTS, "C"),
+    ("The answer would be C because the pulse differs between arms.", OPTS, "C"),
+    ("Had the D-dimer been high, the answer would be B.\n\nAnswer: C", OPTS, "C"),
+    ("The answer is C because A or B would not explain the pulse deficit.", OPTS, "C"),
+    ("The most likely diagnosis is a patient with Marfan syndrome.", OPTS, None),
+    ("The most likely diagnosis is aortic dissection or pericarditis.", OPTS, None),
+    ("Final answer: Aortic dissection (B)", OPTS, None),  # text and letter disagree
+    ("\\boxed{A}, \\boxed{C}", OPTS, None),
+    ("\\boxed{A}\n\nOn reflection, \\boxed{C}", OPTS, "C"),
 ]
 
 
@@ -96,6 +110,42 @@ def test_extract_answer(text, options, expected):
 
 def test_case_count():
     assert len(CASES) >= 40
+
+
+# Endings of teacher and model responses to multiple-choice medical questions, in the styles public traces and
+# evaluation logs show (one JSON object a line: family, options, expected, text, note). Families: deepseek-r1
+# (OctoMed's text teacher: <think> block, then Markdown "**Answer:** C. text", "**Final Answer**\n\\boxed{C}"),
+# gpt-4o (OctoMed's image teacher; released traces such as OctoMed/Messidor2 use options "A: No DR"), qwen
+# (\\boxed{}, Chinese "答案是"), gemini ("Final Answer: The final answer is $\\boxed{C}$"), llama-3.1
+# ("The final answer is: $\\boxed{C}$"), harness formats (simple-evals / inspect "Answer: $C$" / "ANSWER: C",
+# lm-eval CoT "The answer is (C).", Medprompt "Final Answer: C"), eval-report (misparsed outputs quoted in
+# evaluation bug reports), and any (revisions, negations, hedges and two-answer endings seen across families).
+PHRASINGS = Path(__file__).with_name("answer_phrasings.jsonl")
+OPTION_SETS = {
+    "CARDIO": OPTS,
+    "LYTES": {"A": "Hypokalemia", "B": "Hypocalcemia", "C": "Hyperkalemia", "D": "Hypermagnesemia"},
+    "DR": {"A": "No DR", "B": "Mild DR", "C": "Moderate DR", "D": "Severe DR", "E": "Proliferative DR"},
+    "STEP": {
+        "A": "Observation",
+        "B": "Oral prednisone",
+        "C": "CT angiography of the chest",
+        "D": "Intravenous heparin",
+    },
+}
+ROWS = [json.loads(line) for line in PHRASINGS.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[f"{i}-{r['family']}" for i, r in enumerate(ROWS)])
+def test_teacher_phrasings(row):
+    options = OPTION_SETS[row["options"]] if isinstance(row["options"], str) else row["options"]
+    assert extract_answer(row["text"], options) == row["expected"], row["note"]
+
+
+def test_teacher_phrasings_cover_the_families():
+    families = {r["family"] for r in ROWS}
+    assert {"deepseek-r1", "gpt-4o", "qwen", "gemini"} <= families
+    assert len(ROWS) == 65
+    assert sum(r["expected"] is None for r in ROWS) == 11  # two different answers, or none
 
 
 def test_is_correct():
