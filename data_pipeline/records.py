@@ -88,10 +88,12 @@ class Question:
     def key(self) -> str:
         """The question's identity: "<source>/" + 32 hex digits of its content.
 
-        Hashed: the source, the stem and the option texts in order (Unicode NFC, whitespace collapsed: the
-        same question as a teacher sees it), and each image's encoded bytes in order (a path-only image: its
-        path). Not hashed: the answer (equal content with another answer is a conflict, not another question),
-        the id, split and metadata. Computed once per instance (images can be large).
+        Hashed: the source, the stem and the option texts in order (Unicode NFC, whitespace collapsed: a copy
+        that differs only in spacing is the same question), and each image's encoded bytes in order (no
+        decoding; a path-only image: its path, so keys are compared between reads that load the bytes). Not
+        hashed: the answer (equal content with another answer is a conflict, not another question), the id,
+        split and metadata. Computed once per instance (images can be large): copy a question with
+        `dataclasses.replace`, not through its `__dict__` (which then holds the cached key).
         """
         images = [bytes_digest(im.data) if im.data else f"path:{im.path}" for im in self.images]
         content = [self.source, _norm(self.question), [_norm(t) for t in self.options.values()], images]

@@ -140,7 +140,7 @@ def hf_check(hf_dir: str, question: Question, max_pixels: int, max_new_tokens: i
     text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     letter = extract_answer(text, question.options)
     return {
-        "question_key": question.key,
+        "question_id": question.label,  # the release id; `key` is a content hash
         "question": render_question(question),
         "response": text,
         "answer": letter,

@@ -60,7 +60,7 @@ def question_prompt(
     for ref in question.images:
         if ref.data is None:
             raise ValueError(
-                f"{question.key}: image {ref.path!r} was not loaded (read the source with load_bytes=True)"
+                f"{question.label}: image {ref.path!r} was not loaded (read the source with load_bytes=True)"
             )
         images.append(ref.data)
     messages = messages_for_question(question, system_prompt, instruction=instruction)

@@ -75,7 +75,7 @@ def test_hf_export_reloads_with_transformers_and_answers(first):
     workdir, report, _ = first
     pytest.importorskip("torch")
     hf = report["hf_check"]
-    assert hf is not None and hf["question_key"].startswith("demo_mm_reasoning/test-")
+    assert hf is not None and hf["question_id"].startswith("demo_mm_reasoning/test-")
     assert isinstance(hf["response"], str) and hf["correct"] == (hf["answer"] == hf["truth"])
     assert os.path.exists(os.path.join(workdir, "hf", "config.json"))
 
