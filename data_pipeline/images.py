@@ -14,9 +14,10 @@ counted reasons below, so a bad image costs its own question and nothing else:
 The rules of the model's image preprocessing live here, so that the build and
 `octomed_jax.data.images.preprocess_image` apply the same ones and nothing the build accepts is refused in
 training, evaluation or serving: `check_dimensions` (no pixels, aspect ratio) and `open_image` (full
-decode, bomb guard, EXIF orientation). A malformed EXIF block is read as "no orientation": PIL's
-`exif_transpose` raises `struct.error` or `SyntaxError` on some (it rewrites the whole block), while the
-pixels themselves are fine.
+decode, bomb guard, EXIF orientation). The orientation tag is applied when PIL can read it, and an EXIF
+block it cannot parse counts as no orientation. PIL's `exif_transpose` is not used: it rewrites the whole
+block after rotating and raises `struct.error` when another tag's value does not fit its type, though the
+pixels are fine.
 
 Bytes are kept as read (no re-encoding) together with their format, so the training images are exactly the
 source images.
@@ -122,7 +123,8 @@ def open_image(data: bytes) -> Image.Image:
     """Decodes encoded image bytes fully and turns them upright by their EXIF orientation.
 
     The pixels equal `ImageOps.exif_transpose(Image.open(...))` (what transformers' `load_image` gives)
-    whenever that succeeds; a malformed EXIF block counts as no orientation instead of raising.
+    whenever that succeeds, and also when it raises on a block whose orientation tag is readable; an EXIF
+    block PIL cannot parse counts as no orientation.
 
     Raises:
       BadRecordError: `corrupt_image` (undecodable or empty) or `image_too_large` (PIL's bomb guard,

@@ -58,4 +58,3 @@ def check_question_text(question: Question) -> None:
             raise BadRecordError(
                 CONTROL_REASON, f"{question.label}: {field} contains the control token {token!r}; fix the source row"
             )
-

@@ -218,7 +218,7 @@ def load_image(data: bytes | bytearray | memoryview) -> PIL.Image.Image:
     """Decodes encoded image bytes (PNG, JPEG, ...) and applies the EXIF orientation.
 
     transformers' `load_image` also applies `exif_transpose`, so a photo is seen upright either way. The
-    decode is the build's (`data_pipeline.images.open_image`): a malformed EXIF block means no orientation.
+    decode is the build's (`data_pipeline.images.open_image`): EXIF that PIL cannot parse means no orientation.
 
     Raises:
       ImageError: when the bytes cannot be decoded, or PIL's decompression-bomb guard trips.
