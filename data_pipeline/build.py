@@ -44,6 +44,7 @@ from data_pipeline.plugins import PLUGIN_HINT, PluginError, load_plugins
 from data_pipeline.records import BadRecordError, Question
 from data_pipeline.sources import Rejected, Skipped, outcome_key
 from data_pipeline.sources.base import NOT_READ, ReportedRead
+from data_pipeline.sources.layout import LayoutError
 from data_pipeline.storage import ManifestError, StorageError
 from data_pipeline.store import CompletionStore
 from data_pipeline.teachers import Accounting, Completion, SampleResult, Teacher, make_teacher, sample_questions
@@ -742,7 +743,7 @@ def main(argv: Sequence[str]) -> None:
             shard_index=f.shard_index,
             progress=not f.no_progress,
         )
-    except (RecipeError, PluginError, StorageError, ManifestError) as e:
+    except (RecipeError, PluginError, StorageError, ManifestError, LayoutError) as e:
         sys.exit(f"build: {e}")
 
 

@@ -332,7 +332,8 @@ class OpenAITeacher:
                 else:
                     raise TeacherError(
                         self._redact(
-                            f"teacher {self.name!r} got HTTP {resp.status_code} for {question.key}: {resp.text[:500]!r}"
+                            f"teacher {self.name!r} got HTTP {resp.status_code} for {question.label}: "
+                            f"{resp.text[:500]!r}"
                         )
                     )
             if attempt == self.config.max_retries:
@@ -342,7 +343,7 @@ class OpenAITeacher:
             time.sleep(delay)
         raise TeacherError(
             self._redact(
-                f"teacher {self.name!r}: {question.key} failed after {self.config.max_retries + 1} "
+                f"teacher {self.name!r}: {question.label} failed after {self.config.max_retries + 1} "
                 f"attempts; last error: {last_error}"
             )
         )
@@ -473,7 +474,7 @@ def sample_questions(
     def route(q: Question) -> tuple[Teacher, int]:
         t = teacher if isinstance(teacher, Teacher) else teacher.get(q.category)
         if t is None:
-            raise KeyError(f"no teacher for category {q.category!r} ({q.key})")
+            raise KeyError(f"no teacher for category {q.category!r} ({q.label})")
         return t, int(n if isinstance(n, int) else n[q.category])
 
     def one_question(q: Question) -> SampleResult:
@@ -493,7 +494,7 @@ def sample_questions(
                 break
         else:
             if store.missing(q, t, n_q):
-                error = f"{q.key}: endpoint returned too few samples after {max_rounds} rounds"
+                error = f"{q.label}: endpoint returned too few samples after {max_rounds} rounds"
         return SampleResult(q, tuple(store.get(q, t, n_q)), error)
 
     def one_request(teacher: Teacher, q: Question, indices: list[int]) -> str | None:

@@ -5,7 +5,8 @@ Convention (details in `base`):
 - `SOURCES[name].read(path, *, split=..., **options) -> Iterator[Question | ReleasedTraces | Rejected | Skipped]`.
 - A bad row never raises: it is yielded as `Rejected(source, index, reason, message)` and the next row is
   read. `count_rejections(items, counter)` strips them off into a `Counter` of reasons for the manifest.
-- Rows left out by design (another category or language, open questions) are skipped silently.
+- Rows left out by design (another category or language, open questions) are yielded as counted `Skipped`
+  rows (`skipped:<reason>`), and files of the release an adapter leaves alone as `Skipped("not_read")`.
 - Images are read as the original bytes, checked by `data_pipeline.images` (`path_escape`,
   `missing_image`, `corrupt_image`, `image_too_large`).
 - Nothing is downloaded; a missing input path raises FileNotFoundError naming it.

@@ -105,6 +105,10 @@ def _classification_questions(
     else:
         classes = sorted({lab for _, _, lab in good})
     sampled = stratified_sample(good, max_per_class=max_per_class, seed=seed)
+    chosen = {i for i, _, _ in sampled}
+    for i, path, label in good:  # beyond the class cap: left out by design, counted
+        if i not in chosen:
+            yield Skipped(name, i, "not_sampled", f"{path}: class {label!r} is over max_per_class={max_per_class}")
 
     def build(index: int, row: dict[str, Any]) -> Question:
         label = display(row["label"])

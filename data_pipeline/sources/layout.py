@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.sources.base import Skipped, _RowError, iter_rows
+from data_pipeline.sources.base import NOT_READ, Skipped, _RowError, iter_rows
 
 
 class LayoutError(ValueError):
@@ -62,7 +62,7 @@ def not_read(source: str, path: Path, message: str) -> Skipped:
 
     Its index is -1: it counts a file, not a row.
     """
-    return Skipped(source, -1, "not_read", message, file=str(path))
+    return Skipped(source, -1, NOT_READ, message, file=str(path))
 
 
 def unread_files(source: str, folder: Path, read: Sequence[Path], *, recursive: bool = False) -> Iterator[Skipped]:

@@ -363,6 +363,9 @@ def test_image_folder_stratified_and_shuffled(tmp_path):
     assert bad_reasons["no_label"] == 1 and set(bad_reasons) <= {"no_label", "corrupt_image"}
     assert per_class["Meningioma"] == 3 and per_class["Pituitary tumor"] == 1 and per_class["No tumor"] == 3
     assert per_class["Glioma"] + bad_reasons["corrupt_image"] == 3
+    # Over the cap: glioma 6 - 3 and no_tumor 4 - 3 are left out by design, each counted.
+    assert skipped_reasons(items) == {"not_sampled": 4}
+    assert len(items) == 5 + 1 + 3 + 1 + 4 + 1  # every image file and the stray file: one outcome each
     for q in good:
         assert sorted(q.options.values()) == sorted(names.values())
         assert q.options[q.answer] == q.metadata["label"]
