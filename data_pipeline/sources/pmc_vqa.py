@@ -5,8 +5,9 @@ The release folder holds two versions side by side:
 - version 1: `train.csv`, `test.csv`, `test_clean.csv` (a manually checked subset of `test.csv`), images from
   `images.zip` (unzipped to `images/`); columns `Figure_path`, `Question`, `Answer` (the option text),
   `Choice A`..`Choice D`, `Answer_label` (the letter).
-- version 2 (non-compound figures): `train_2.csv`, `test_2.csv`, images from `images_2.zip` (unzipped to
-  `figures/`); `Answer` holds the letter and there is no `Answer_label` (plus `index`, `Caption`, `split`).
+- version 2 (non-compound figures): `train_2.csv`, `test_2.csv` (the dataset card spells them `train2.csv`,
+  `test2.csv`: both spellings are read), images from `images_2.zip` (unzipped to `figures/`; `images_2/` or
+  `images2/` also found); `Answer` holds the letter and there is no `Answer_label`.
 
 Exactly one file is read per (version, split, test set); the other files of the folder are listed as not read.
 The choices carry their own letter ("A:text", " B:text", "A: text"); it is stripped so options are plain texts.
@@ -36,12 +37,18 @@ from data_pipeline.sources.layout import csv_header, named_files, require_column
 NAME = "pmc_vqa"
 CHOICES = ("Choice A", "Choice B", "Choice C", "Choice D")
 # Per version: the csv of each split / test set, the column holding the letter, the unzipped image folder.
+# Version 2's names as the file tree has them first, then as the dataset card writes them.
 _FILES = {
-    1: {"train": "train.csv", "test": "test.csv", "test_clean": "test_clean.csv"},
-    2: {"train": "train_2.csv", "test": "test_2.csv"},
+    1: {"train": ("train.csv",), "test": ("test.csv",), "test_clean": ("test_clean.csv",)},
+    2: {"train": ("train_2.csv", "train2.csv"), "test": ("test_2.csv", "test2.csv")},
 }
 _ANSWER_COLUMN = {1: "Answer_label", 2: "Answer"}
-_IMAGE_DIR = {1: "images", 2: "figures"}
+_IMAGE_DIRS = {1: ("images",), 2: ("figures", "images_2", "images2")}
+
+
+def _first_present(folder: Path, names: tuple[str, ...]) -> str:
+    """The first of `names` present in `folder` (the first name when none is: the error names it)."""
+    return next((n for n in names if (folder / n).exists()), names[0])
 
 
 def _file_key(version: int, split: str, test_set: str) -> str:
@@ -90,7 +97,7 @@ def read_pmc_vqa(
     key = _file_key(version, split, test_set)
     p = Path(path)
     if p.is_dir():
-        files = named_files(p, [_FILES[version][key]], what=f"PMC-VQA version {version} {key} csv")
+        files = named_files(p, [_first_present(p, _FILES[version][key])], what=f"PMC-VQA version {version} {key} csv")
     elif p.is_file():
         files = [p]
     else:
@@ -100,7 +107,7 @@ def read_pmc_vqa(
     other = 2 if version == 1 else 1
     require_columns(files[0], csv_header(files[0]), expected, hint=f"is it a version-{other} file (version={other})?")
     root = Path(image_root) if image_root is not None else files[0].parent
-    subdir = _IMAGE_DIR[version] if image_dir is None else (image_dir or None)
+    subdir = _first_present(root, _IMAGE_DIRS[version]) if image_dir is None else (image_dir or None)
 
     def build(index: int, row: dict[str, Any]) -> Question:
         figure = text_field(row, "Figure_path")

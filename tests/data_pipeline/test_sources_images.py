@@ -125,6 +125,19 @@ def test_pmc_vqa_v2_letter_in_answer_images_in_figures(pmc_release):
     assert "test.csv" in unread and "test_2.csv" not in unread
 
 
+def test_pmc_vqa_v2_as_the_dataset_card_spells_it(tmp_path):
+    """The card names version 2 `train2.csv` / `test2.csv` / `images2.zip`; such a copy is read the same way."""
+    v2_row = ["0", "PMC8_F2_a.jpg", "Axial CT of the chest.", "Where is the lesion?", "A:Left lung", "B:Right lung",
+              "C:Liver", "D:Spleen", "B", "test"]  # fmt: skip
+    write_csv(tmp_path / "test2.csv", V2, [v2_row])
+    write(tmp_path / "images2" / "PMC8_F2_a.jpg", jpeg(3))
+    write(tmp_path / "test.csv", b"not read")
+    qs, rejected, _, unread = outcomes(read_pmc_vqa(tmp_path, split="test", version=2))
+    assert [(q.question, q.answer) for q in qs] == [("Where is the lesion?", "B")] and not rejected
+    assert qs[0].images[0].data == jpeg(3) and qs[0].images[0].path == "images2/PMC8_F2_a.jpg"
+    assert unread == ["test.csv"]
+
+
 def test_pmc_vqa_version_2_file_read_as_version_1_names_file_and_columns(pmc_release):
     with pytest.raises(LayoutError, match=r"test_2\.csv: expected the columns .*missing \['Answer_label'\].*version=2"):
         read_pmc_vqa(pmc_release / "test_2.csv", split="test")
