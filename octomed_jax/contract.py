@@ -258,6 +258,7 @@ class RunContract:
         micro_steps: int | None = None,
         process_count: int = 1,
         total_steps: int | None = None,
+        mesh_shape: Mapping[str, int] | None = None,
     ) -> RunContract:
         """The contract of a run of `config`: the one place that reads its model, data and optimizer fields.
 
@@ -267,6 +268,7 @@ class RunContract:
             micro-batch; without `data_dir` the contract has no data settings.
           micro_steps, process_count: the batch's split (with `rows_per_host`).
           total_steps: the resolved length of the run; without it the contract has no train settings.
+          mesh_shape: the mesh the run uses (-1 resolved); default the config's `mesh` as written.
         """
         model = model_config_from(config)
         d, images = config.data, config.recipe.images
@@ -306,7 +308,7 @@ class RunContract:
                 loss=LossConfig(chunk=int(t.loss_chunk),
                                 max_loss_tokens=int(t.max_loss_tokens) if t.max_loss_tokens > 0 else None),
                 seed=int(t.seed),
-                mesh={k: int(v) for k, v in dict(config.mesh).items()},
+                mesh={k: int(v) for k, v in dict(mesh_shape or config.mesh).items()},
                 rules=tuple((str(r[0]), _rule_target(r[1])) for r in config.rules),
             )
         return cls(

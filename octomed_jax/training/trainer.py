@@ -72,7 +72,7 @@ def run_contract(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
     sources = dict(config.data.sources) if config.data.sources else _built_sources(data_dir)
     return RunContract.from_config(
         config, data_dir=data_dir, sources=sources, rows_per_host=rows_per_host, micro_steps=micro_steps,
-        process_count=jax.process_count(), total_steps=estimate_steps(config, data_dir),
+        process_count=jax.process_count(), total_steps=estimate_steps(config, data_dir), mesh_shape=dict(mesh.shape),
     )
 
 

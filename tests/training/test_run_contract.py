@@ -227,11 +227,15 @@ def test_resuming_under_another_contract_is_refused(run, tmp_path):
 
 def test_plan_reads_the_run_from_a_step(run):
     from octomed_jax import plan, planning
+    from octomed_jax.checkpoint import load_contract
 
     workdir, _, _ = run
     step = os.path.join(workdir, "checkpoints", "2")
     (r,) = plan.run(["plan", f"--checkpoint={step}", "--topology=gpu:8", "--nogpu_compile"])
-    # tiny_config's mesh and batch, read back from the step's contract.
-    assert r["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2} and r["rows_per_micro_batch"] == 8
+    # tiny_config's mesh and batch split (4 rows per micro-batch, one per batch-parallel device; 2 micro-batches
+    # make the 8-row step), read back from the step's contract: the plan compiles the step the run trained.
+    train = load_contract(step).train
+    assert r["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2} == train.mesh
+    assert (r["rows_per_micro_batch"], r["micro_steps"]) == (train.rows_per_micro_batch, train.micro_steps) == (4, 2)
     with pytest.raises(planning.PlanError, match="not both"):
         plan.run(["plan", "--config=full_mix", f"--checkpoint={step}", "--topology=gpu:8"])
