@@ -169,12 +169,6 @@ class RunContract:
     def replace(self, **changes: Any) -> RunContract:
         return dataclasses.replace(self, **changes)
 
-    def data_config(self, **changes: Any) -> DataConfig:
-        """The training pipeline's DataConfig (the contract's own, with `changes`)."""
-        if self.data is None:
-            raise ContractError(f"run {self.recipe!r} has no data settings (not a training contract)")
-        return self.data.replace(**changes)
-
     def to_dict(self) -> dict[str, Any]:
         return _to_jsonable(self)
 
