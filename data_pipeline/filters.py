@@ -107,13 +107,14 @@ def rejection_sample(
       question: the question with its ground-truth letter.
       completions: the teacher's samples (any order).
       k: the most traces to keep (1, 4, 16 ...).
-      response_format: "cot" (teacher reasoning in <think>, then the answer line) or "direct".
+      response_format: "cot" (the teacher's reasoning in <think>, then its own concluding answer) or "direct"
+        (our answer line only).
       seed: the recipe seed; the choice among more than k traces depends only on it and the key.
 
     Returns:
       A RejectionResult; its traces are sorted by sample index.
     """
-    from data_pipeline.formats import format_response
+    from data_pipeline.formats import format_response, split_conclusion
 
     if response_format not in ("cot", "direct"):
         raise ValueError(f"response_format must be 'cot' or 'direct', got {response_format!r}")
@@ -132,8 +133,11 @@ def rejection_sample(
             drop("no_answer" if g.letter is None else "wrong_answer")
             continue
         n_correct += 1
-        # A plain answer (GPT-4o: no separate reasoning) is its own reasoning.
-        reasoning = g.reasoning if g.reasoning is not None else g.final
+        # The trace as the teacher wrote it: a reasoning model's reasoning and its own final text; a plain
+        # reply (GPT-4o) split into its reasoning and its concluding answer (formats.split_conclusion).
+        reasoning, final = g.reasoning, g.final
+        if reasoning is None:
+            reasoning, final = split_conclusion(g.final, question.options, question.answer)
         if response_format == "cot" and not reasoning.strip():
             drop("empty_reasoning")  # a CoT target without reasoning would teach the direct format
             continue
@@ -142,6 +146,7 @@ def rejection_sample(
             letter=question.answer,
             option_text=option_text,
             reasoning=reasoning if response_format == "cot" else None,
+            final=final,
         )
         if find_control_token(text) is not None:
             drop(CONTROL_REASON)  # the chat template would refuse it at training time (data_pipeline.validity)

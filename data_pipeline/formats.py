@@ -3,11 +3,24 @@
 Teacher prompts, chat templates, training targets and evaluation all go through these functions, so the
 student is trained on exactly the text it is evaluated with, and `answers.extract_answer` reads back every
 answer line written here (tested for every letter).
+
+The CoT target is the trace as the teacher wrote it, in the paper's format (reasoning inside `<think>`, then
+the answer; docs/paper.md "Images and response format"):
+- a reasoning model (DeepSeek-R1: `reasoning_content`, or inline `<think>...</think>`, as in OctoMed's released
+  traces): `<think>` + its reasoning + `</think>` + its own final text, verbatim (the text the answer was
+  graded on);
+- a plain reply (GPT-4o): its last paragraph (else its last line) when that alone states the graded answer is
+  the conclusion, kept verbatim after `</think>`, and everything before it is the reasoning;
+- a plain reply with no such closing part (it states the answer first): the whole reply is the reasoning and
+  our answer line (`answer_line`) follows `</think>`.
+Only the teacher's own `<think>` / `</think>` tags are removed (a nested tag would end the reasoning early).
+The direct target is our answer line alone.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Literal
 
 from data_pipeline.records import Question
@@ -47,32 +60,76 @@ def answer_line(letter: str, option_text: str) -> str:
 
 
 def format_response(
-    *, style: Literal["cot", "direct"], letter: str, option_text: str, reasoning: str | None = None
+    *,
+    style: Literal["cot", "direct"],
+    letter: str,
+    option_text: str,
+    reasoning: str | None = None,
+    final: str | None = None,
 ) -> str:
     """The assistant target.
 
     Args:
-      style: "cot" (reasoning in `<think>` then the answer line) or "direct" (the answer line only).
+      style: "cot" (reasoning in `<think>`, then the answer) or "direct" (the answer line only).
       letter: the answer letter.
       option_text: that option's text.
       reasoning: the teacher's reasoning, required for "cot".
+      final: the teacher's own concluding text (what it wrote after its reasoning, answer included), kept
+        verbatim after `</think>`; None writes our answer line there instead. Ignored for "direct".
 
     Returns:
-      `<think>\\n{reasoning}\\n</think>\\n\\n{answer line}` or the answer line.
+      `<think>\n{reasoning}\n</think>\n\n{final or answer line}` or the answer line.
 
     Raises:
       ValueError: an unknown style, or "cot" without reasoning.
     """
-    final = answer_line(letter, option_text)
+    line = answer_line(letter, option_text)
     if style == DIRECT:
-        return final
+        return line
     if style != COT:
         raise ValueError(f"unknown response style {style!r}; expected 'cot' or 'direct'")
     if not reasoning or not reasoning.strip():
         raise ValueError("a cot response needs non-empty reasoning")
     # Nested think tags would end the reasoning early in the template; the teacher's own tags are dropped.
-    body = reasoning.replace("<think>", "").replace("</think>", "").strip()
-    return f"<think>\n{body}\n</think>\n\n{final}"
+    body = _without_think_tags(reasoning)
+    conclusion = _without_think_tags(final) if final is not None else ""
+    return f"<think>\n{body}\n</think>\n\n{conclusion or line}"
+
+
+def _without_think_tags(text: str) -> str:
+    return text.replace("<think>", "").replace("</think>", "").strip()
+
+
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
+
+
+def split_conclusion(reply: str, options: Mapping[str, str], letter: str) -> tuple[str, str | None]:
+    """Splits a plain reply (no separate reasoning: GPT-4o) into its reasoning and its own concluding answer.
+
+    The conclusion is the reply's last paragraph when that paragraph alone states `letter`
+    (`answers.extract_answer`), else its last line when that line does, provided reasoning remains before it.
+    A reply whose answer is not in such a closing part (the answer first, then the reasons) has no separable
+    conclusion: the whole reply is the reasoning and the conclusion is None.
+
+    Args:
+      reply: the teacher's whole reply.
+      options: the question's options (letter -> text).
+      letter: the answer the reply was graded to give.
+
+    Returns:
+      (reasoning, conclusion or None).
+    """
+    from data_pipeline.answers import extract_answer
+
+    text = reply.strip()
+    cuts = [m.start() for m in _PARAGRAPH_BREAK.finditer(text)][-1:] + [text.rfind("\n")]
+    for cut in cuts:
+        if cut <= 0:
+            continue
+        head, tail = text[:cut].strip(), text[cut:].strip()
+        if head and tail and extract_answer(tail, options) == letter:
+            return head, tail
+    return text, None
 
 
 def split_teacher_response(content: str | None, reasoning_content: str | None = None) -> tuple[str | None, str]:

@@ -45,10 +45,13 @@ def test_rejection_keeps_exactly_the_correct_traces():
     assert [t.sample_index for t in r.traces] == [0, 4, 5]
     assert r.dropped == {"wrong_answer": 2, "no_answer": 1, "duplicate": 1}
     t0 = r.traces[0]
-    assert t0.response == "<think>\nHeparin acts fast.\n</think>\n\nThe answer is \\boxed{B} (Heparin)."
+    # Each target is the trace as the teacher wrote it: its reasoning in <think>, then its own conclusion.
+    assert t0.response == "<think>\nHeparin acts fast.\n</think>\n\nThe answer is \\boxed{B}."
     assert t0.format == "cot" and t0.teacher == "r1" and t0.question == Q
-    assert r.traces[1].response.startswith("<think>\nUnfractionated heparin.\n</think>")
-    assert "Step 1: anticoagulant" in r.traces[2].response  # a plain answer is its own reasoning
+    assert r.traces[1].response == "<think>\nUnfractionated heparin.\n</think>\n\nThe answer is (B)."
+    assert r.traces[2].response == (  # GPT-4o style: split at its concluding paragraph
+        "<think>\nStep 1: anticoagulant needed now. So B. Heparin\n</think>\n\nThe answer is B"
+    )
     assert count_correct(Q, comps) == 4
 
 

@@ -12,6 +12,7 @@ from data_pipeline.formats import (
     answer_line,
     format_response,
     render_question,
+    split_conclusion,
     split_teacher_response,
 )
 from data_pipeline.records import Question
@@ -102,3 +103,50 @@ def test_split_teacher_response():
     assert split_teacher_response("  The answer is A.  ", None) == (None, "The answer is A.")
     assert split_teacher_response(None, "") == (None, "")
     assert split_teacher_response("<think></think>A") == (None, "A")
+
+
+OPTIONS = {"A": "Aspirin", "B": "Heparin", "C": "Pericarditis", "D": "Aortic dissection"}
+
+
+def _targets(completion_kwargs: dict) -> list[str]:
+    from data_pipeline.filters import rejection_sample
+    from data_pipeline.records import Question
+    from data_pipeline.teachers import Completion
+
+    q = Question(source="medqa", id="q1", question="Chest pain radiating to the back?", options=OPTIONS, answer="D",
+                 category="text")
+    c = Completion(question_key=q.key, teacher="t", prompt_version="v", sample_index=0, **completion_kwargs)
+    return [t.response for t in rejection_sample(q, [c], k=1, response_format="cot", seed=0).traces]
+
+
+def test_cot_target_keeps_r1s_own_final_text():
+    # DeepSeek-R1 through its API: the reasoning field, then its own concluding text, kept verbatim.
+    final = "**Final answer:** D. Aortic dissection, given the tearing pain and unequal pulses."
+    assert _targets(dict(content=final, reasoning_content="Tearing pain... unequal arm pressures.")) == [
+        "<think>\nTearing pain... unequal arm pressures.\n</think>\n\n" + final
+    ]
+    # Inline think (raw R1, OctoMed's released traces) gives the same target.
+    assert _targets(dict(content=f"<think>\nTearing pain... unequal arm pressures.\n</think>\n\n{final}")) == [
+        "<think>\nTearing pain... unequal arm pressures.\n</think>\n\n" + final
+    ]
+
+
+def test_cot_target_splits_gpt4o_reply_at_its_conclusion():
+    reply = "Step 1: the pain tears.\n\nStep 2: pulses differ, so not A.\n\nThe answer is \\boxed{D}."
+    assert _targets(dict(content=reply)) == [
+        "<think>\nStep 1: the pain tears.\n\nStep 2: pulses differ, so not A.\n</think>\n\nThe answer is \\boxed{D}."
+    ]
+    # No blank line before the answer: the last line is the conclusion.
+    assert _targets(dict(content="Tearing pain, unequal pulses.\nAnswer: D")) == [
+        "<think>\nTearing pain, unequal pulses.\n</think>\n\nAnswer: D"
+    ]
+    # The answer stated first: no closing part to keep, so the whole reply is the reasoning + our answer line.
+    first = "D is correct.\n\nThe tearing pain and unequal pulses point to it."
+    assert _targets(dict(content=first)) == [f"<think>\n{first}\n</think>\n\n{answer_line('D', 'Aortic dissection')}"]
+
+
+def test_split_conclusion_needs_the_graded_letter():
+    reply = "Weighing A against D.\n\nThe answer is \\boxed{A}."
+    assert split_conclusion(reply, OPTIONS, "A") == ("Weighing A against D.", "The answer is \\boxed{A}.")
+    assert split_conclusion(reply, OPTIONS, "D") == (reply, None)
+    assert split_conclusion("The answer is \\boxed{A}.", OPTIONS, "A") == ("The answer is \\boxed{A}.", None)
