@@ -139,6 +139,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Teacher per category: R1 for text (better on every text task), GPT-4o for images.
     r.teachers = ml_collections.ConfigDict(dict(text=deepseek_r1(), mm_reasoning=gpt_4o(), mm_classification=gpt_4o()))
     r.traces_per_question = 16  # K: accepted traces kept per question, of n sampled
+    # A seeded sample of `questions` from the whole pool (0 = all), proportional by source; classification
+    # sources stratified by class (also under a source's max_questions cap). data_pipeline/subset.py.
+    r.subset = ml_collections.ConfigDict(dict(questions=0, stratify_classes=True))
     r.response_format = ml_collections.ConfigDict({c: "cot" for c in CATEGORIES})
     r.filters = ml_collections.ConfigDict(
         dict(

@@ -13,7 +13,8 @@ loaded first (`data_pipeline.plugins`): adapters and teacher kinds outside the p
 
 Stages, streamed per source (bounded memory; questions are never all held at once):
 read (adapter) -> shard by hash of the question key -> merge exact copies (same content key) -> seeded
-subset (max_questions) -> decontamination and dedup -> [judge filter] -> [student pass-rate filter] -> teacher
+subset (`data_pipeline.subset`: recipe.subset and max_questions, the same in every job) -> decontamination
+and dedup -> [judge filter] -> [student pass-rate filter] -> teacher
 sampling (stored as it arrives) -> [teacher pass-rate filter] -> rejection sampling, K distinct traces,
 formatting -> sorted shards.
 
@@ -28,7 +29,6 @@ import collections
 import dataclasses
 import functools
 import inspect
-import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -39,7 +39,7 @@ from absl import flags
 
 from data_pipeline import filters as flt
 from data_pipeline.decontam import SameKey
-from data_pipeline.hashing import shard_of, stable_hash
+from data_pipeline.hashing import shard_of
 from data_pipeline.plugins import PLUGIN_HINT, PluginError, load_plugins
 from data_pipeline.records import BadRecordError, Question
 from data_pipeline.sources import Rejected, Skipped, outcome_key
@@ -47,6 +47,7 @@ from data_pipeline.sources.base import NOT_READ, ReportedRead
 from data_pipeline.sources.layout import LayoutError
 from data_pipeline.storage import ManifestError, StorageError
 from data_pipeline.store import CompletionStore
+from data_pipeline.subset import Subset, pool_of, select
 from data_pipeline.teachers import Accounting, Completion, SampleResult, Teacher, make_teacher, sample_questions
 from data_pipeline.validity import check_question_text
 from data_pipeline.writer import (
@@ -92,6 +93,7 @@ class Recipe:
     filters: ml_collections.ConfigDict  # teacher_pass_rate, student_pass_rate, judge
     decontamination: ml_collections.ConfigDict
     images: ml_collections.ConfigDict  # max_source_pixels, max_pixels
+    subset: ml_collections.ConfigDict  # questions (N, 0 = all), stratify_classes (`data_pipeline.subset`)
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> Recipe:
@@ -349,6 +351,7 @@ def run_build(
         )
         info["categories"] = sorted(set(info["categories"]) | set(categories))
 
+    subsets = _subsets(recipe, source_root, log)
     try:
         for key in sorted(recipe.sources):
             entry = recipe.sources[key]
@@ -366,12 +369,10 @@ def run_build(
             # Stage 1: read, shard, subset, decontaminate.
             read_bar = _bar(progress, f"read {key}", 0)
             same = SameKey()
-            subset = (
-                _subset_keys(entry, key, source_root, recipe, num_shards, shard_index) if entry.max_questions else None
-            )
+            subset = subsets.get(key)
 
             def questions(
-                key: str = key, entry: Any = entry, subset: set | None = subset, read_bar: Any = read_bar,
+                key: str = key, entry: Any = entry, subset: Subset | None = subset, read_bar: Any = read_bar,
                 same: SameKey = same,
             ):
                 reader = ReportedRead(
@@ -589,32 +590,45 @@ def _student_stage(stream, student, store, f_cfg, stats, key, concurrency, accou
             yield res.question
 
 
-def _subset_keys(
-    entry: ml_collections.ConfigDict, key: str, source_root: str, recipe: Recipe, num_shards: int, shard_index: int
-) -> set[str]:
-    """The seeded subset of this job's question keys: the `max_questions` lowest seeded hashes.
+def _subsets(recipe: Recipe, source_root: str, log: Callable[[str], None]) -> dict[str, Subset]:
+    """The seeded subset of every source that has one (`data_pipeline.subset`), the same in every build job.
 
-    A first pass reads keys only (images unread), holding at most `max_questions` keys. Sharded builds
-    take ceil(max_questions / num_shards) per job, so the subset is the same size up to rounding.
+    Each source that needs one is read keys-only first (images unread): every source when
+    `recipe.subset.questions` is set (the allocation needs every source's count), else the sources with a
+    `max_questions` cap. Every job of a sharded build reads all of their keys, so all jobs select the same global
+    subset and each keeps its own share of it.
+
+    Raises:
+      RecipeError: `recipe.subset` or a `max_questions` is not a count (named).
     """
-    import heapq
+    cfg = recipe.subset
+    n = cfg.get("questions", 0)
+    stratify = cfg.get("stratify_classes", True)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise RecipeError(f"recipe.subset.questions = {n!r}: want a count of questions (0 = all)")
+    if not isinstance(stratify, bool):
+        raise RecipeError(f"recipe.subset.stratify_classes = {stratify!r}: want True or False")
+    caps = {k: recipe.sources[k].max_questions for k in recipe.sources}
+    for k, cap in caps.items():
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+            raise RecipeError(f"recipe.sources.{k}.max_questions = {cap!r}: want a count of questions (0 = all)")
+    needed = sorted(k for k in recipe.sources if n or caps[k])
+    if not needed:
+        return {}
 
-    m = math.ceil(int(entry.max_questions) / num_shards)
-    heap: list[tuple[int, str]] = []  # max-heap by negated hash of the m smallest
-    in_heap: set[str] = set()  # exact copies share a key: each key takes one place
-    for item in _read(entry, source_root, recipe, keys_only=True):
-        q = item if isinstance(item, Question) else getattr(item, "question", None)
-        if q is None or shard_of(q.key, num_shards) != shard_index or q.key in in_heap:
-            continue
-        h = stable_hash("subset", recipe.seed, q.key)
-        if len(heap) < m:
-            heapq.heappush(heap, (-h, q.key))
-        elif -heap[0][0] > h:
-            in_heap.discard(heapq.heapreplace(heap, (-h, q.key))[1])
-        else:
-            continue
-        in_heap.add(q.key)
-    return in_heap
+    def questions(entry: ml_collections.ConfigDict) -> Iterator[Question]:
+        for item in _read(entry, source_root, recipe, keys_only=True):
+            q = item if isinstance(item, Question) else getattr(item, "question", None)
+            if q is not None:
+                yield q
+
+    pools = {
+        k: pool_of(questions(recipe.sources[k]), seed=int(recipe.seed), stratify_classes=stratify) for k in needed
+    }
+    subsets = select(pools, caps, n, int(recipe.seed))
+    chosen = ", ".join(f"{k} {len(s)} of {s.pool_size}" for k, s in sorted(subsets.items()))
+    log(f"subset (seed {recipe.seed}, N={n or 'all'}): {sum(map(len, subsets.values()))} questions: {chosen}")
+    return subsets
 
 
 def _decontaminator(recipe: Recipe, source_root: str) -> Any:
