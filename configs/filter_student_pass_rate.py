@@ -1,16 +1,19 @@
-"""Filter ablation: keep questions the student (served at an endpoint) solves 2..14 times of 16."""
+"""Filter ablation (PMC-VQA): keep questions the student (served at an endpoint) solves 2..14 times of 16.
+
+Paper (docs/paper.md, "Recipe levers"): student pass rate, teacher pass rate and LLM-judge difficulty
+filters on PMC-VQA; filters make early training more sample-efficient, unfiltered data reaches the same peak.
+Ablations trained at batch 128, warmup 1%. Ours: PMC-VQA's whole training split, K=16 and 3 epochs (as
+`full_mix`; the paper does not say). docs/experiments.md.
+"""
 
 from __future__ import annotations
 
 import ml_collections
 
-from configs import full_mix
+from configs import experiments
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = full_mix.get_config()
-    r = config.recipe
-    r.name = "filter_student_pass_rate"
-    r.out_dir = "data/recipes/filter_student_pass_rate"
-    r.filters.student_pass_rate.enabled = True
+    config = experiments.filter_arm("filter_student_pass_rate")
+    config.recipe.filters.student_pass_rate.enabled = True
     return config

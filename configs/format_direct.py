@@ -1,23 +1,20 @@
-"""Format ablation: direct answers (the answer line only) on the same 100k subset as format_cot.
+"""Format ablation, direct arm: the answer line alone, on the same 100k-question subset as `format_cot`.
 
-The teacher is still sampled so that both arms keep the same questions (those with a correct trace)."""
+Paper (docs/paper.md, "Recipe levers"): direct answer vs chain of thought on the same 100k subset; direct
+scores 29.23 (text), 23.08 (multimodal reasoning), 65.46 (classification). Ours: as `format_cot` except the
+response format. The teacher is still sampled, so both arms keep the same questions (those with a correct
+trace); one trace per question (K=1), since all correct direct targets of a question are the same string.
+docs/experiments.md.
+"""
 
 from __future__ import annotations
 
 import ml_collections
 
-from configs import full_mix
-
-# 100k questions over the 11 sources, as in the paper's format ablation (same seed -> same subset).
-SUBSET_PER_SOURCE = 100_000 // 11 + 1
+from configs import base, experiments
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = full_mix.get_config()
-    r = config.recipe
-    r.name = "format_direct"
-    r.out_dir = "data/recipes/format_direct"
-    for s in r.sources.values():
-        s.max_questions = SUBSET_PER_SOURCE
-    r.response_format = ml_collections.ConfigDict({c: "direct" for c in r.response_format})
+    config = experiments.format_arm("format_direct")
+    config.recipe.response_format = ml_collections.ConfigDict({c: "direct" for c in base.CATEGORIES})
     return config

@@ -351,7 +351,7 @@ def run_build(
         )
         info["categories"] = sorted(set(info["categories"]) | set(categories))
 
-    subsets = _subsets(recipe, source_root, log)
+    subsets = select_subsets(recipe, source_root, log)
     try:
         for key in sorted(recipe.sources):
             entry = recipe.sources[key]
@@ -590,7 +590,7 @@ def _student_stage(stream, student, store, f_cfg, stats, key, concurrency, accou
             yield res.question
 
 
-def _subsets(recipe: Recipe, source_root: str, log: Callable[[str], None]) -> dict[str, Subset]:
+def select_subsets(recipe: Recipe, source_root: str, log: Callable[[str], None]) -> dict[str, Subset]:
     """The seeded subset of every source that has one (`data_pipeline.subset`), the same in every build job.
 
     Each source that needs one is read keys-only first (images unread): every source when
