@@ -108,22 +108,6 @@ def judge_endpoint() -> ml_collections.ConfigDict:
     return cfg
 
 
-def benchmarks() -> ml_collections.ConfigDict:
-    """The evaluation sets of docs/paper.md ("Benchmarks and scores"), used only for decontamination here."""
-    return ml_collections.ConfigDict(
-        dict(
-            medqa=source("medqa", "benchmarks/medqa", split="test"),
-            medmcqa=source("medmcqa", "benchmarks/medmcqa", split="validation"),
-            headqa=source("headqa", "benchmarks/headqa", split="test"),
-            mmlu_pro=source("mmlu_pro", "benchmarks/mmlu_pro", split="test"),
-            medxpertqa_text=source("medxpertqa_text", "benchmarks/medxpertqa", split="test"),
-            medxpertqa_mm=source("medxpertqa_mm", "benchmarks/medxpertqa", split="test"),
-            pmc_vqa=source("pmc_vqa", "benchmarks/pmc_vqa", split="test"),
-            nejm=source("nejm", "benchmarks/nejm", split="test"),
-        )
-    )
-
-
 def get_config() -> ml_collections.ConfigDict:
     """Defaults shared by all recipes; no sources (full_mix adds them)."""
     config = ml_collections.ConfigDict()
@@ -150,17 +134,22 @@ def get_config() -> ml_collections.ConfigDict:
             judge=dict(enabled=False, lo=3, hi=6, n=1, endpoint=judge_endpoint()),
         )
     )
-    # Benchmarks are read with the same adapters (paths relative to source_root); a question sharing a
-    # 16-gram with any of them, or an image with the same pixels, is dropped from training.
+    # Decontamination against the evaluation registry (data_pipeline/benchmarks.py: the sets `evaluate` scores),
+    # read from benchmark_dir (relative to the working directory, like `evaluate --data_dir`). The paper's
+    # method (docs/paper.md, "Decontamination"): a question sharing a 16-gram with a benchmark question, or an
+    # image with the same pixels (a superset of the paper's same bytes), is dropped. A missing benchmark folder
+    # is a one-line warning and `checked: false` in the manifest, or fails the build with require_all_benchmarks.
     r.decontamination = ml_collections.ConfigDict(
         dict(
             enabled=True,
+            benchmarks="all",  # registry names or categories, comma-separated (data_pipeline.benchmarks.select)
+            benchmark_dir="data/benchmarks",
+            require_all_benchmarks=False,
             ngram=16,
             image_exact=True,
-            image_hamming=6,  # dHash bits for near-duplicate benchmark images (beyond the paper); -1: off
-            dedup_exact=True,
-            near_jaccard=0.8,  # near-duplicate questions within training (beyond the paper); 0: off
-            benchmarks=benchmarks(),
+            image_hamming=-1,  # extra beyond the paper: dHash bits for near-copies of benchmark images; -1: off
+            dedup_exact=True,  # exact copies across training sources (same text, option set and images)
+            near_jaccard=0.0,  # extra beyond the paper: near-duplicate questions within training; 0: off
         )
     )
     r.images = ml_collections.ConfigDict(

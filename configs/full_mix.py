@@ -10,11 +10,11 @@ import ml_collections
 
 from configs import base
 from configs.base import source
+from data_pipeline.labels import label_names
 
 TEXT_SOURCES = ("medqa", "medmcqa", "headqa")
 MM_REASONING_SOURCES = ("pmc_vqa", "slake", "vqa_rad")
 CLASSIFICATION_SOURCES = ("aptos", "messidor2", "bcss", "brain_tumor_mri", "coronahack", "mimic_cxr")
-DR_GRADES = {"0": "No DR", "1": "Mild DR", "2": "Moderate DR", "3": "Severe DR", "4": "Proliferative DR"}
 
 
 def all_sources() -> ml_collections.ConfigDict:
@@ -36,7 +36,7 @@ def all_sources() -> ml_collections.ConfigDict:
                 label_column="diagnosis",
                 image_dir="train_images",
                 image_suffix=".png",
-                label_names=DR_GRADES,
+                label_names=label_names("aptos"),  # the table the benchmark registry reads too
             ),
             messidor2=source(
                 "classification_csv",
@@ -45,7 +45,7 @@ def all_sources() -> ml_collections.ConfigDict:
                 image_column="image_id",
                 label_column="adjudicated_dr_grade",
                 image_dir="images",
-                label_names=DR_GRADES,
+                label_names=label_names("messidor2"),
             ),
             bcss=source("image_folder", "bcss", name="bcss"),
             # The Kaggle archive unpacked: Training/<class>/, Testing/<class>/ (the split picks the folder).

@@ -74,7 +74,7 @@ class Recipe:
     """The typed view of `config.recipe` that a build reads (`configs/base.py` documents every field).
 
     The scalars are checked once, here, naming the field that is wrong; the sections stay ConfigDicts,
-    read by the adapters (`sources`, `decontamination.benchmarks`), teachers (`teachers`, the filters'
+    read by the adapters (`sources`), decontamination (`decontamination`), teachers (`teachers`, the filters'
     endpoints) and filters, each of which checks its own entries.
     """
 
@@ -128,11 +128,8 @@ def _resolve(root: str, path: str) -> str:
 
 
 def _source_entries(recipe: Recipe) -> list[tuple[str, ml_collections.ConfigDict]]:
-    """(recipe field, entry) of every source the build reads: training sources, and benchmarks if decontaminating."""
-    entries = [(f"recipe.sources.{k}", v) for k, v in recipe.sources.items()]
-    if recipe.decontamination.enabled:
-        entries += [(f"recipe.decontamination.benchmarks.{k}", v) for k, v in recipe.decontamination.benchmarks.items()]
-    return entries
+    """(recipe field, entry) of every training source (benchmarks come from the registry: `_decontaminator`)."""
+    return [(f"recipe.sources.{k}", v) for k, v in recipe.sources.items()]
 
 
 def check_registered(recipe: Recipe) -> None:
@@ -293,7 +290,7 @@ def run_build(
 
     teacher_settings = {c: recipe.teachers[c] for c in recipe.teachers}
     f_cfg = recipe.filters
-    decontam = _decontaminator(recipe, source_root) if recipe.decontamination.enabled else None
+    decontam = _decontaminator(recipe, log) if recipe.decontamination.enabled else None
 
     store_path = recipe.store or (
         os.path.join(out_dir, "completions.sqlite")
@@ -530,11 +527,15 @@ def run_build(
             num_shards=num_shards,
             reads=read_reports,
         )
+        if decontam is not None:  # per benchmark: what was checked and what each match removed
+            manifest["decontamination"] = decontam.report()
         if num_shards > 1:
             write_json(partial_manifest_path(out_dir, shard_index, num_shards), manifest)
         else:
             write_manifest(out_dir, manifest)  # last; then deletes the shard files it does not list
     table = file_table(read_reports) + "\n\n" + summary_table(stats, dry_requests if dry_run else None, accounting)
+    if decontam is not None:
+        table += "\n\n" + decontamination_table(decontam.report())
     log(table)
     return BuildResult(manifest, stats, accounting, dict(dry_requests), table, read_reports)
 
@@ -631,9 +632,14 @@ def select_subsets(recipe: Recipe, source_root: str, log: Callable[[str], None])
     return subsets
 
 
-def _decontaminator(recipe: Recipe, source_root: str) -> Any:
-    """Loads the benchmarks of the recipe into a `decontam.Decontaminator`."""
-    from data_pipeline.decontam import DecontamConfig, Decontaminator
+def _decontaminator(recipe: Recipe, log: Callable[[str], None]) -> Any:
+    """A `decontam.Decontaminator` over the registry's benchmarks named by `recipe.decontamination`.
+
+    Raises:
+      RecipeError: an unknown benchmark name, or a missing benchmark under `require_all_benchmarks` (named).
+    """
+    from data_pipeline.decontam import DecontamConfig, from_registry
+    from data_pipeline.sources import ImageSettings
 
     d = recipe.decontamination
     cfg = DecontamConfig(
@@ -643,15 +649,44 @@ def _decontaminator(recipe: Recipe, source_root: str) -> Any:
         dedup_exact=bool(d.dedup_exact),
         near_jaccard=float(d.near_jaccard) or None,
     )
+    try:
+        return from_registry(
+            d.benchmarks,
+            d.benchmark_dir,
+            cfg,
+            images=ImageSettings(max_pixels=int(recipe.images.max_source_pixels)),
+            require_all=bool(d.require_all_benchmarks),
+            warn=log,
+        )
+    except KeyError as e:
+        raise RecipeError(f"recipe.decontamination.benchmarks = {d.benchmarks!r}: {e.args[0]}") from e
+    except FileNotFoundError as e:
+        raise RecipeError(
+            f"{e} (recipe.decontamination.benchmark_dir = {d.benchmark_dir!r}; put the release there, or set "
+            "require_all_benchmarks=False to build with a warning)"
+        ) from e
 
-    def bench() -> Iterator[Question]:
-        for name in sorted(d.benchmarks):
-            for item in _read(d.benchmarks[name], source_root, recipe):
-                q = item if isinstance(item, Question) else getattr(item, "question", None)
-                if q is not None:
-                    yield q
 
-    return Decontaminator(bench(), cfg)
+def decontamination_table(report: Mapping[str, Any]) -> str:
+    """A plain-text table: per benchmark, what was indexed and the training questions each match removed.
+
+    Args:
+      report: `Decontaminator.report()` (the manifest's `decontamination`).
+    """
+    head = f"{'benchmark':<18}{'questions':>10}{'images':>8}{'ngram':>8}{'image_exact':>13}{'image_near':>12}"
+    lines = [head, "-" * len(head)]
+    for name, b in report["benchmarks"].items():
+        r = report["removed"][name]
+        if not b["checked"]:
+            lines.append(f"{name:<18}NOT CHECKED: {b['path']} is missing")
+            continue
+        lines.append(
+            f"{name:<18}{b['questions']:>10}{b['images']:>8}{r['ngram']:>8}{r['image_exact']:>13}{r['image_near']:>12}"
+        )
+    lines.append(
+        f"within training: duplicate_exact={report['duplicate_exact']}, near_duplicate={report['near_duplicate']}"
+    )
+    return "\n".join(lines)
 
 
 _MAX_NOT_READ_SHOWN = 20  # per source in the printed table; the manifest lists them all

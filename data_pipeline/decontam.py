@@ -1,20 +1,28 @@
 """Decontamination against benchmarks and deduplication within training, streamed.
 
-Benchmark side (held in memory, small): hashes of every word 16-gram of every benchmark question, the
-decoded-pixel hash and the 64-bit dHash of every benchmark image. Training side (streamed, one question at
-a time): a question is dropped, with the first reason that applies, when
+Benchmark side (held in memory, small): hashes of every word 16-gram of every benchmark question and the
+decoded-pixel hash of every benchmark image, each remembering the benchmark it came from (the first in
+registry order when several share it), so drops are counted per benchmark. `from_registry` reads the
+benchmarks of `data_pipeline.benchmarks` (every one by default: the same sets that `evaluate` scores).
+Training side (streamed, one question at a time): a question is dropped, with the first reason that
+applies, when
 
 - `benchmark_ngram`: it shares a word n-gram (16 by default; normalised: lowercase, punctuation removed)
-  with a benchmark question. Texts shorter than n words are compared whole.
-- `benchmark_image_exact`: one of its images has the same decoded pixels as a benchmark image (so a PNG
-  re-saved as BMP or lossless WebP still matches; the paper hashes bytes, which misses re-encodings).
-- `benchmark_image_near`: one of its images is within `image_hamming` bits of a benchmark image's dHash
-  (beyond the paper: catches brightened, rescaled or recompressed copies).
+  with a benchmark question. Texts shorter than n words are compared whole. A classification benchmark
+  question is not indexed by text: its text is the adapter's template (the same stem and class names for
+  every image), so only its image identifies it.
+- `benchmark_image_exact`: one of its images has the same decoded pixels as a benchmark image. The paper
+  drops images whose bytes hash equals a benchmark image's (docs/paper.md, "Decontamination"); equal bytes
+  decode to equal pixels, so this is a superset that also catches a PNG re-saved as BMP or lossless WebP.
+- `benchmark_image_near` (extra, off by default): one of its images is within `image_hamming` bits of a
+  benchmark image's dHash (catches brightened, rescaled or recompressed copies).
 - `duplicate_exact`: an earlier kept training question has the same normalised text, the same set of
   option texts and the same images.
-- `duplicate_near`: an earlier kept question with the same images has MinHash-estimated word-shingle
-  Jaccard similarity >= `near_jaccard` (LSH buckets find the candidates; their signatures confirm).
+- `duplicate_near` (extra, off by default): an earlier kept question with the same images has
+  MinHash-estimated word-shingle Jaccard similarity >= `near_jaccard` (LSH buckets find the candidates;
+  their signatures confirm).
 
+The paper's method (16-gram + exact image hash) is the default; each extra is counted apart (`report`).
 The first occurrence is kept, so the outcome depends on input order; the build feeds questions in a
 deterministic order.
 
@@ -27,8 +35,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,20 +54,26 @@ REASONS: tuple[str, ...] = (
     "duplicate_near",
     "corrupt_image",
 )
+# How a benchmark contaminates a training question: the per-benchmark counts of `Decontaminator.report`.
+BENCHMARK_MATCHES: dict[str, str] = {
+    "benchmark_ngram": "ngram",
+    "benchmark_image_exact": "image_exact",
+    "benchmark_image_near": "image_near",
+}
 _MERSENNE = np.uint64((1 << 61) - 1)
 
 
 @dataclasses.dataclass(frozen=True)
 class DecontamConfig:
-    """Decontamination settings; None disables a check.
+    """Decontamination settings; None disables a check. The defaults are the paper's method plus exact dedup.
 
     Attributes:
       ngram: word n-gram length shared with a benchmark question that drops a training question.
       include_options: compare the stem and the option texts (not just the stem).
       image_exact: drop training images whose decoded pixels equal a benchmark image's.
-      image_hamming: drop training images within this many dHash bits of a benchmark image (None: off).
+      image_hamming: drop training images within this many dHash bits of a benchmark image (extra; None: off).
       dedup_exact: drop exact duplicates within training.
-      near_jaccard: drop near duplicates within training at this estimated Jaccard (None: off).
+      near_jaccard: drop near duplicates within training at this estimated Jaccard (extra; None: off).
       shingle: word shingle length for near-duplicate MinHash.
       num_perm: MinHash permutations; must be bands * rows.
       bands: LSH bands (more bands: more candidates checked, fewer near duplicates missed).
@@ -67,9 +83,9 @@ class DecontamConfig:
     ngram: int = 16
     include_options: bool = True
     image_exact: bool = True
-    image_hamming: int | None = 6
+    image_hamming: int | None = None
     dedup_exact: bool = True
-    near_jaccard: float | None = 0.8
+    near_jaccard: float | None = None
     shingle: int = 5
     num_perm: int = 64
     bands: int = 16
@@ -97,48 +113,80 @@ def ngram_hashes(text: str, n: int) -> set[int]:
 
 
 class BenchmarkIndex:
-    """The benchmark questions and images that training must not contain."""
+    """The benchmark questions and images that training must not contain, each hash naming its benchmark.
+
+    Attributes:
+      sets: benchmark -> {"questions", "images", "checked", "path"}: what was indexed (`checked` False: its
+        files were missing, nothing of it is in the index).
+    """
 
     def __init__(self, config: DecontamConfig = DecontamConfig()):
         self.config = config
-        self.ngrams: set[int] = set()
-        self.pixel_hashes: set[str] = set()
+        self.ngrams: dict[int, str] = {}
+        self.pixel_hashes: dict[str, str] = {}
         self._dhashes: list[int] = []
+        self._dhash_names: list[str] = []
         self._dhash_array: np.ndarray | None = None
-        self.num_questions = 0
+        self.sets: dict[str, dict[str, Any]] = {}
 
-    def add(self, q: Question) -> None:
-        """Indexes one benchmark question and its images (images with no bytes are skipped)."""
-        self.num_questions += 1
-        self.ngrams |= ngram_hashes(question_text(q, include_options=self.config.include_options), self.config.ngram)
+    @property
+    def num_questions(self) -> int:
+        """Benchmark questions indexed, all benchmarks together."""
+        return sum(s["questions"] for s in self.sets.values())
+
+    def _set(self, benchmark: str) -> dict[str, Any]:
+        return self.sets.setdefault(benchmark, {"questions": 0, "images": 0, "checked": True})
+
+    def add(self, q: Question, benchmark: str = "") -> None:
+        """Indexes one benchmark question and its images (images with no bytes are skipped).
+
+        Args:
+          q: the benchmark question.
+          benchmark: the name counted against (default: the question's source).
+        """
+        name = benchmark or q.source
+        self._set(name)["questions"] += 1
+        if q.category != "mm_classification":  # a classification stem is a template: the image is the question
+            text = question_text(q, include_options=self.config.include_options)
+            for h in ngram_hashes(text, self.config.ngram):
+                self.ngrams.setdefault(h, name)
         for im in q.images:
             if im.data:
-                self.add_image(im.data)
+                self.add_image(im.data, name)
 
-    def add_image(self, data: bytes) -> None:
-        """Indexes one benchmark image (encoded bytes)."""
-        self.pixel_hashes.add(imglib.pixel_hash(data))
-        self._dhashes.append(imglib.dhash(data))
-        self._dhash_array = None
+    def add_image(self, data: bytes, benchmark: str) -> None:
+        """Indexes one benchmark image (encoded bytes) of `benchmark`."""
+        self._set(benchmark)["images"] += 1
+        self.pixel_hashes.setdefault(imglib.pixel_hash(data), benchmark)
+        if self.config.image_hamming is not None:
+            self._dhashes.append(imglib.dhash(data))
+            self._dhash_names.append(benchmark)
+            self._dhash_array = None
 
-    def add_all(self, questions: Iterable[Question]) -> BenchmarkIndex:
-        """Indexes every question; returns self."""
+    def add_all(self, questions: Iterable[Question], benchmark: str = "") -> BenchmarkIndex:
+        """Indexes every question (under `benchmark`, default each question's source); returns self."""
         for q in questions:
-            self.add(q)
+            self.add(q, benchmark)
         return self
 
-    def shares_ngram(self, q: Question) -> bool:
-        """Whether the question shares a word n-gram with any benchmark question."""
-        text = question_text(q, include_options=self.config.include_options)
-        return not self.ngrams.isdisjoint(ngram_hashes(text, self.config.ngram))
+    def not_checked(self, benchmark: str, path: str) -> None:
+        """Records that `benchmark` is missing at `path`: it is listed, unchecked, in the report."""
+        self.sets[benchmark] = {"questions": 0, "images": 0, "checked": False, "path": path}
 
-    def nearest_image_distance(self, dhash: int) -> int | None:
-        """Smallest dHash Hamming distance to a benchmark image (None without benchmark images)."""
+    def ngram_match(self, q: Question) -> str | None:
+        """The benchmark the question shares a word n-gram with, or None."""
+        text = question_text(q, include_options=self.config.include_options)
+        return next((self.ngrams[h] for h in ngram_hashes(text, self.config.ngram) if h in self.ngrams), None)
+
+    def nearest_image(self, dhash: int) -> tuple[int, str] | None:
+        """(smallest dHash Hamming distance to a benchmark image, its benchmark); None without dHashes."""
         if not self._dhashes:
             return None
         if self._dhash_array is None:
             self._dhash_array = np.asarray(self._dhashes, dtype=np.uint64)
-        return int(np.bitwise_count(self._dhash_array ^ np.uint64(dhash)).min())
+        distances = np.bitwise_count(self._dhash_array ^ np.uint64(dhash))
+        i = int(distances.argmin())
+        return int(distances[i]), self._dhash_names[i]
 
 
 class Deduplicator:
@@ -226,12 +274,12 @@ class SameKey:
 
 
 class Decontaminator:
-    """Benchmark decontamination then within-training deduplication, counting drops by reason.
+    """Benchmark decontamination then within-training deduplication, counting drops by reason and benchmark.
 
     Example:
         dec = Decontaminator(benchmark_questions)
         kept = list(dec.filter(training_questions))
-        manifest["dropped"].update(dec.counts)
+        manifest["decontamination"] = dec.report()
     """
 
     def __init__(self, benchmarks: Iterable[Question] = (), config: DecontamConfig = DecontamConfig()):
@@ -239,13 +287,24 @@ class Decontaminator:
         self.index = BenchmarkIndex(config).add_all(benchmarks)
         self.dedup = Deduplicator(config)
         self.counts: Counter[str] = Counter()  # dropped questions by reason
+        self.removed: dict[str, Counter[str]] = defaultdict(Counter)  # benchmark -> match kind -> questions
         self.stats: Counter[str] = Counter()  # non-drop events (images without bytes, questions seen)
 
     def reason(self, q: Question) -> str | None:
-        """Why `q` must be dropped, or None to keep it (kept questions enter the dedup index)."""
+        """Why `q` must be dropped, or None to keep it (kept questions enter the dedup index); drops are counted."""
+        why, benchmark = self._check(q)
+        if why is not None:
+            self.counts[why] += 1
+            if benchmark is not None:
+                self.removed[benchmark][BENCHMARK_MATCHES[why]] += 1
+        return why
+
+    def _check(self, q: Question) -> tuple[str | None, str | None]:
+        """(reason, the benchmark matched or None)."""
         self.stats["questions"] += 1
-        if self.index.ngrams and self.index.shares_ngram(q):
-            return "benchmark_ngram"
+        benchmark = self.index.ngram_match(q) if self.index.ngrams else None
+        if benchmark is not None:
+            return "benchmark_ngram", benchmark
         keys = []
         for im in q.images:
             if not im.data:
@@ -256,23 +315,95 @@ class Decontaminator:
             try:
                 pixels = imglib.pixel_hash(im.data)
                 if self.config.image_exact and pixels in self.index.pixel_hashes:
-                    return "benchmark_image_exact"
+                    return "benchmark_image_exact", self.index.pixel_hashes[pixels]
                 if self.config.image_hamming is not None:
-                    distance = self.index.nearest_image_distance(imglib.dhash(im.data))
-                    if distance is not None and distance <= self.config.image_hamming:
-                        return "benchmark_image_near"
+                    nearest = self.index.nearest_image(imglib.dhash(im.data))
+                    if nearest is not None and nearest[0] <= self.config.image_hamming:
+                        return "benchmark_image_near", nearest[1]
             except (OSError, ValueError, BadRecordError):
-                return "corrupt_image"
+                return "corrupt_image", None
             keys.append(pixels)
         if self.config.dedup_exact or self.config.near_jaccard is not None:
-            return self.dedup.check(q, keys)
-        return None
+            return self.dedup.check(q, keys), None
+        return None, None
 
     def filter(self, questions: Iterable[Question]) -> Iterator[Question]:
         """Yields the questions to keep; `counts` gains one entry per dropped question."""
         for q in questions:
-            why = self.reason(q)
-            if why is None:
+            if self.reason(q) is None:
                 yield q
-            else:
-                self.counts[why] += 1
+
+    def report(self) -> dict[str, Any]:
+        """What decontamination checked and removed, JSON-able (the manifest's `decontamination`).
+
+        Returns:
+          {"method": the settings, "benchmarks": {name: {"questions", "images", "checked"[, "path"]}},
+          "removed": {name: {"ngram", "image_exact", "image_near"}} (every benchmark, zeros included),
+          "duplicate_exact", "near_duplicate", "corrupt_image", "image_unchecked"}: training questions.
+        """
+        c = self.config
+        return {
+            "method": {
+                "ngram": c.ngram,
+                "include_options": c.include_options,
+                "image_exact": c.image_exact,
+                "image_hamming": c.image_hamming,
+                "dedup_exact": c.dedup_exact,
+                "near_jaccard": c.near_jaccard,
+            },
+            "benchmarks": {name: dict(v) for name, v in sorted(self.index.sets.items())},
+            "removed": {
+                name: {kind: self.removed[name][kind] for kind in BENCHMARK_MATCHES.values()}
+                for name in sorted(set(self.index.sets) | set(self.removed))
+            },
+            "duplicate_exact": self.counts["duplicate_exact"],
+            "near_duplicate": self.counts["duplicate_near"],
+            "corrupt_image": self.counts["corrupt_image"],
+            "image_unchecked": self.stats["image_unchecked"],
+        }
+
+
+def from_registry(
+    benchmarks: str | Sequence[str],
+    benchmark_dir: str,
+    config: DecontamConfig = DecontamConfig(),
+    *,
+    images: Any = None,
+    require_all: bool = False,
+    warn: Callable[[str], None] = print,
+) -> Decontaminator:
+    """A Decontaminator over benchmarks of the registry (`data_pipeline.benchmarks`), read from local files.
+
+    Args:
+      benchmarks: registry names or categories, or "all" (`data_pipeline.benchmarks.select`).
+      benchmark_dir: the benchmark folder (each benchmark at its registry path below it), the folder that
+        `python -m octomed_jax.evaluate --data_dir` reads.
+      config: the checks.
+      images: `sources.ImageSettings` for reading benchmark images (None: the adapters' defaults).
+      require_all: a missing benchmark raises instead of a warning.
+      warn: receives one line per benchmark that is not checked.
+
+    Returns:
+      The Decontaminator; a missing benchmark is in its report with `checked: false`.
+
+    Raises:
+      FileNotFoundError: `require_all` and a benchmark's files are missing (named, with the setting to change).
+      KeyError: an unknown benchmark name.
+    """
+    from data_pipeline.benchmarks import select
+
+    dec = Decontaminator(config=config)
+    for b in select(benchmarks):
+        where = b.where(benchmark_dir)
+        try:
+            if not os.path.exists(where):
+                raise FileNotFoundError(f"{where} does not exist")
+            # Streamed: a classification test set's images are hashed one by one, never all held.
+            for q in b.questions(benchmark_dir, images=images):
+                dec.index.add(q, b.name)
+        except FileNotFoundError as e:
+            if require_all:
+                raise FileNotFoundError(f"benchmark {b.name!r} cannot be read for decontamination: {e}") from e
+            dec.index.not_checked(b.name, where)
+            warn(f"decontamination: benchmark {b.name!r} NOT checked, training is not decontaminated against it: {e}")
+    return dec

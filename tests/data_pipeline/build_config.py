@@ -1,8 +1,8 @@
 """The recipe of test_build.py: full_mix cut to the MedQA and PMC-VQA fixtures, teachers for a fake endpoint.
 
-The test sets `recipe.source_root` and each teacher's `base_url` (on the ConfigDict, or on the command line
-as `--config.recipe.source_root=...` overrides); until then the URL is a closed local port, so nothing
-leaves the machine.
+The test sets `recipe.source_root`, `recipe.decontamination.benchmark_dir` and each teacher's `base_url` (on the
+ConfigDict, or on the command line as `--config.recipe.source_root=...` overrides); until then the URL is a
+closed local port, so nothing leaves the machine.
 """
 
 import ml_collections
@@ -15,7 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
     r = config.recipe
     r.name = "test_recipe"
     r.sources = ml_collections.ConfigDict({k: r.sources[k] for k in ("medqa", "pmc_vqa")})
-    r.decontamination.benchmarks = ml_collections.ConfigDict({"medqa": r.decontamination.benchmarks.medqa})
+    r.decontamination.benchmarks = "medqa"  # the test sets benchmark_dir to its fixture folder
     for c in r.teachers:
         t = r.teachers[c]
         t.base_url, t.api_key_env, t.max_n_per_request, t.n = "http://127.0.0.1:9/v1", "", 4, 8

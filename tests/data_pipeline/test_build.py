@@ -93,6 +93,7 @@ def answer_fn(answers: dict[str, str], labels: dict[str, str]):
 def make_config(root: str, url: str) -> ml_collections.ConfigDict:
     config = build_config.get_config()
     config.recipe.source_root = root
+    config.recipe.decontamination.benchmark_dir = f"{root}/benchmarks"
     for c in config.recipe.teachers:
         config.recipe.teachers[c].base_url = url
     return config
@@ -270,6 +271,7 @@ def test_cli_builds_with_config_overrides(world, tmp_path):
         "build",
         f"--config={HERE}/build_config.py",
         f"--config.recipe.source_root={root}",
+        f"--config.recipe.decontamination.benchmark_dir={root}/benchmarks",
         f"--config.recipe.teachers.text.base_url={srv.base_url}",
         f"--config.recipe.teachers.mm_reasoning.base_url={srv.base_url}",
         "--config.recipe.traces_per_question=2",

@@ -99,16 +99,11 @@ def test_brightened_image_is_a_perceptual_near_duplicate():
     assert imglib.hamming(imglib.dhash(bench), imglib.dhash(brighter)) <= 6
     unrelated = imgutil.png(seed=77, h=64, w=64)
     assert imglib.hamming(imglib.dhash(bench), imglib.dhash(unrelated)) > 10
-    dec = Decontaminator([q("b", "Bench?", images=[bench])])
+    dec = Decontaminator([q("b", "Bench?", images=[bench])], DecontamConfig(image_hamming=6))
     assert dec.reason(q("t1", "Train?", images=[brighter])) == "benchmark_image_near"
     assert dec.reason(q("t2", "Train?", images=[unrelated])) is None
-    # Disabling the perceptual check keeps the brightened copy.
-    assert (
-        Decontaminator([q("b", "Bench?", images=[bench])], DecontamConfig(image_hamming=None)).reason(
-            q("t3", "Train?", images=[brighter])
-        )
-        is None
-    )
+    # The perceptual check is an extra, off by default: the brightened copy is kept.
+    assert Decontaminator([q("b", "Bench?", images=[bench])]).reason(q("t3", "Train?", images=[brighter])) is None
 
 
 def test_exact_duplicates_within_training():
@@ -140,23 +135,23 @@ def test_near_duplicates_within_training():
         "A 70-year-old man has progressive memory loss over three years with preserved gait and continence and "
         "no focal deficits on examination. Which medication class is most appropriate to start first?"
     )
-    dd = Deduplicator(DecontamConfig())
+    dd = Deduplicator(DecontamConfig(near_jaccard=0.8))
     assert dd.check(q("1", base), []) is None
     assert dd.check(q("2", near), []) == "duplicate_near"
     assert dd.check(q("3", different), []) is None
     # The same near-duplicate text over a different image is a different question.
     assert dd.check(q("4", near), ["imagekey"]) is None
-    # Off when disabled.
-    off = Deduplicator(DecontamConfig(near_jaccard=None))
+    # Off by default (an extra beyond the paper).
+    off = Deduplicator(DecontamConfig())
     assert off.check(q("1", base), []) is None and off.check(q("2", near), []) is None
 
 
 def test_benchmark_index_is_reusable_and_counts():
     idx = BenchmarkIndex().add_all([q("b1", BENCH_STEM), q("b2", "Another benchmark question here?")])
     assert idx.num_questions == 2
-    assert idx.shares_ngram(q("t", "Another benchmark question here?"))  # short text: compared whole
-    assert not idx.shares_ngram(q("t", "Another benchmark question here and more?", options={"A": "p", "B": "q"}))
-    assert idx.nearest_image_distance(0) is None
+    assert idx.ngram_match(q("t", "Another benchmark question here?")) == "train_src"  # short text: compared whole
+    assert idx.ngram_match(q("t", "Another benchmark question here and more?", options={"A": "p", "B": "q"})) is None
+    assert idx.nearest_image(0) is None
 
 
 def test_path_only_images_are_counted_unchecked_not_dropped():

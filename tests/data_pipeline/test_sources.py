@@ -534,7 +534,7 @@ def test_data_pipeline_imports_no_jax():
 
     code = (
         "import sys, data_pipeline.sources, data_pipeline.answers, data_pipeline.formats, "
-        "data_pipeline.decontam, data_pipeline.images; "
+        "data_pipeline.decontam, data_pipeline.images, data_pipeline.benchmarks, data_pipeline.labels; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('jax', 'flax')]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
