@@ -1,13 +1,15 @@
-"""Batched sampling from the student: prefill with images, then cached decoding in one compiled loop.
+"""Batched sampling from the student: prefill with images, then cached decoding in a compiled loop.
 
 A call to `Sampler.generate` turns prompts into rows (one per sample: `n` samples of a prompt are `n`
 rows with their own PRNG streams), sorts them by length, and runs them in batches. Each batch is
 left-padded to a bucketed prompt length and a bucketed row count, so only a bounded set of shapes is
 ever compiled; the token budget is bucketed too, and each row stops at its own budget or stop token.
 
-Inside one `jax.jit`: the vision tower and the prompt run through `Qwen25VL.decode_step` into a fresh
-`KVCache`, the first token is sampled from the last prompt position, then a `jax.lax.while_loop` feeds
-one token per row per step until every row has stopped. Positions continue M-RoPE as transformers does:
+One `jax.jit` (`_prefill`) runs the vision tower and the prompt through `Qwen25VL.decode_step` into a fresh
+`KVCache` and samples the first token from the last prompt position; another (`_decode`) runs a
+`jax.lax.while_loop` that feeds one token per row per step until every row has stopped, or, when streaming,
+until a step bound, after which the same compiled loop resumes from its carry (cache included).
+Positions continue M-RoPE as transformers does:
 the token generated `t` steps after the prompt sits at position `max_prompt_position + 1 + t`, i.e.
 `real_prompt_length + delta` from `positions.rope_index`.
 
@@ -167,25 +169,31 @@ class _Batch:
     vision: VisionInputs | None
 
 
-def _generate_loop(
+def _pick(model: Qwen25VL, hidden_last: jax.Array, step: jax.Array, rows: dict[str, jax.Array]) -> jax.Array:
+    """The next token of every row from the last hidden states, with its own key and settings."""
+    logits = model.language_model.logits(hidden_last)
+    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(jax.random.wrap_key_data(rows["keys"]), step)
+    return sample_tokens(logits, step_keys, rows["temperature"], rows["top_p"], rows["top_k"])
+
+
+def _prefill(
     graphdef: nnx.GraphDef,
     state: nnx.State,
     inputs: ModelInputs,
-    next_position: jax.Array,
-    temperature: jax.Array,
-    top_p: jax.Array,
-    top_k: jax.Array,
-    max_new: jax.Array,
-    keys: jax.Array,
+    rows: dict[str, jax.Array],
     *,
     budget: int,
     stop_ids: tuple[int, ...],
     cache_sharding: NamedSharding | None,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Prefill then the decoding while-loop (traced once per bucketed shape).
+) -> dict[str, jax.Array]:
+    """The prompt (and its images) through the model into a fresh cache, and the first token of every row.
+
+    Args:
+      rows: per-row arrays: next_position, temperature, top_p, top_k, max_new, keys (raw key data).
 
     Returns:
-      tokens int32 [B, budget] (pad 0 after a row stops), num_tokens int32 [B], stopped bool [B].
+      The decoding carry: t (steps done), token [B], cache, tokens int32 [B, budget] (0 after a row stops),
+      done, stopped bool [B], count int32 [B], kv_segments int32 [B, prompt_len + budget].
     """
     model: Qwen25VL = nnx.merge(graphdef, state)
     batch, prompt_len = inputs.input_ids.shape
@@ -193,51 +201,76 @@ def _generate_loop(
     if cache_sharding is not None:
         cache = jax.tree.map(lambda c: jax.lax.with_sharding_constraint(c, cache_sharding), cache)
     kv_segments = jnp.concatenate([inputs.segment_ids, jnp.ones((batch, budget), jnp.int32)], axis=1)
-    keys = jax.random.wrap_key_data(keys)
+    hidden, cache = model.decode_step(inputs, cache, 0, kv_segments)
+    token = _pick(model, hidden[:, -1], jnp.int32(0), rows)
+    stopped = jnp.isin(token, jnp.asarray(stop_ids, jnp.int32))
+    return {
+        "t": jnp.int32(0),
+        "token": token,
+        "cache": cache,
+        "tokens": jnp.zeros((batch, budget), jnp.int32).at[:, 0].set(token),
+        "done": stopped | (rows["max_new"] <= 1),
+        "stopped": stopped,
+        "count": jnp.ones((batch,), jnp.int32),
+        "kv_segments": kv_segments,
+    }
+
+
+def _decode(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    carry: dict[str, jax.Array],
+    rows: dict[str, jax.Array],
+    end: jax.Array,
+    *,
+    stop_ids: tuple[int, ...],
+) -> dict[str, jax.Array]:
+    """Cached decoding, one token per row per step, until step `end`, the budget, or every row has stopped.
+
+    `end` is traced, so decoding all at once (`end` = budget) and in chunks of a few tokens (streaming) run the
+    same compiled loop with the same steps: their tokens are equal.
+    """
+    batch, budget = carry["tokens"].shape
+    prompt_len = carry["kv_segments"].shape[1] - budget
     stop = jnp.asarray(stop_ids, jnp.int32)
 
-    def pick(model: Qwen25VL, hidden_last: jax.Array, step: jax.Array) -> jax.Array:
-        logits = model.language_model.logits(hidden_last)
-        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)
-        return sample_tokens(logits, step_keys, temperature, top_p, top_k)
+    def cond(c: tuple[dict[str, jax.Array], nnx.State]) -> jax.Array:
+        t = c[0]["t"]
+        return (t + 1 < budget) & (t < end) & ~jnp.all(c[0]["done"])
 
-    hidden, cache = model.decode_step(inputs, cache, 0, kv_segments)
-    token = pick(model, hidden[:, -1], jnp.int32(0))
-    tokens = jnp.zeros((batch, budget), jnp.int32).at[:, 0].set(token)
-    stopped = jnp.isin(token, stop)
-    done = stopped | (max_new <= 1)
-    count = jnp.ones((batch,), jnp.int32)
-
-    def cond(carry: tuple[Any, ...]) -> jax.Array:
-        t, _, _, _, done, _, _, _ = carry
-        return (t + 1 < budget) & ~jnp.all(done)
-
-    def body(carry: tuple[Any, ...]) -> tuple[Any, ...]:
-        t, token, cache, tokens, done, stopped, count, params = carry
-        pos = jnp.broadcast_to((next_position + t)[None, :, None], (3, batch, 1))
+    def body(c: tuple[dict[str, jax.Array], nnx.State]) -> tuple[dict[str, jax.Array], nnx.State]:
+        carry, params = c
+        t, done = carry["t"], carry["done"]
+        pos = jnp.broadcast_to((rows["next_position"] + t)[None, :, None], (3, batch, 1))
         step_inputs = ModelInputs(
-            input_ids=token[:, None], positions=pos, segment_ids=jnp.ones((batch, 1), jnp.int32), vision=None
+            input_ids=carry["token"][:, None],
+            positions=pos,
+            segment_ids=jnp.ones((batch, 1), jnp.int32),
+            vision=None,
         )
         # NNX variables cannot cross trace levels: the parameters ride in the carry, unchanged.
         step_model: Qwen25VL = nnx.merge(graphdef, params)
-        hidden, cache = step_model.decode_step(step_inputs, cache, prompt_len + t, kv_segments)
-        new = pick(step_model, hidden[:, 0], t + 1)
-        new = jnp.where(done, 0, new)
-        tokens = jax.lax.dynamic_update_slice(tokens, new[:, None], (0, t + 1))
-        count = count + (~done).astype(jnp.int32)
+        hidden, cache = step_model.decode_step(step_inputs, carry["cache"], prompt_len + t, carry["kv_segments"])
+        new = jnp.where(done, 0, _pick(step_model, hidden[:, 0], t + 1, rows))
+        count = carry["count"] + (~done).astype(jnp.int32)
         hit = ~done & jnp.isin(new, stop)
-        stopped = stopped | hit
-        done = done | hit | (count >= max_new)
-        return t + 1, new, cache, tokens, done, stopped, count, params
+        return {
+            "t": t + 1,
+            "token": new,
+            "cache": cache,
+            "tokens": jax.lax.dynamic_update_slice(carry["tokens"], new[:, None], (0, t + 1)),
+            "done": done | hit | (count >= rows["max_new"]),
+            "stopped": carry["stopped"] | hit,
+            "count": count,
+            "kv_segments": carry["kv_segments"],
+        }, params
 
-    carry = (jnp.int32(0), token, cache, tokens, done, stopped, count, state)
-    _, _, _, tokens, _, stopped, count, _ = jax.lax.while_loop(cond, body, carry)
-    return tokens, count, stopped
+    return jax.lax.while_loop(cond, body, (carry, state))[0]
 
 
-_generate_jit = jax.jit(
-    _generate_loop, static_argnames=("graphdef", "budget", "stop_ids", "cache_sharding"), donate_argnums=()
-)
+_prefill_jit = jax.jit(_prefill, static_argnames=("graphdef", "budget", "stop_ids", "cache_sharding"))
+# The carry (its cache above all) is updated in place from one chunk to the next.
+_decode_jit = jax.jit(_decode, static_argnames=("graphdef", "stop_ids"), donate_argnames=("carry",))
 
 
 class Sampler:
@@ -298,6 +331,8 @@ class Sampler:
         key: jax.Array | None = None,
         first_index: int = 0,
         progress: Callable[[int], None] | None = None,
+        on_tokens: Callable[[int, int, list[int]], None] | None = None,
+        chunk_tokens: int = 8,
     ) -> list[list[Completion]]:
         """Samples completions for every prompt.
 
@@ -309,6 +344,10 @@ class Sampler:
             prompt i uses fold_in(PRNGKey(params[i].seed), j), so a request's samples do not depend on its batch.
           first_index: index of the first prompt in a longer list processed in chunks (keys only).
           progress: called with the number of rows finished after each compiled call.
+          on_tokens: streaming: decode in compiled chunks of `chunk_tokens` steps and, after the prefill and after
+            each chunk, call `on_tokens(i, j, new_token_ids)` for sample j of prompt i (stop tokens left out).
+            The tokens are those of decoding in one loop. None: one loop, no host round trips.
+          chunk_tokens: decoding steps between two `on_tokens` rounds.
 
         Returns:
           For each prompt, its `n` completions.
@@ -317,6 +356,8 @@ class Sampler:
             params = [params] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError(f"{len(params)} SamplingParams for {len(prompts)} prompts")
+        if chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
         for p in params:
             p.validate()
         rows = [(i, j) for i, p in enumerate(params) for j in range(p.n)]
@@ -326,7 +367,9 @@ class Sampler:
         results: list[list[Completion | None]] = [[None] * p.n for p in params]
         for start in range(0, len(order), self.max_batch):
             chunk = order[start : start + self.max_batch]
-            completions = self._run_batch([rows[r] for r in chunk], prompts, params, row_keys[chunk])
+            completions = self._run_batch(
+                [rows[r] for r in chunk], prompts, params, row_keys[chunk], on_tokens, chunk_tokens
+            )
             for r, c in zip(chunk, completions, strict=True):
                 i, j = rows[r]
                 results[i][j] = c
@@ -422,6 +465,8 @@ class Sampler:
         prompts: Sequence[Prompt],
         params: Sequence[SamplingParams],
         keys: np.ndarray,
+        on_tokens: Callable[[int, int, list[int]], None] | None = None,
+        chunk_tokens: int = 8,
     ) -> list[Completion]:
         b, budget = self._prepare(rows, prompts, params, keys)
         vision = b.vision
@@ -439,21 +484,37 @@ class Sampler:
             cache_sharding = NamedSharding(self.mesh, spec)
         graphdef, state = nnx.split(self.model)
         self.compiled_shapes.add((b.input_ids.shape, budget, None if vision is None else vision.pixel_values.shape))
-        tokens, count, stopped = _generate_jit(
+        per_row = {
+            "next_position": self._put(b.next_position),
+            "temperature": self._put(b.temperature),
+            "top_p": self._put(b.top_p),
+            "top_k": self._put(b.top_k),
+            "max_new": self._put(b.max_new),
+            "keys": self._put(b.keys),
+        }
+        carry = _prefill_jit(
             graphdef,
             state,
             inputs,
-            self._put(b.next_position),
-            self._put(b.temperature),
-            self._put(b.top_p),
-            self._put(b.top_k),
-            self._put(b.max_new),
-            self._put(b.keys),
+            per_row,
             budget=budget,
             stop_ids=self.stop_token_ids,
             cache_sharding=cache_sharding,
         )
-        tokens, count, stopped = (np.asarray(jax.device_get(a)) for a in (tokens, count, stopped))
+        decode = lambda carry, end: _decode_jit(
+            graphdef, state, carry, per_row, jnp.int32(end), stop_ids=self.stop_token_ids
+        )
+        if on_tokens is None:
+            carry = decode(carry, budget)
+        else:
+            sent = [0] * len(rows)
+            while True:
+                t, done = (np.asarray(jax.device_get(carry[k])) for k in ("t", "done"))
+                self._emit(rows, carry, sent, on_tokens)
+                if int(t) + 1 >= budget or done.all():
+                    break
+                carry = decode(carry, int(t) + chunk_tokens)
+        tokens, count, stopped = (np.asarray(jax.device_get(carry[k])) for k in ("tokens", "count", "stopped"))
         out = []
         for r in range(len(rows)):
             n = int(count[r])
@@ -462,6 +523,21 @@ class Sampler:
                 ids = ids[:-1]
             out.append(Completion(token_ids=ids, finish_reason="stop" if stopped[r] else "length", num_tokens=n))
         return out
+
+    @staticmethod
+    def _emit(
+        rows: list[tuple[int, int]],
+        carry: dict[str, jax.Array],
+        sent: list[int],
+        on_tokens: Callable[[int, int, list[int]], None],
+    ) -> None:
+        """Hands each row's tokens generated since the last call to `on_tokens` (a stop token left out)."""
+        tokens, count, stopped = (np.asarray(jax.device_get(carry[k])) for k in ("tokens", "count", "stopped"))
+        for r, (i, j) in enumerate(rows):
+            upto = int(count[r]) - int(bool(stopped[r]))
+            if upto > sent[r]:
+                on_tokens(i, j, tokens[r, sent[r] : upto].tolist())
+                sent[r] = upto
 
 
 __all__ = [

@@ -148,3 +148,26 @@ def test_buckets_bound_compiled_shapes(tiny_vocab_pair):
     prompts = [Prompt(rng.randint(0, 1000, size=n)) for n in (3, 9, 17, 20, 31, 5, 12)]
     sampler.generate(prompts, SamplingParams(max_new_tokens=3))
     assert len(sampler.compiled_shapes) <= 2  # 7 prompts of 7 lengths: two batches, one length bucket
+
+
+def test_chunked_decoding_streams_the_tokens_of_one_loop(tiny_vocab_pair, prompts):
+    """Streaming decodes in chunks of the same compiled loop: greedy and seeded samples equal one-loop decoding,
+    and the streamed pieces add up to each completion (stop token left out)."""
+    _, ours, _, _ = tiny_vocab_pair
+    batch = [prompts["small_image"], prompts["text"]]
+    params = [SamplingParams(max_new_tokens=BUDGET), SamplingParams(temperature=1.5, n=2, max_new_tokens=7, seed=3)]
+    whole = Sampler(ours, stop_token_ids=NEVER).generate(batch, params)
+    stop_at = whole[0][0].token_ids[4]
+    sampler = Sampler(ours, stop_token_ids=(stop_at,))
+    one_loop = sampler.generate(batch, params)
+    streamed: dict[tuple[int, int], list[list[int]]] = {}
+    chunked = sampler.generate(
+        batch, params, on_tokens=lambda i, j, ids: streamed.setdefault((i, j), []).append(ids), chunk_tokens=3
+    )
+    assert [[c.token_ids for c in cs] for cs in chunked] == [[c.token_ids for c in cs] for cs in one_loop]
+    assert [[c.finish_reason for c in cs] for cs in chunked] == [[c.finish_reason for c in cs] for cs in one_loop]
+    first = whole[0][0].token_ids.index(stop_at)
+    assert chunked[0][0].token_ids == whole[0][0].token_ids[:first] and chunked[0][0].finish_reason == "stop"
+    for (i, j), pieces in streamed.items():
+        assert sum(pieces, []) == chunked[i][j].token_ids
+    assert [len(p) for p in streamed[(1, 0)]] == [1, 3, 3]  # the prefill's token, then chunks of 3
