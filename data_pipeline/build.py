@@ -678,7 +678,7 @@ def decontamination_table(report: Mapping[str, Any]) -> str:
     for name, b in report["benchmarks"].items():
         r = report["removed"][name]
         if not b["checked"]:
-            lines.append(f"{name:<18}NOT CHECKED: {b['path']} is missing")
+            lines.append(f"{name:<18}NOT CHECKED: {b['error']}")
             continue
         lines.append(
             f"{name:<18}{b['questions']:>10}{b['images']:>8}{r['ngram']:>8}{r['image_exact']:>13}{r['image_near']:>12}"

@@ -116,8 +116,8 @@ class BenchmarkIndex:
     """The benchmark questions and images that training must not contain, each hash naming its benchmark.
 
     Attributes:
-      sets: benchmark -> {"questions", "images", "checked", "path"}: what was indexed (`checked` False: its
-        files were missing, nothing of it is in the index).
+      sets: benchmark -> {"questions", "images", "checked"}: what was indexed; a benchmark whose files are
+        missing has `checked` False, its `path` and the `error` that said so.
     """
 
     def __init__(self, config: DecontamConfig = DecontamConfig()):
@@ -169,9 +169,9 @@ class BenchmarkIndex:
             self.add(q, benchmark)
         return self
 
-    def not_checked(self, benchmark: str, path: str) -> None:
-        """Records that `benchmark` is missing at `path`: it is listed, unchecked, in the report."""
-        self.sets[benchmark] = {"questions": 0, "images": 0, "checked": False, "path": path}
+    def not_checked(self, benchmark: str, path: str, error: str) -> None:
+        """Records that `benchmark` could not be read at `path` (`error` says why): listed, unchecked, in the report."""
+        self.sets[benchmark] = {"questions": 0, "images": 0, "checked": False, "path": path, "error": error}
 
     def ngram_match(self, q: Question) -> str | None:
         """The benchmark the question shares a word n-gram with, or None."""
@@ -337,7 +337,7 @@ class Decontaminator:
         """What decontamination checked and removed, JSON-able (the manifest's `decontamination`).
 
         Returns:
-          {"method": the settings, "benchmarks": {name: {"questions", "images", "checked"[, "path"]}},
+          {"method": the settings, "benchmarks": {name: {"questions", "images", "checked"[, "path", "error"]}},
           "removed": {name: {"ngram", "image_exact", "image_near"}} (every benchmark, zeros included),
           "duplicate_exact", "near_duplicate", "corrupt_image", "image_unchecked"}: training questions.
         """
@@ -404,6 +404,6 @@ def from_registry(
         except FileNotFoundError as e:
             if require_all:
                 raise FileNotFoundError(f"benchmark {b.name!r} cannot be read for decontamination: {e}") from e
-            dec.index.not_checked(b.name, where)
+            dec.index.not_checked(b.name, where, str(e))
             warn(f"decontamination: benchmark {b.name!r} NOT checked, training is not decontaminated against it: {e}")
     return dec

@@ -259,7 +259,8 @@ def read_classification_csv(
       image_dir: subdirectory of `image_root` with the images (APTOS: "train_images").
       image_suffix: appended to the id to make the file name (APTOS: ".png").
       question, label_names, max_per_class, seed, shuffle_options, max_options, images: as in
-        `read_image_folder` (`label_names` maps raw labels such as "0" to names such as "No DR").
+        `read_image_folder` (`label_names` maps raw labels such as "0" to names such as "No DR"; the maps that
+        training and the benchmark registry share are in `data_pipeline.labels`).
 
     Yields:
       Question or Rejected.

@@ -42,7 +42,7 @@ def _medqa_row(stem: str) -> str:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> tuple[str, str]:
     """Training MedQA (#1 shares a 16-gram with the MedQA test set) and APTOS (one image is an APTOS test
-    image); benchmarks: MedQA and APTOS only."""
+    image); benchmarks: MedQA and APTOS only (and an empty NEJM folder)."""
     top = str(tmp_path_factory.mktemp("decontam_registry"))
     src, bench = f"{top}/sources", f"{top}/benchmarks"
     stems = ["Which drug lowers potassium fastest?", SHARED + " around the macula. Next step?", "Which nerve?"]
@@ -54,6 +54,7 @@ def world(tmp_path_factory) -> tuple[str, str]:
     _write(f"{src}/aptos/train_images/own.png", imgutil.png(seed=2))
     _write(f"{bench}/aptos/test_images/t1.png", imgutil.png(seed=1))
     _write(f"{bench}/aptos/test_images/t2.png", imgutil.png(seed=3))
+    os.makedirs(f"{bench}/nejm")  # a folder without the test file: not checked either
     return src, bench
 
 
@@ -104,10 +105,14 @@ def test_the_registry_is_the_list_and_missing_benchmarks_are_warned_and_recorded
     assert sorted(d["benchmarks"]) == sorted(BENCHMARKS) and len(BENCHMARKS) == 14
     missing = sorted(set(BENCHMARKS) - set(PRESENT))
     assert sorted(n for n, b in d["benchmarks"].items() if not b["checked"]) == missing
-    assert d["benchmarks"]["mmmu_pro_health"]["path"] == os.path.join(world[1], "mmmu_pro")
+    where = os.path.join(world[1], "mmmu_pro")
+    assert d["benchmarks"]["mmmu_pro_health"] == {
+        "questions": 0, "images": 0, "checked": False, "path": where, "error": f"{where} does not exist"
+    }
     warned = [line for line in lines if line.startswith("decontamination: benchmark ")]
     assert len(warned) == len(missing) and all("\n" not in w for w in warned)
-    assert any("'brain_tumor' NOT checked" in w and "brain_tumor/Testing" in w for w in warned)
+    assert any("'brain_tumor' NOT checked" in w and "brain_tumor/Testing does not exist" in w for w in warned)
+    assert d["benchmarks"]["nejm"]["error"].startswith("no .jsonl/.json file for split 'test' under ")
     assert result.table.count("NOT CHECKED") == len(missing)
 
 

@@ -33,8 +33,8 @@ def roots(tmp_path_factory) -> tuple[str, str]:
     rows = [(f"tr{g}", g) for g in GRADES]
     _write(f"{src}/aptos/train.csv", "id_code,diagnosis\n" + "".join(f"{i},{g}\n" for i, g in rows))
     _write(f"{bench}/aptos/test.csv", "id_code,diagnosis\n" + "".join(f"te{g},{g}\n" for g in GRADES))
-    _write(f"{src}/messidor2/messidor_data.csv", "image_id,adjudicated_dr_grade\n" + "".join(
-        f"{i}.png,{g}\n" for i, g in rows))
+    messidor_rows = "".join(f"{i}.png,{g}\n" for i, g in rows)
+    _write(f"{src}/messidor2/messidor_data.csv", "image_id,adjudicated_dr_grade\n" + messidor_rows)
     for n, g in enumerate(GRADES):
         _write(f"{src}/aptos/train_images/tr{g}.png", imgutil.png(seed=n))
         _write(f"{bench}/aptos/test_images/te{g}.png", imgutil.png(seed=10 + n))
