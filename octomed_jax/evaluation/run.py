@@ -24,6 +24,7 @@ from octomed_jax.contract import RunContract
 from octomed_jax.data.images import ImageError
 from octomed_jax.data.template import TemplateError
 from octomed_jax.evaluation.metrics import QuestionResult, Response, benchmark_metrics, summarize
+from octomed_jax.evaluation.protocol import PAPER, cap_images
 from octomed_jax.generation.prompts import question_prompt
 from octomed_jax.generation.sampler import Sampler, SamplingParams
 
@@ -34,9 +35,8 @@ if TYPE_CHECKING:
     from data_pipeline.records import Question
     from octomed_jax.models.qwen2_5_vl import Qwen25VL
 
-# The paper's protocol (docs/paper.md, "Evaluation protocol"): 5 seeds at temperature 0.6, top-p 0.95, 8,192 new tokens.
-PAPER_PARAMS = SamplingParams(temperature=0.6, top_p=0.95, max_new_tokens=8192)
-PAPER_SEEDS = (0, 1, 2, 3, 4)
+# The paper's protocol (`evaluation.protocol.PAPER`): 5 seeds at temperature 0.6, top-p 0.95, 8,192 new tokens.
+PAPER_PARAMS, PAPER_SEEDS = PAPER.params, PAPER.seeds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +59,8 @@ class EvalResult:
     """What an evaluation returns.
 
     Attributes:
-      metrics: {"benchmarks": {name: benchmark_metrics + num_skipped, skipped_questions}, "summary":
-        summarize(...)}; a benchmark is a question `source` (e.g. "medqa", "brain_tumor").
+      metrics: {"benchmarks": {name: benchmark_metrics + num_skipped, skipped_questions, images_capped},
+        "summary": summarize(...)}; a benchmark is a question `source` (e.g. "medqa", "brain_tumor").
       results: per benchmark, the per-question responses of the questions asked.
       skipped: per benchmark, the questions that could not be prompted.
     """
@@ -160,6 +160,8 @@ def evaluate_model(
     tokenizer: PreTrainedTokenizerFast | None = None,
     seeds: Sequence[int] = (0,),
     majority_k: Sequence[int] = (),
+    majority: int | None = None,
+    max_images: int | None = None,
     mesh: Mesh | None = None,
     rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES,
     sampler: Sampler | None = None,
@@ -179,6 +181,10 @@ def evaluate_model(
       tokenizer: the tokenizer (default: the contract's, `load_tokenizer(contract.prompting.tokenizer_path)`).
       seeds: seeds to average over.
       majority_k: report majority-vote accuracy over the first k responses of each question.
+      majority: score by a majority vote over each seed's first `majority` samples (`params.n` >= it), as the
+        paper reports MedQA; None: by accuracy.
+      max_images: keep each question's first `max_images` images (the paper: 10); the questions cut are
+        counted per benchmark (`images_capped`). None keeps all.
       mesh: the mesh the parameters live on, if sharded.
       rules: logical axis rules of that mesh.
       sampler: reuse a sampler (its model is used; `mesh`, `rules`, `max_batch` are then ignored).
@@ -191,6 +197,8 @@ def evaluate_model(
     Returns:
       An `EvalResult`.
     """
+    if majority is not None and params.n < majority:
+        raise ValueError(f"a majority of {majority} needs n >= {majority} samples per question, got n={params.n}")
     if contract is None:
         contract = RunContract.for_model(model.cfg)
     if tokenizer is None:
@@ -204,7 +212,9 @@ def evaluate_model(
         groups.setdefault(q.source, []).append(q)
     categories = {name: qs[0].category for name, qs in groups.items()}
     skipped: dict[str, list[SkippedQuestion]] = {}
+    capped: dict[str, list[str]] = {}
     for name in groups:
+        groups[name], capped[name] = cap_images(groups[name], max_images)
         groups[name], skipped[name] = split_askable(tokenizer, groups[name], contract)
         for s in skipped[name]:
             print(f"[evaluate] {name}: question {s.question_id!r} skipped ({s.reason}): {s.message}")
@@ -234,7 +244,8 @@ def evaluate_model(
             bar.close()
     per_benchmark = {
         name: {
-            **benchmark_metrics(r, majority_k=majority_k),
+            **benchmark_metrics(r, majority_k=majority_k, majority=majority),
+            "images_capped": len(capped[name]),
             "num_skipped": len(skipped[name]),
             "skipped_questions": [dataclasses.asdict(s) for s in skipped[name]],
         }

@@ -1,10 +1,12 @@
 """Benchmark evaluation of a checkpoint, resumable per benchmark: the library behind `python -m octomed_jax.evaluate`.
 
+Benchmarks are sampled and scored under a `Protocol` (`evaluation.protocol`; default: the paper's, 5 seeds,
+temperature 0.6, top-p 0.95, 8,192 new tokens, at most 10 images per question, MedQA by a majority of 10).
 Each benchmark's metrics are written to `OUT/benchmarks/<name>.json` (and its responses to
 `<name>.responses.jsonl`) as soon as it finishes; a rerun with the same settings skips it. At the end:
-`OUT/results.json`, `OUT/table.md` (Table 2 layout) and `OUT/response_lengths.png`. A question that cannot
-be prompted (an image the preprocessing refuses, a control token in its text) is skipped and listed with its
-id and reason under the benchmark's `skipped_questions`, in its JSON and in `results.json`.
+`OUT/results.json`, `OUT/table.md` and `OUT/table.json` (Table 2 layout) and `OUT/response_lengths.png`.
+A question that cannot be prompted (an image the preprocessing refuses, a control token in its text) is
+skipped and listed with its id and reason under the benchmark's `skipped_questions`, in its JSON and in `results.json`.
 """
 
 from __future__ import annotations
@@ -13,17 +15,29 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from octomed_jax.contract import RunContract
+from octomed_jax.evaluation.protocol import PAPER, Protocol
+
+if TYPE_CHECKING:
+    from octomed_jax.generation.sampler import SamplingParams
 
 
-def _settings(params: Any, seeds: Sequence[int], limit: int | None, contract: RunContract) -> dict[str, Any]:
-    """What decides a benchmark's result; a finished benchmark is reused only under equal settings."""
-    return {"sampling": dataclasses.asdict(params), "seeds": list(seeds), "limit": limit,
+def _settings(protocol: Protocol, limit: int | None, contract: RunContract) -> dict[str, Any]:
+    """The run's settings: the protocol, the question limit, and the contract's preprocessing and prompting."""
+    return {"protocol": protocol.to_json(), "limit": limit,
             "preprocessing": dataclasses.asdict(contract.preprocessing),
             "prompting": {k: v for k, v in dataclasses.asdict(contract.prompting).items() if k != "tokenizer_path"}}
+
+
+def _benchmark_settings(protocol: Protocol, name: str, limit: int | None, contract: RunContract) -> dict[str, Any]:
+    """What decides one benchmark's result; a finished benchmark is reused only under equal settings."""
+    params, k = protocol.sampling(name)
+    return {"sampling": dataclasses.asdict(params), "seeds": list(protocol.seeds), "majority": k,
+            "max_images": protocol.max_images, "limit": limit,
+            **{key: v for key, v in _settings(protocol, limit, contract).items() if key != "protocol"}}
 
 
 def evaluate_benchmarks(
@@ -31,9 +45,13 @@ def evaluate_benchmarks(
     benchmarks: str | Sequence[str],
     data_dir: str,
     out: str,
-    params: Any,
+    params: SamplingParams | None = None,
     *,
-    seeds: Sequence[int] = (0,),
+    protocol: Protocol = PAPER,
+    seeds: Sequence[int] | None = None,
+    majority: Mapping[str, int] | None = None,
+    max_images: int | None = None,
+    compare_to_paper: bool = False,
     majority_k: Sequence[int] = (),
     limit: int | None = None,
     max_batch: int = 32,
@@ -52,8 +70,11 @@ def evaluate_benchmarks(
       benchmarks: names / categories (see `evaluation.benchmarks.select`).
       data_dir: root of the benchmark files.
       out: output folder.
-      params: `SamplingParams`.
-      seeds, majority_k, limit, max_batch: see the flags.
+      params: `SamplingParams` of one response; None: the protocol's.
+      protocol: how benchmarks are sampled and scored (`evaluation.protocol`); the paper's by default.
+      seeds, majority, max_images: override the protocol's (None keeps it; `max_images=0` keeps every image).
+      compare_to_paper: the table gets a row of the paper's OctoMed-7B scores.
+      majority_k, limit, max_batch: see the flags.
       mesh_spec: see `--mesh`.
       dtype: compute dtype override.
       tokenizer_path: tokenizer folder override.
@@ -64,16 +85,19 @@ def evaluate_benchmarks(
     from octomed_jax.checkpoint import load_contract, load_run
     from octomed_jax.data.tokenizer import load_tokenizer
     from octomed_jax.evaluation import benchmarks as bench_lib
-    from octomed_jax.evaluation.report import markdown_table, plot_response_lengths, write_json
+    from octomed_jax.evaluation.report import markdown_table, plot_response_lengths, table_json, write_json
     from octomed_jax.evaluation.run import evaluate_model
     from octomed_jax.generation.sampler import Sampler
     from octomed_jax.sharding import parse_mesh
 
     chosen = bench_lib.select(benchmarks)
+    protocol = protocol.override(params=params, seeds=seeds, majority=majority, max_images=max_images)
+    unknown = sorted(set(protocol.majority) - set(bench_lib.BENCHMARKS))
+    if unknown:
+        raise ValueError(f"majority: unknown benchmark(s) {unknown}; known: {sorted(bench_lib.BENCHMARKS)}")
     os.makedirs(os.path.join(out, "benchmarks"), exist_ok=True)
     if contract is None:
         contract = load_contract(checkpoint)
-    settings = _settings(params, seeds, limit, contract)
     per_benchmark: dict[str, Any] = {}
     todo = []
     for b in chosen:
@@ -81,7 +105,7 @@ def evaluate_benchmarks(
         if os.path.exists(done_path):
             with open(done_path) as f:
                 prior = json.load(f)
-            if prior.get("settings") == settings:
+            if prior.get("settings") == _benchmark_settings(protocol, b.name, limit, contract):
                 per_benchmark[b.name] = prior["metrics"]
                 continue
             print(f"[evaluate] {b.name}: settings changed since the last run, evaluating again")
@@ -110,13 +134,16 @@ def evaluate_benchmarks(
             print(f"[evaluate] {b.name}: skipped, {missing[b.name]}")
             continue
         start = time.time()
+        sampling, k = protocol.sampling(b.name)
         result = evaluate_model(
             model,
             questions,
-            params,
+            sampling,
             tokenizer=tokenizer,
-            seeds=seeds,
+            seeds=protocol.seeds,
             majority_k=majority_k,
+            majority=k,
+            max_images=protocol.max_images,
             sampler=sampler,
             contract=contract,
             progress=True,
@@ -138,14 +165,17 @@ def evaluate_benchmarks(
                 )
                 f.write("\n")
         write_json(
-            {"benchmark": b.name, "settings": settings, "metrics": metrics},
+            {"benchmark": b.name, "settings": _benchmark_settings(protocol, b.name, limit, contract),
+             "metrics": metrics},
             os.path.join(out, "benchmarks", f"{b.name}.json"),
         )
         per_benchmark[b.name] = metrics
+        scored = f"majority of {k}" if k else "accuracy"
         tqdm.write(
-            f"[evaluate] {b.name}: accuracy {metrics['accuracy']:.2f} over {metrics['num_questions']} "
-            f"questions, {metrics['mean_response_tokens']:.0f} tokens/response, "
-            f"{metrics['unparseable']} unparseable, {metrics['num_skipped']} skipped"
+            f"[evaluate] {b.name}: {scored} {metrics['score']:.2f} ± {metrics['score_std']:.2f} over "
+            f"{metrics['num_questions']} questions x {len(protocol.seeds)} seeds, "
+            f"{metrics['mean_response_tokens']:.0f} tokens/response, {metrics['unparseable']} unparseable, "
+            f"{metrics['num_skipped']} skipped, {metrics['images_capped']} cut to {protocol.max_images} images"
         )
 
     from octomed_jax.evaluation.metrics import summarize
@@ -157,12 +187,15 @@ def evaluate_benchmarks(
         "categories": categories,
         "summary": summarize(per_benchmark, categories) if per_benchmark else {},
     }
-    final = {"checkpoint": checkpoint, "settings": settings, "metrics": metrics, "missing": missing}
+    final = {"checkpoint": checkpoint, "settings": _settings(protocol, limit, contract), "metrics": metrics,
+             "missing": missing}
     write_json(final, os.path.join(out, "results.json"))
     if per_benchmark:
-        table = markdown_table({os.path.basename(os.path.normpath(checkpoint)) or checkpoint: metrics})
+        runs = {os.path.basename(os.path.normpath(checkpoint)) or checkpoint: metrics}
+        table = markdown_table(runs, paper=compare_to_paper)
         with open(os.path.join(out, "table.md"), "w") as f:
             f.write(table)
+        write_json(table_json(runs, paper=compare_to_paper), os.path.join(out, "table.json"))
         plot_response_lengths(metrics, os.path.join(out, "response_lengths.png"))
         print(table)
     print(f"[evaluate] {len(per_benchmark)} benchmark(s) scored, {len(missing)} missing; results in {out}")

@@ -21,15 +21,17 @@ GREEDY = SamplingParams(temperature=0.0, max_new_tokens=BUDGET)
 
 @pytest.fixture(scope="module")
 def evaluated(checkpoint, data_dir, tmp_path_factory):
+    from octomed_jax.evaluation.protocol import QUICK
     from octomed_jax.evaluation.suite import evaluate_benchmarks
 
     out = str(tmp_path_factory.mktemp("eval_out"))
-    final = evaluate_benchmarks(checkpoint, "medqa,pmc_vqa,bcss", data_dir, out, GREEDY, seeds=[0], max_batch=8)
+    final = evaluate_benchmarks(checkpoint, "medqa,pmc_vqa,bcss", data_dir, out, GREEDY, protocol=QUICK, max_batch=8)
     return out, final
 
 
 def test_evaluate_writes_results_and_resumes(evaluated, checkpoint, data_dir, capsys, monkeypatch):
     from octomed_jax import checkpoint as ckpt_lib
+    from octomed_jax.evaluation.protocol import QUICK
     from octomed_jax.evaluation.suite import evaluate_benchmarks
 
     out, final = evaluated
@@ -38,11 +40,13 @@ def test_evaluate_writes_results_and_resumes(evaluated, checkpoint, data_dir, ca
     assert "bcss" in final["missing"]  # no files for it: reported, not fatal
     assert metrics["benchmarks"]["medqa"]["num_questions"] == 2
     assert metrics["benchmarks"]["pmc_vqa"]["num_questions"] == 2
+    assert metrics["benchmarks"]["pmc_vqa"]["images_capped"] == 0  # one image each, under the cap of 10
     assert 1 <= metrics["benchmarks"]["medqa"]["mean_response_tokens"] <= BUDGET
     assert set(metrics["summary"]["categories"]) == {"text", "mm_reasoning"}
     for name in (
         "results.json",
         "table.md",
+        "table.json",
         "response_lengths.png",
         "benchmarks/medqa.json",
         "benchmarks/pmc_vqa.responses.jsonl",
@@ -52,7 +56,7 @@ def test_evaluate_writes_results_and_resumes(evaluated, checkpoint, data_dir, ca
     # A rerun skips what is finished: only the run contract is read, the model is not even loaded.
     before = os.path.getmtime(os.path.join(out, "benchmarks", "medqa.json"))
     monkeypatch.setattr(ckpt_lib, "load_run", lambda *a, **k: pytest.fail("the model was loaded"))
-    again = evaluate_benchmarks(checkpoint, "medqa,pmc_vqa", data_dir, out, GREEDY, seeds=[0])
+    again = evaluate_benchmarks(checkpoint, "medqa,pmc_vqa", data_dir, out, GREEDY, protocol=QUICK)
     assert "skipped: medqa, pmc_vqa" in capsys.readouterr().out
     assert os.path.getmtime(os.path.join(out, "benchmarks", "medqa.json")) == before
     assert again["metrics"]["benchmarks"] == metrics["benchmarks"]
@@ -157,7 +161,7 @@ def test_bad_input_gets_4xx_and_the_server_keeps_serving(server):
         "file URL": (image("file:///etc/passwd"), 400, "file:// image URLs are refused"),
         "bad base64": (image("data:image/png;base64,@@@"), 400, "invalid base64"),
         "not an image": (image(data_url(b"hello")), 400, "cannot read the image"),
-        "streaming": ({**user("hi"), "stream": True}, 400, "streaming is not supported"),
+        "stream not a boolean": ({**user("hi"), "stream": "yes"}, 400, "'stream' must be a boolean"),
         "bad temperature": ({**user("hi"), "temperature": -1}, 400, "'temperature' must be between"),
         "too many tokens": ({**user("hi"), "max_tokens": 10**6}, 400, "'max_tokens' must be between"),
         "oversized body": (b"x" * (300 * 1024), 413, "at most"),

@@ -57,11 +57,11 @@ def test_samples_within_a_seed_and_majority_at_k():
 
 def test_per_category_and_overall_means():
     per = {
-        "medqa": {"accuracy": 80.0},
-        "headqa": {"accuracy": 60.0},
-        "pmc_vqa": {"accuracy": 40.0},
-        "bcss": {"accuracy": 10.0},
-        "aptos": {"accuracy": 30.0},
+        "medqa": {"score": 80.0},
+        "headqa": {"score": 60.0},
+        "pmc_vqa": {"score": 40.0},
+        "bcss": {"score": 10.0},
+        "aptos": {"score": 30.0},
     }
     cats = {
         "medqa": "text",

@@ -49,10 +49,11 @@ def bad_bench(tmp_path_factory):
 
 
 def test_evaluate_skips_and_names_questions_it_cannot_prompt(checkpoint, bad_bench, tmp_path):
+    from octomed_jax.evaluation.protocol import QUICK
     from octomed_jax.evaluation.suite import evaluate_benchmarks
 
     out = str(tmp_path / "out")
-    final = evaluate_benchmarks(checkpoint, "medqa,pmc_vqa", bad_bench, out, GREEDY, seeds=[0], max_batch=8)
+    final = evaluate_benchmarks(checkpoint, "medqa,pmc_vqa", bad_bench, out, GREEDY, protocol=QUICK, max_batch=8)
     medqa = final["metrics"]["benchmarks"]["medqa"]
     assert medqa["num_questions"] == 1 and medqa["num_skipped"] == 1
     (skipped,) = medqa["skipped_questions"]
