@@ -35,6 +35,7 @@ import glob
 import importlib.util
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -374,6 +375,56 @@ class TraceWriter:
             self.abort()
 
 
+# docs/paper.md, "Training data at scale": the final training set's examples by kind.
+PAPER_MIXTURE = {"image-text": 3_687_105, "text": 4_408_466}
+
+
+def weighted_count(records: int, weight: float) -> int:
+    """Examples per epoch of a source of `records` traces at mixture `weight` (copies of each trace per epoch).
+
+    Each trace `floor(weight)` times, plus a seeded subset of `round(frac(weight) * records)` traces (halves
+    rounded up), the same subset every epoch: `octomed_jax.data.pipeline` draws it.
+    """
+    whole = math.floor(weight)
+    return whole * records + math.floor((weight - whole) * records + 0.5)
+
+
+def _kind(category: str) -> str:
+    return "text" if category == "text" else "image-text"
+
+
+def mixture(
+    files: Mapping[str, Sequence[ShardFile]], weights: Mapping[str, float], stats: ManifestStats | None = None
+) -> dict[str, Any]:
+    """The manifest's `mixture`: per source its traces, weight, examples per epoch and kind (text / image-text;
+    "mixed" when it has both, "unknown" without build statistics), and examples per epoch by kind with their
+    proportions beside the paper's (`PAPER_MIXTURE`)."""
+    by_kind: collections.Counter[str] = collections.Counter()
+    sources = {}
+    for s in sorted(files):
+        traces = sum(f.records for f in files[s])
+        w = float(weights.get(s, 1.0))
+        kinds: collections.Counter[str] = collections.Counter()
+        for (src, category), st in (stats.by.items() if stats else ()):
+            if src == s and st.traces_kept:
+                kinds[_kind(category)] += st.traces_kept
+        if sum(kinds.values()) != traces:  # no (or partial) statistics: the kind is not known
+            kinds = collections.Counter({"unknown": traces})
+        for k, n in kinds.items():
+            by_kind[k] += weighted_count(n, w)
+        sources[s] = {"traces": traces, "weight": w, "examples_per_epoch": weighted_count(traces, w),
+                      "category": next(iter(kinds)) if len(kinds) == 1 else "mixed"}
+    total = sum(by_kind.values())
+    paper_total = sum(PAPER_MIXTURE.values())
+    return {
+        "sources": sources,
+        "examples_per_epoch": dict(sorted(by_kind.items())),
+        "proportions": {k: round(n / total, 6) for k, n in sorted(by_kind.items())} if total else {},
+        "paper": {"examples": PAPER_MIXTURE,
+                  "proportions": {k: round(n / paper_total, 6) for k, n in PAPER_MIXTURE.items()}},
+    }
+
+
 def build_manifest(
     *,
     files: Mapping[str, Sequence[ShardFile]],
@@ -391,8 +442,12 @@ def build_manifest(
 
     Each file entry is {"path", "records", "bytes", "sha256"}; `verify_source` checks them before training.
     `reads` (source -> `{"input_files": {file: {"rows", "questions", "rejected", "skipped"}}, "not_read": [...]}`,
-    what the adapter read) goes into that source's entry of `sources`.
+    what the adapter read) goes into that source's entry of `sources`. `mixture` (see `mixture`) holds each
+    source's `weight` (copies per epoch), read from `recipe.sources.<s>.weight` (1.0 when not given).
     """
+    recipe_sources = _jsonable(recipe or {}).get("sources", {})
+    weights = {s: float(recipe_sources.get(s, {}).get("weight", 1.0)) for s in files}
+    mix = mixture(files, weights, stats)
     stats = stats or ManifestStats()
     sources = stats.to_dict()
     for source, read in sorted((reads or {}).items()):
@@ -415,6 +470,7 @@ def build_manifest(
             for s in sorted(files)
         },
         "recipe": _jsonable(recipe or {}),
+        "mixture": mix,
     }
 
 

@@ -46,15 +46,16 @@ class DataConfig:
 
     Attributes:
       data_dir: the build output of `data_pipeline.build` (`<data_dir>/<source>/<source>.array_record-*`).
-      sources: source name -> mixing weight (relative; need not sum to 1). The mixture ends when the
-        first source runs out (Grain's `mix`), so weights proportional to the sources' sizes use every
-        record; see `pipeline.natural_weights`.
+      sources: source name -> weight: how many times each of its traces appears per epoch (1.0 once, 2.0
+        twice, 0.5 a seeded half, the same half every epoch). The trainer's default is every built source at
+        its recipe weight (`pipeline.built_sources`).
       seq_len: tokens per packed row (the token budget).
       max_patches: vision patches per packed row (the image budget; a multiple of the merge unit, 4).
         0 for text-only training: examples with images are then dropped. 4096 at seq_len 8192 fills
         ~87% of the patches and ~99% of the tokens on OctoMed's mix (`benchmarks/bench_packing.py`).
       batch_size: packed rows per batch on this host (the global batch is this times the process count).
-      epochs: passes over each source; each epoch is reshuffled.
+      epochs: passes over the weighted sources; each epoch is reshuffled, and every trace is seen exactly
+        `epochs` x its weight times (`octomed_jax.data.epochs` counts the steps that takes).
       seed: shuffling seed (each source shuffles with its own seed derived from it).
       packing: "best_fit" (the open row left fullest) or "first_fit" (the oldest open row that fits).
       max_open_rows: rows kept open for packing at once (memory: this many rows of patches).

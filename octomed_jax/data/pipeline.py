@@ -1,23 +1,21 @@
 """The Grain input pipeline: ArrayRecord shards of accepted traces -> packed per-host numpy batches.
 
-Per source: `MapDataset.source(ShardSource(files))` over exactly the shards `manifest.json` lists, checked
-first against their recorded sizes and SHA-256 (`data_pipeline.writer.verify_source`: a missing, changed
-or unlisted shard file stops the run with an error naming it); each record decoded and tokenised
-by `ExampleDecoder` (lazily, with its record index), shuffled with a per-source seed, repeated for the
-epochs (reshuffled every epoch), and sliced `[process_index::process_count]`, so each host reads only its
-own share. The hosts' shares are mixed with the config's weights (`MapDataset.mix`: element k of the mix
-is a fixed (source, position) pair, so a single position restores every source's position).
+One epoch is every source's weighted records concatenated (`epoch_keys`: a source of weight 2 twice, of
+weight 0.5 a seeded half, the same half every epoch), over exactly the shards `manifest.json` lists,
+checked first against their recorded sizes and SHA-256 (`data_pipeline.writer.verify_source`: a missing,
+changed or unlisted shard file stops the run with an error naming it). The epoch is shuffled with the
+seed, repeated `epochs` times (Grain reseeds the shuffle every epoch) and sliced `[shard::num_shards]`
+(`stream_keys`), so every accepted trace is seen exactly `epochs` x weight times over the data shards,
+and each record is decoded and tokenised by `ExampleDecoder` when read (lazily, with its record index).
+`octomed_jax.data.epochs` replays the same keys with lengths only, to count the steps.
 
-The mixed per-host stream is read in order, optionally by `mp_prefetch` worker processes (worker w
+The shard's stream is read in order, optionally by `mp_prefetch` worker processes (worker w
 computes elements w, w+W, ...; Grain interleaves them back in order), then packed (`RowPacker`) and
 batched in the main process. Because packing runs after the workers and the decoder is one-to-one
 (bad records become `Skipped` markers rather than being filtered out), the rows do not depend on the
 number of workers, and an iterator state restores exactly under any worker count: the state is the
 next stream position plus the stream positions of the examples in the packer's open rows, which are
 re-read by random access on restore.
-
-Grain's `IterDataset.mix` of per-source iterators would keep per-source iterator states instead, but
-`mp_prefetch` slices its sources per worker, so its output (and state) changes with the worker count.
 """
 
 from __future__ import annotations
@@ -26,6 +24,8 @@ import bisect
 import collections
 import itertools
 import logging
+import math
+import os
 import zlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -34,10 +34,10 @@ import grain
 import numpy as np
 
 from data_pipeline.storage import ManifestError, StorageError, as_storage_error
-from data_pipeline.writer import ShardFile, listed_files, verify_source
+from data_pipeline.writer import MANIFEST, ShardFile, read_json, verify_source, weighted_count
 from octomed_jax.data.config import DataConfig
 from octomed_jax.data.examples import Example, ExampleDecoder, Skipped
-from octomed_jax.data.packing import PackingStats, RowPacker, pack_rows
+from octomed_jax.data.packing import PackingStats, RowPacker, empty_batch, pack_rows
 
 if TYPE_CHECKING:
     from octomed_jax.models.config import ModelConfig
@@ -110,45 +110,121 @@ class ShardSource:
         return f"ShardSource({[f.path for f in self._files]})"
 
 
-def natural_weights(data_dir: str, sources: Sequence[str]) -> dict[str, float]:
-    """Weights proportional to the sources' record counts in the manifest (a mix that uses every record once per
-    epoch)."""
-    return {s: float(sum(f.records for f in listed_files(data_dir, s))) for s in sources}
+def built_sources(data_dir: str) -> dict[str, float]:
+    """Every source with records in `<data_dir>/manifest.json`, at the weight its recipe gave it (manifest
+    `mixture.sources.<s>.weight`; 1.0 for a manifest without one).
+
+    Raises:
+      ManifestError: the manifest lists no source with records.
+    """
+    path = os.path.join(data_dir, MANIFEST)
+    manifest = read_json(path, "manifest")
+    mixed = manifest.get("mixture", {}).get("sources", {})
+    out = {
+        s: float(mixed.get(s, {}).get("weight", 1.0))
+        for s, entries in sorted(manifest["files"].items())
+        if sum(e["records"] for e in entries) > 0
+    }
+    if not out:
+        raise ManifestError(f"{path} lists no source with accepted traces: rebuild the data")
+    return out
 
 
 def source_seed(seed: int, source: str) -> int:
-    """A per-source shuffling seed, stable across runs and Python processes (no `hash()`)."""
+    """A per-source seed, stable across runs and Python processes (no `hash()`)."""
     return (seed * 1_000_003 + zlib.crc32(source.encode())) % (2**31 - 1)
 
 
+class WeightedRecords:
+    """A Grain source of one source's record indices for one epoch: every record `floor(weight)` times, then a
+    seeded subset of `round(frac(weight) * n)` records (the same subset every epoch).
+
+    Element `(position, record)`: `position` is the source's place in `DataConfig.sources`.
+    """
+
+    def __init__(self, position: int, records: int, weight: float, seed: int):
+        self.position = position
+        self.records = records
+        self._whole = math.floor(weight) * records
+        extra = weighted_count(records, weight) - self._whole
+        self._extra = np.sort(np.random.default_rng(seed).permutation(records)[:extra]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return self._whole + len(self._extra)
+
+    def copies(self) -> np.ndarray:
+        """int64 [records]: how many times each record appears in one epoch."""
+        out = np.full(self.records, self._whole // max(self.records, 1), np.int64)
+        out[self._extra] += 1
+        return out
+
+    def __getitem__(self, j: int) -> tuple[int, int]:
+        j %= len(self)  # Grain passes positions of later epochs
+        record = j % self.records if j < self._whole else int(self._extra[j - self._whole])
+        return self.position, record
+
+
+def epoch_keys(cfg: DataConfig, sizes: Sequence[int]) -> grain.MapDataset:
+    """One epoch, unshuffled: every source's weighted `(position, record)` keys, concatenated in config order.
+
+    Args:
+      cfg: the data config (`sources` weights, `seed`).
+      sizes: the record count of each source of `cfg.sources`, in order.
+    """
+    parts = [
+        grain.MapDataset.source(WeightedRecords(k, n, float(w), source_seed(cfg.seed, s)))
+        for k, ((s, w), n) in enumerate(zip(cfg.sources.items(), sizes, strict=True))
+    ]
+    return parts[0] if len(parts) == 1 else grain.MapDataset.concatenate(parts)
+
+
+def stream_keys(cfg: DataConfig, sizes: Sequence[int], shard: int, num_shards: int) -> grain.MapDataset:
+    """The `(position, record)` keys of data shard `shard` in training order: the epoch shuffled with
+    `cfg.seed` (Grain reseeds the shuffle every epoch: seed + epoch), repeated `cfg.epochs` times, then every
+    `num_shards`-th element from `shard`. Stream element k of the shard is element `shard + k * num_shards` of
+    the run, in epoch `(shard + k * num_shards) // len(epoch_keys)`. Training decodes these keys
+    (`host_examples`); the counting pass (`epochs.count_plan`) looks their lengths up: the same order.
+    """
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"data shard {shard} not in [0, {num_shards})")
+    return epoch_keys(cfg, sizes).shuffle(seed=cfg.seed).repeat(cfg.epochs)[shard::num_shards]
+
+
+def open_sources(cfg: DataConfig) -> list[ShardSource]:
+    """Each source's listed shards (checked against the manifest first: `verify_source`), in config order."""
+    return [ShardSource(verify_source(cfg.data_dir, s, cfg.verify_files)) for s in cfg.sources]
+
+
+class _Decode:
+    """The map `(position, record) -> Example | Skipped` (picklable into Grain worker processes)."""
+
+    def __init__(self, records: Sequence[ShardSource], decoders: Sequence[ExampleDecoder]):
+        self.records = list(records)
+        self.decoders = list(decoders)
+
+    def __call__(self, key: tuple[int, int]) -> Example | Skipped:
+        position, record = key
+        return self.decoders[position](record, self.records[position][record])
+
+
 def host_examples(cfg: DataConfig, model_cfg: ModelConfig, process_index: int, process_count: int) -> grain.MapDataset:
-    """This host's mixed stream of `Example | Skipped`, lazily decoded, in training order.
+    """The stream of `Example | Skipped` of data shard `process_index` of `process_count`, lazily decoded, in
+    training order (`stream_keys`).
 
     Args:
       cfg: the data config.
       model_cfg: the student's config (token ids, vision merge size).
-      process_index: this host's index.
-      process_count: the number of hosts.
+      process_index: this data shard's index (a host's when each host reads one).
+      process_count: the number of data shards.
 
     Returns:
       A `grain.MapDataset`; element k is decoded when read.
     """
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    datasets, weights = [], []
-    for source, weight in cfg.sources.items():
-        records = grain.MapDataset.source(ShardSource(verify_source(cfg.data_dir, source, cfg.verify_files)))
-        ds = (
-            records.map_with_index(ExampleDecoder(source, cfg, model_cfg))
-            .shuffle(seed=source_seed(cfg.seed, source))
-            .repeat(cfg.epochs)
-        )
-        ds = ds[process_index::process_count]
-        if len(ds) == 0:
-            raise ValueError(f"source {source!r} has no record for process {process_index} of {process_count}")
-        datasets.append(ds)
-        weights.append(float(weight))
-    return datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, weights)
+    records = open_sources(cfg)
+    keys = stream_keys(cfg, [len(r) for r in records], process_index, process_count)
+    if len(keys) == 0:
+        raise ValueError(f"data shard {process_index} of {process_count} gets no record: use fewer data shards")
+    return keys.map(_Decode(records, [ExampleDecoder(s, cfg, model_cfg) for s in cfg.sources]))
 
 
 def _absl_flags_parsed() -> None:
@@ -163,7 +239,7 @@ class PackedBatchIterator(grain.DatasetIterator):
     """Packed batches of one host, with an exact, worker-count independent `get_state` / `set_state`.
 
     Each `next()` gives a dict of numpy arrays with a leading axis `cfg.batch_size` (see
-    `packing.pack_rows`); the last incomplete batch is dropped. `stats` and `counts()` report packing
+    `packing.pack_rows`); the last incomplete batch is padded with empty rows. `stats` and `counts()` report packing
     efficiency and skipped records.
     """
 
@@ -246,11 +322,23 @@ class PackedBatchIterator(grain.DatasetIterator):
         return self._ready.popleft()
 
     def __next__(self) -> dict[str, np.ndarray]:
-        rows = [self._next_row() for _ in range(self._cfg.batch_size)]
-        examples = [[e for _, e in row] for row in rows]
+        examples: list[list[Example]] = []
+        for _ in range(self._cfg.batch_size):
+            try:
+                examples.append([e for _, e in self._next_row()])
+            except StopIteration:
+                if not examples:
+                    raise
+                break
         for row in examples:
             self.stats.add_row(row)
+        # The last batch is padded with empty rows (no loss tokens): every example is trained on.
+        examples += [[] for _ in range(self._cfg.batch_size - len(examples))]
         return pack_rows(examples, self._cfg.seq_len, self._cfg.max_patches, self._vcfg)
+
+    def empty_batch(self) -> dict[str, np.ndarray]:
+        """A batch of empty rows (what a data shard gives once it has run out while others have not)."""
+        return empty_batch(self._cfg.batch_size, self._cfg.seq_len, self._cfg.max_patches, self._vcfg.patch_dim)
 
     # -- state ---------------------------------------------------------------------------------------------
 

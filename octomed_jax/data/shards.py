@@ -3,7 +3,8 @@
 The records are split into `num_shards` fixed shards (`make_iterator` with process index = shard); each
 process reads the shards `[p * S / P, (p + 1) * S / P)` and stacks their rows. With the shard count fixed
 by the config, one process with 4 devices and two processes with 2 each train on identical global
-batches, and a checkpoint can resume on another process count.
+batches, and a checkpoint can resume on another process count. Shards end at different batches (their
+rows differ); one that has run out gives empty rows (no loss tokens) until every shard has.
 """
 
 from __future__ import annotations
@@ -44,7 +45,21 @@ class ShardedIterator(grain.DatasetIterator):
         ]
 
     def __next__(self) -> dict[str, np.ndarray]:
-        batches = [next(it) for it in self._iterators]
+        """The next batch; a shard that has run out gives empty rows until all of them have (StopIteration)."""
+        batches, live = [], False
+        for it in self._iterators:
+            try:
+                batches.append(next(it))
+                live = True
+            except StopIteration:
+                batches.append(it.empty_batch())
+        if not live:
+            raise StopIteration
+        return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+    def empty_batch(self) -> dict[str, np.ndarray]:
+        """A batch of empty rows (no loss tokens), of this iterator's shapes."""
+        batches = [it.empty_batch() for it in self._iterators]
         return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
     def get_state(self) -> dict[str, Any]:

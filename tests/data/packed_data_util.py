@@ -79,7 +79,7 @@ def mixed_dataset(out_dir: str, n_text: int = 24, n_image: int = 16, seed: int =
 def data_config(data_dir: str, **overrides) -> DataConfig:
     base = dict(
         data_dir=data_dir,
-        sources={"text_src": 3.0, "image_src": 2.0},
+        sources={"text_src": 1.0, "image_src": 1.0},
         seq_len=256,
         max_patches=256,
         batch_size=2,

@@ -18,7 +18,7 @@ import packed_data_util as u  # noqa: E402
 
 from data_pipeline.storage import ManifestError, StorageError  # noqa: E402
 from data_pipeline.writer import MANIFEST, shard_paths, write_dataset  # noqa: E402
-from octomed_jax.data import checkpointing, host_examples, make_iterator, natural_weights  # noqa: E402
+from octomed_jax.data import built_sources, checkpointing, host_examples, make_iterator  # noqa: E402
 
 N = 10
 
@@ -63,7 +63,7 @@ def test_rebuild_with_fewer_files_leaves_only_the_listed_shards(tmp_path):
     new = build(str(tmp_path), files_per_source=1)
     assert len(old) == 3 and [os.path.basename(p) for p in new] == ["text_src.array_record-00000-of-00001"]
     assert len(stream(str(tmp_path))) == N  # not 2 * N: the 3 old shards are gone
-    assert natural_weights(str(tmp_path), ["text_src"]) == {"text_src": float(N)}
+    assert built_sources(str(tmp_path)) == {"text_src": 1.0}
     # An old shard put back (e.g. by a copy tool) is not read silently.
     open(old[1], "wb").write(b"old")
     with pytest.raises(ManifestError, match=f"{old[1]}: not listed in the manifest"):
