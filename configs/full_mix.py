@@ -11,6 +11,7 @@ import ml_collections
 from configs import base
 from configs.base import source
 from data_pipeline.labels import label_names
+from data_pipeline.sources.classification import CORONAHACK_RELEASE
 
 TEXT_SOURCES = ("medqa", "medmcqa", "headqa")
 MM_REASONING_SOURCES = ("pmc_vqa", "slake", "vqa_rad")
@@ -50,14 +51,8 @@ def all_sources() -> ml_collections.ConfigDict:
             bcss=source("image_folder", "bcss", name="bcss"),
             # The Kaggle archive unpacked: Training/<class>/, Testing/<class>/ (the split picks the folder).
             brain_tumor_mri=source("image_folder", "brain_tumor_mri", name="brain_tumor_mri"),
-            coronahack=source(
-                "classification_csv",
-                "coronahack",
-                name="coronahack",
-                image_column="X_ray_image_name",
-                label_column="Label",
-                image_dir="train",
-            ),
+            # The Kaggle release: one metadata csv marking each row TRAIN / TEST, images in a folder per split.
+            coronahack=source("classification_csv", "coronahack", **CORONAHACK_RELEASE),
             # The PhysioNet release folder; frontal images whose study has exactly one positive CheXpert label.
             mimic_cxr=source("mimic_cxr", "mimic-cxr-jpg/2.0.0"),
         )

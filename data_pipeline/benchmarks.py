@@ -21,7 +21,7 @@ path (or pass another folder). Default layouts, relative to that folder:
 | nejm | `nejm/` | `test.jsonl` + images |
 | pmc_vqa | `pmc_vqa/` | `test_clean.csv` (or `test.csv`) + `images/` |
 | brain_tumor | `brain_tumor/Testing/` | one folder per class |
-| coronahack | `coronahack/test/` | one folder per class |
+| coronahack | `coronahack/` | Kaggle release: `Chest_xray_Corona_Metadata.csv` rows of `Dataset_type` TEST + images |
 | aptos | `aptos/` | `test.csv` (`id_code`, `diagnosis`) + `test_images/*.png` |
 | messidor2 | `messidor2/test/` | one folder per DR grade 0..4 |
 | bcss | `bcss/test/` | one folder per tissue class |
@@ -40,6 +40,7 @@ from typing import Any
 from data_pipeline.labels import label_names
 from data_pipeline.records import Question
 from data_pipeline.sources import SOURCES, ImageSettings, count_rejections
+from data_pipeline.sources.classification import CORONAHACK_RELEASE
 
 TEXT, MM_REASONING, CLASSIFICATION = "text", "mm_reasoning", "mm_classification"
 CATEGORIES = (TEXT, MM_REASONING, CLASSIFICATION)
@@ -139,7 +140,10 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("medxpertqa_mm", "MedXpertQA-MM", MM_REASONING, "medxpertqa_mm", "medxpertqa", {"split": "test"}),
         # Multimodal classification.
         _image_folder("brain_tumor", "Brain Tumor", "brain_tumor/Testing"),
-        _image_folder("coronahack", "CoronaHack", "coronahack/test"),
+        Benchmark(
+            "coronahack", "CoronaHack", CLASSIFICATION, "classification_csv", "coronahack",
+            {**CORONAHACK_RELEASE, "split": "test"},
+        ),
         Benchmark(
             "aptos",
             "APTOS",

@@ -6,8 +6,8 @@ read their names here: a grade is shown with the same option text at both stages
 
 Only sets whose raw labels are not already names are mapped. APTOS and MESSIDOR-2 grade diabetic retinopathy
 0 to 4 (the International Clinical DR scale); OctoMed's released trace sets show grade 0 as "No DR". The
-other sets' releases name their classes (folder names, CoronaHack's `Label` column), which become the
-options as written.
+other sets' releases name their classes (folder names), which become the options as written, except
+CoronaHack's `Label` column, whose "Pnemonia" is shown spelled right.
 """
 
 from __future__ import annotations
@@ -23,8 +23,15 @@ DR_GRADES: Mapping[str, str] = {
     "4": "Proliferative DR",
 }
 
+# CoronaHack's metadata `Label` column as released (its spelling "Pnemonia") -> option text.
+CORONAHACK_LABELS: Mapping[str, str] = {"Normal": "Normal", "Pnemonia": "Pneumonia"}
+
 # Classification set -> raw label -> option text.
-LABEL_NAMES: Mapping[str, Mapping[str, str]] = {"aptos": DR_GRADES, "messidor2": DR_GRADES}
+LABEL_NAMES: Mapping[str, Mapping[str, str]] = {
+    "aptos": DR_GRADES,
+    "messidor2": DR_GRADES,
+    "coronahack": CORONAHACK_LABELS,
+}
 
 
 def label_names(name: str) -> dict[str, str]:

@@ -298,15 +298,19 @@ SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
-def find_files(path: str | Path, split: str, exts: Sequence[str], *, single_file_ok: bool = False) -> list[Path]:
+def find_files(
+    path: str | Path, split: str, exts: Sequence[str], *, single_file_ok: bool = False, file_name: str | None = None
+) -> list[Path]:
     """The input files of one split: `path` itself if a file, else files under it named for the split.
 
     A file matches when a token of its name (split on `_ - . space`) is an alias of the split
     ("dev" for validation, ...). HF-style shards (`train-00000-of-00002.parquet`) all match and are read in
     name order. With `single_file_ok`, a directory holding exactly one file of the extensions (a release
-    with all splits in one file, like VQA-RAD) gives that file. The other files under a directory are
-    reported to the active `ReadReport` (those never read are listed as not read), except images (rows
-    name the ones they use) and hidden files (tool state such as `.cache/` or `.gitattributes`).
+    with all splits in one file, like VQA-RAD) gives that file. With `file_name`, the file of that name is
+    read whatever the split (a release whose one metadata file marks each row's split, like CoronaHack).
+    The other files under a directory are reported to the active `ReadReport` (those never read are listed
+    as not read), except images (rows name the ones they use) and hidden files (tool state such as `.cache/`
+    or `.gitattributes`).
 
     Raises:
       FileNotFoundError: naming the path, when it does not exist or holds no file for the split.
@@ -319,11 +323,15 @@ def find_files(path: str | Path, split: str, exts: Sequence[str], *, single_file
     aliases = set(SPLIT_ALIASES.get(split, (split,)))
     present = sorted(f for f in p.rglob("*") if f.is_file())
     typed = [f for f in present if f.suffix.lower() in exts]
-    found = [f for f in typed if aliases & set(re.split(r"[_\-. ]+", f.stem.lower()))]
-    if not found and single_file_ok and len(typed) == 1:
+    if file_name is not None:
+        found = [f for f in typed if f.name == file_name]
+    else:
+        found = [f for f in typed if aliases & set(re.split(r"[_\-. ]+", f.stem.lower()))]
+    if not found and file_name is None and single_file_ok and len(typed) == 1:
         found = typed
     if not found:
-        raise FileNotFoundError(f"no {'/'.join(exts)} file for split {split!r} under {p}; pass the file itself")
+        wanted = repr(file_name) if file_name is not None else f"{'/'.join(exts)} file for split {split!r}"
+        raise FileNotFoundError(f"no {wanted} under {p}; pass the file itself")
     report = _ACTIVE.get()
     if report is not None:
         report.listed(

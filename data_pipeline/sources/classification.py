@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from data_pipeline import images as imglib
+from data_pipeline.labels import label_names
 from data_pipeline.records import LETTERS, BadRecordError, Question
 from data_pipeline.sources.base import (
     DEFAULT_IMAGES,
@@ -229,6 +230,18 @@ def read_image_folder(
     return itertools.chain(questions, unread)
 
 
+# CoronaHack as Kaggle releases it (`read_classification_csv` options; both stages read it so, the split aside).
+CORONAHACK_RELEASE: dict[str, Any] = {
+    "name": "coronahack",
+    "csv_file": "Chest_xray_Corona_Metadata.csv",
+    "split_column": "Dataset_type",
+    "image_column": "X_ray_image_name",
+    "label_column": "Label",
+    "image_dir": "Coronahack-Chest-XRay-Dataset/Coronahack-Chest-XRay-Dataset/{split}",
+    "label_names": dict(label_names("coronahack")),
+}
+
+
 def read_classification_csv(
     path: str | Path,
     *,
@@ -239,6 +252,8 @@ def read_classification_csv(
     image_root: str | Path | None = None,
     image_dir: str | None = None,
     image_suffix: str = "",
+    csv_file: str | None = None,
+    split_column: str | None = None,
     question: str = DEFAULT_QUESTION,
     label_names: Mapping[str, str] | None = None,
     max_per_class: int | None = None,
@@ -249,6 +264,11 @@ def read_classification_csv(
 ) -> Iterator[Item]:
     """Reads a csv of image id/path -> label (e.g. APTOS `train.csv`: `id_code`, `diagnosis`).
 
+    Two layouts: a csv per split (APTOS `train.csv`), or one metadata csv whose `split_column` marks each row's
+    split (CoronaHack's `Chest_xray_Corona_Metadata.csv`, `Dataset_type` TRAIN / TEST, images under
+    `Coronahack-Chest-XRay-Dataset/Coronahack-Chest-XRay-Dataset/{train,test}/`); rows of other splits are
+    skipped as `other_split`.
+
     Args:
       path: the csv file (or a directory with a split-named csv).
       name: the source name to record (e.g. "aptos").
@@ -256,8 +276,12 @@ def read_classification_csv(
       image_column: column with the image id or relative path.
       label_column: column with the label.
       image_root: where images are resolved (default: the csv's directory).
-      image_dir: subdirectory of `image_root` with the images (APTOS: "train_images").
+      image_dir: subdirectory of `image_root` with the images (APTOS: "train_images"); `{split}` in it is
+        replaced by the split read (CoronaHack: ".../{split}").
       image_suffix: appended to the id to make the file name (APTOS: ".png").
+      csv_file: the csv's file name under `path`, read whatever the split (a metadata file for all splits).
+      split_column: the column naming each row's split (any alias of `split`, any case); None: every row is
+        of `split`.
       question, label_names, max_per_class, seed, shuffle_options, max_options, images: as in
         `read_image_folder` (`label_names` maps raw labels such as "0" to names such as "No DR"; the maps that
         training and the benchmark registry share are in `data_pipeline.labels`).
@@ -265,15 +289,21 @@ def read_classification_csv(
     Yields:
       Question or Rejected.
     """
-    files = find_files(path, split, (".csv", ".tsv"), single_file_ok=True)
+    files = find_files(path, split, (".csv", ".tsv"), single_file_ok=True, file_name=csv_file)
+    columns = (image_column, label_column) + ((split_column,) if split_column else ())
     for f in files:
-        require_columns(f, csv_header(f), (image_column, label_column), hint="set image_column / label_column")
+        require_columns(f, csv_header(f), columns, hint="set image_column / label_column / split_column")
     root = root_of(files, path, image_root)
+    aliases = set(SPLIT_ALIASES.get(split, (split,)))
+    folder = image_dir.replace("{split}", split).rstrip("/") if image_dir else ""
     rows: list[tuple[int, Any]] = []
     for index, row in iter_rows(files):
         try:
             if isinstance(row, _RowError):
                 raise KeyError(row.message)
+            if split_column and text_field(row, split_column).lower() not in aliases:
+                rows.append((index, Skipped(name, index, "other_split", f"row {index}: {split_column} is not {split}")))
+                continue
             image_id = text_field(row, image_column)
             label = text_field(row, label_column)
             if not image_id or not label:
@@ -284,7 +314,7 @@ def read_classification_csv(
         except KeyError as e:
             rows.append((index, Rejected(name, index, "malformed_record", f"row {index}: {e}")))
             continue
-        rel = f"{image_dir.rstrip('/')}/{image_id}{image_suffix}" if image_dir else f"{image_id}{image_suffix}"
+        rel = f"{folder}/{image_id}{image_suffix}" if folder else f"{image_id}{image_suffix}"
         rows.append((index, {"path": rel, "label": label}))
     return _classification_questions(
         name,

@@ -14,7 +14,8 @@ from configs import full_mix  # noqa: E402
 from data_pipeline.benchmarks import BENCHMARKS  # noqa: E402
 from data_pipeline.labels import DR_GRADES, label_names  # noqa: E402
 from data_pipeline.records import Question  # noqa: E402
-from data_pipeline.sources import read_source  # noqa: E402
+from data_pipeline.sources import Skipped, read_source  # noqa: E402
+from data_pipeline.sources.base import ReportedRead  # noqa: E402
 
 GRADES = ("1", "3")  # two grades per split are enough to pair a training and a benchmark question
 
@@ -70,3 +71,35 @@ def test_one_table_serves_both_stages():
     assert list(DR_GRADES.values()) == ["No DR", "Mild DR", "Moderate DR", "Severe DR", "Proliferative DR"]
     with pytest.raises(KeyError, match="bcss.*aptos"):
         label_names("bcss")
+
+
+def test_coronahack_release_layout_split_by_its_metadata_column(tmp_path):
+    # The Kaggle release: one metadata csv (pandas index column first) marking TRAIN / TEST, a summary csv,
+    # and the images in a doubled folder per split. Training reads TRAIN rows, the benchmark TEST rows.
+    top = tmp_path / "coronahack"
+    header = ",X_ray_image_name,Label,Dataset_type,Label_2_Virus_category,Label_1_Virus_category\n"
+    rows = [("a.jpeg", "Normal", "TRAIN"), ("b.jpeg", "Pnemonia", "TRAIN"), ("c.jpeg", "Pnemonia", "TEST")]
+    _write(str(top / "Chest_xray_Corona_Metadata.csv"),
+           header + "".join(f"{i},{f},{lab},{s},,\n" for i, (f, lab, s) in enumerate(rows)))
+    _write(str(top / "Chest_xray_Corona_dataset_Summary.csv"), ",Label,Label_1_Virus_category,Image_Count\n")
+    images = top / "Coronahack-Chest-XRay-Dataset" / "Coronahack-Chest-XRay-Dataset"
+    for n, (f, _, s) in enumerate(rows):
+        _write(str(images / s.lower() / f), imgutil.png(seed=40 + n))
+    entry = full_mix.all_sources()["coronahack"]
+    reader = ReportedRead(
+        lambda: read_source(entry.adapter, str(top), split=entry.split, **entry.options.to_dict()), top
+    )
+    items = list(reader)
+    training = [q for q in items if isinstance(q, Question)]
+    assert [(q.id, q.options[q.answer]) for q in training] == [
+        ("Coronahack-Chest-XRay-Dataset/Coronahack-Chest-XRay-Dataset/train/a.jpeg", "Normal"),
+        ("Coronahack-Chest-XRay-Dataset/Coronahack-Chest-XRay-Dataset/train/b.jpeg", "Pneumonia"),
+    ]
+    assert [(s.index, s.reason) for s in items if isinstance(s, Skipped)] == [(2, "other_split")]
+    assert reader.report.to_dict()["not_read"] == ["Chest_xray_Corona_dataset_Summary.csv"]
+    benchmark, rejected = BENCHMARKS["coronahack"].load(str(tmp_path))
+    assert rejected == {"skipped:other_split": 2}  # the TRAIN rows, counted
+    assert [(q.id.rsplit("/", 2)[1:], q.options[q.answer]) for q in benchmark] == [
+        (["test", "c.jpeg"], "Pneumonia")
+    ]
+    assert sorted(benchmark[0].options.values()) == sorted(training[0].options.values()) == ["Normal", "Pneumonia"]
