@@ -24,7 +24,7 @@ from octomed_jax.contract import RunContract
 from octomed_jax.data.images import ImageError
 from octomed_jax.data.template import TemplateError
 from octomed_jax.evaluation.metrics import QuestionResult, Response, benchmark_metrics, summarize
-from octomed_jax.evaluation.protocol import PAPER, cap_images
+from octomed_jax.evaluation.protocol import cap_images
 from octomed_jax.generation.prompts import question_prompt
 from octomed_jax.generation.sampler import Sampler, SamplingParams
 
@@ -34,9 +34,6 @@ if TYPE_CHECKING:
 
     from data_pipeline.records import Question
     from octomed_jax.models.qwen2_5_vl import Qwen25VL
-
-# The paper's protocol (`evaluation.protocol.PAPER`): 5 seeds at temperature 0.6, top-p 0.95, 8,192 new tokens.
-PAPER_PARAMS, PAPER_SEEDS = PAPER.params, PAPER.seeds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,8 +260,6 @@ def evaluate_model(
 
 
 __all__ = [
-    "PAPER_PARAMS",
-    "PAPER_SEEDS",
     "EvalResult",
     "SkippedQuestion",
     "evaluate_model",
