@@ -4,7 +4,8 @@
 
 `POST /v1/chat/completions` takes OpenAI chat messages (text, and images as base64 `data:` URLs), `n`,
 `temperature`, `top_p`, `max_tokens` (or `max_completion_tokens`), `seed`, and answers with choices and
-token usage; `GET /v1/models` lists the model. The server binds 127.0.0.1 unless told otherwise, refuses
+token usage, or with `stream=true` OpenAI's server-sent events token by token; `GET /v1/models` lists the
+model and `GET /health` reports the queue. Requests past the queue bound get 503 with Retry-After. The server binds 127.0.0.1 unless told otherwise, refuses
 `http(s)://` and `file://` image URLs unless `--allow_remote_images` / `--allow_file_images` are set, and
 answers bad input with a 4xx JSON error in OpenAI's shape. Flags are defined only when run as a program.
 """
@@ -31,6 +32,16 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     flags.DEFINE_string("dtype", "", "Compute dtype (e.g. bfloat16); empty keeps the checkpoint's.", flag_values=fv)
     flags.DEFINE_string("tokenizer", "", "Tokenizer folder; default: the run contract's.", flag_values=fv)
     flags.DEFINE_integer("max_batch", 32, "Most rows per sampler call.", flag_values=fv)
+    flags.DEFINE_integer("max_batch_tokens", 262_144, "Most token slots (rows x (prompt + max_tokens), padded) per "
+                         "sampler call.", flag_values=fv)
+    flags.DEFINE_integer("max_batch_patches", 16_384, "Most image patches per sampler call (and per request).",
+                         flag_values=fv)
+    flags.DEFINE_integer("max_queue", 256, "Most requests waiting for the sampler; beyond: 503 with Retry-After.",
+                         flag_values=fv)
+    flags.DEFINE_integer("max_connections", 1024, "Most open connections; beyond: 503.", flag_values=fv)
+    flags.DEFINE_integer("max_messages", 512, "Most messages per request.", flag_values=fv)
+    flags.DEFINE_float("header_timeout_s", 10.0, "Close a connection whose request head takes longer.", flag_values=fv)
+    flags.DEFINE_float("body_timeout_s", 30.0, "Answer 408 to a request body that takes longer.", flag_values=fv)
     flags.DEFINE_integer("batch_wait_ms", 10, "How long to wait for more requests to batch together.", flag_values=fv)
     flags.DEFINE_integer("max_request_mb", 32, "Largest request body, MiB.", flag_values=fv)
     flags.DEFINE_integer("max_image_pixels", 4096 * 4096, "Largest accepted image, in pixels (width x height).",
@@ -55,6 +66,13 @@ def serve_config(fv: flags.FlagValues, loaded: ServingModel) -> ServeConfig:
         allow_remote_images=fv.allow_remote_images,
         allow_file_images=fv.allow_file_images,
         max_batch=fv.max_batch,
+        max_batch_tokens=fv.max_batch_tokens,
+        max_batch_patches=fv.max_batch_patches,
+        max_queue=fv.max_queue,
+        max_connections=fv.max_connections,
+        max_messages=fv.max_messages,
+        header_timeout_s=fv.header_timeout_s,
+        body_timeout_s=fv.body_timeout_s,
         batch_wait_s=fv.batch_wait_ms / 1000,
     )
 
