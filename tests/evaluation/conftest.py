@@ -2,7 +2,6 @@
 
 import csv
 import json
-import threading
 
 import pytest
 from eval_helpers import png_bytes
@@ -75,12 +74,8 @@ def data_dir(tmp_path_factory):
 def server(model, tokenizer):
     """A live server on a free loopback port: (base_url, server)."""
     from octomed_jax.generation.sampler import Sampler
-    from octomed_jax.serving import ServeConfig, make_server
+    from octomed_jax.serving import ServeConfig, start_server
 
     cfg = ServeConfig(max_request_bytes=256 * 1024, max_image_pixels=16_000_000, batch_wait_s=0.2, default_max_tokens=8)
-    srv = make_server(Sampler(model, max_batch=8), tokenizer, cfg, "127.0.0.1", 0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}", srv
-    srv.shutdown()
-    srv.server_close()
+    with start_server(Sampler(model, max_batch=8), tokenizer, cfg) as srv:
+        yield srv.url, srv

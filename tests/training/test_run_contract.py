@@ -113,7 +113,6 @@ def test_an_intermediate_step_exports_to_transformers_with_the_same_logits(run, 
 
 def test_evaluate_and_serve_open_an_intermediate_step(run, tmp_path):
     """evaluate and a live server on step 2 give the same greedy answer, both prompted with the run's system prompt."""
-    import threading
 
     import openai
 
@@ -122,7 +121,7 @@ def test_evaluate_and_serve_open_an_intermediate_step(run, tmp_path):
     from octomed_jax.evaluation.benchmarks import BENCHMARKS
     from octomed_jax.evaluation.suite import evaluate_benchmarks
     from octomed_jax.generation.sampler import Sampler, SamplingParams
-    from octomed_jax.serving import load_for_serving, make_server
+    from octomed_jax.serving import load_for_serving, start_server
 
     workdir, _, _ = run
     step = os.path.join(workdir, "checkpoints", "2")
@@ -143,18 +142,13 @@ def test_evaluate_and_serve_open_an_intermediate_step(run, tmp_path):
     served = load_for_serving(step)
     cfg = served.serve_config(batch_wait_s=0.0)
     assert (cfg.system_prompt, cfg.max_pixels) == (SYSTEM_PROMPT, MAX_PIXELS)
-    server = make_server(Sampler(served.model, max_batch=2), served.tokenizer, cfg, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", api_key="unused")
+    with start_server(Sampler(served.model, max_batch=2), served.tokenizer, cfg) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
         question = BENCHMARKS["medqa"].load(str(tmp_path / "bench"))[0][0]
         reply = client.chat.completions.create(
             model="octomed-jax", messages=[{"role": "user", "content": render_question(question)}], temperature=0,
             max_tokens=5,
         )
-    finally:
-        server.shutdown()
-        server.server_close()
     assert reply.choices[0].message.content == evaluated
     # The server prompted with the run's system prompt (the template's default has another length).
     user = {"role": "user", "content": render_question(question)}
