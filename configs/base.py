@@ -201,7 +201,9 @@ def add_training_defaults(config: ml_collections.ConfigDict) -> None:
     config.data = ml_collections.ConfigDict(
         dict(
             data_dir="",  # "" -> recipe.out_dir
-            sources=ml_collections.ConfigDict(),  # name -> weight; empty: every built source by record count
+            # name -> weight = copies of each trace per epoch (0.5: a seeded half); empty: every built source at
+            # its recipe weight (manifest `mixture`)
+            sources=ml_collections.ConfigDict(),
             seq_len=8192,
             max_patches=8192,  # vision patches per packed row (a 512x512 image is ~1,300)
             rows_per_host=-1,  # per micro-batch; -1: one per batch-parallel device of the host
@@ -234,8 +236,7 @@ def add_training_defaults(config: ml_collections.ConfigDict) -> None:
     config.train = ml_collections.ConfigDict(
         dict(
             global_batch_rows=64,
-            num_steps=-1,  # -1: the configured epochs, estimated from the manifest's token counts
-            prompt_tokens_estimate=150,  # per trace, for that estimate (question + options + template)
+            num_steps=-1,  # -1: the configured exact epochs, counted with the real packer (octomed_jax.data.epochs)
             loss_chunk=1024,
             max_loss_tokens=-1,  # per packed row; -1: every position may carry loss
             log_every=10,
@@ -246,7 +247,8 @@ def add_training_defaults(config: ml_collections.ConfigDict) -> None:
     # In-process eval on held-out benchmark subsets (octomed_jax.evaluation registry names, "all", or a
     # category); "" data_dir: none. Greedy by default (the paper's 0.6 / 0.95 x 5 seeds is for `evaluate`).
     config.eval = ml_collections.ConfigDict(
-        dict(every=1000, at_start=False, data_dir="", benchmarks="all", max_questions=100, max_new_tokens=2048,
-             temperature=0.0, top_p=1.0)
+        # at_epoch_ends: also at the step each epoch ends (the traces ablation: after epoch 1 and epoch 3)
+        dict(every=1000, at_start=False, at_epoch_ends=False, data_dir="", benchmarks="all", max_questions=100,
+             max_new_tokens=2048, temperature=0.0, top_p=1.0)
     )
     config.export = ml_collections.ConfigDict(dict(hf=True, dtype="bfloat16"))

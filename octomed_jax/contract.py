@@ -117,6 +117,8 @@ class TrainSettings:
       seed: model initialisation and RNG seed.
       mesh: the mesh the run was trained on (axis name -> size); a checkpoint restores onto any mesh.
       rules: logical axis -> mesh axes.
+      epoch_end_steps: the step by which each epoch (1, 2, ...) has been trained, as counted before the run
+        (`octomed_jax.data.epochs`); only epochs ending within `total_steps`.
     """
 
     total_steps: int
@@ -127,6 +129,7 @@ class TrainSettings:
     seed: int = 0
     mesh: Mapping[str, int] = dataclasses.field(default_factory=dict)
     rules: tuple[tuple[str, Any], ...] = ()
+    epoch_end_steps: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,6 +256,7 @@ class RunContract:
         process_count: int = 1,
         total_steps: int | None = None,
         mesh_shape: Mapping[str, int] | None = None,
+        epoch_end_steps: tuple[int, ...] = (),
     ) -> RunContract:
         """The contract of a run of `config`: the one place that reads its model, data and optimizer fields.
 
@@ -263,6 +267,7 @@ class RunContract:
           micro_steps, process_count: the batch's split (with `rows_per_host`).
           total_steps: the resolved length of the run; without it the contract has no train settings.
           mesh_shape: the mesh the run uses (-1 resolved); default the config's `mesh` as written.
+          epoch_end_steps: the counted step of each epoch's end (`TrainSettings.epoch_end_steps`).
         """
         model = model_config_from(config)
         d, images = config.data, config.recipe.images
@@ -304,6 +309,7 @@ class RunContract:
                 seed=int(t.seed),
                 mesh={k: int(v) for k, v in dict(mesh_shape or config.mesh).items()},
                 rules=tuple((str(r[0]), _rule_target(r[1])) for r in config.rules),
+                epoch_end_steps=tuple(int(s) for s in epoch_end_steps),
             )
         return cls(
             recipe=str(config.recipe.name),

@@ -7,6 +7,7 @@ restart equal those of a run never interrupted. SIGTERM (preemption) saves a che
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import os
@@ -22,11 +23,12 @@ from absl import logging
 from flax import nnx
 from tqdm import tqdm
 
-from data_pipeline.writer import MANIFEST, read_json
+from data_pipeline.writer import write_json
 from octomed_jax import sharding as sharding_lib
 from octomed_jax.checkpoint import load_contract
 from octomed_jax.contract import RunContract
-from octomed_jax.data import natural_weights, to_global_batch
+from octomed_jax.data import built_sources, to_global_batch
+from octomed_jax.data.epochs import DataPlan, count_plan
 from octomed_jax.data.shards import ShardedIterator
 from octomed_jax.models.qwen2_5_vl import Qwen25VL
 from octomed_jax.training import checkpointing
@@ -65,24 +67,66 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
-def run_contract(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> RunContract:
-    """The run's contract: the config resolved against the data on disk and the mesh (see `octomed_jax.contract`)."""
+def run_contract(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, workdir: str | None = None
+) -> tuple[RunContract, DataPlan]:
+    """The run's contract: the config resolved against the data on disk and the mesh (see `octomed_jax.contract`),
+    and the counted data plan its length comes from (`train.num_steps=-1`: the counted steps of
+    `data.epochs` exact epochs; see `octomed_jax.data.epochs`)."""
     data_dir = resolve_data_dir(config)
     rows_per_host, micro_steps = batch_geometry(config, mesh)
-    sources = dict(config.data.sources) if config.data.sources else _built_sources(data_dir)
-    return RunContract.from_config(
-        config, data_dir=data_dir, sources=sources, rows_per_host=rows_per_host, micro_steps=micro_steps,
-        process_count=jax.process_count(), total_steps=estimate_steps(config, data_dir), mesh_shape=dict(mesh.shape),
+    sources = dict(config.data.sources) if config.data.sources else built_sources(data_dir)
+    resolved = dict(data_dir=data_dir, sources=sources, rows_per_host=rows_per_host, micro_steps=micro_steps,
+                    process_count=jax.process_count(), mesh_shape=dict(mesh.shape))
+    data = RunContract.from_config(config, **resolved)
+    num_shards, rows_per_shard = data_shards(config, rows_per_host)
+    fixed = config.train.num_steps if config.train.num_steps > 0 else None
+    plan = _count_plan(data, num_shards, rows_per_shard, micro_steps, fixed, workdir)
+    steps = fixed or plan.steps
+    contract = RunContract.from_config(
+        config, **resolved, total_steps=steps, epoch_end_steps=tuple(e for e in plan.epoch_end_steps if e <= steps)
     )
+    return contract, plan
 
 
-def _built_sources(data_dir: str) -> dict[str, float]:
-    """Every source the build wrote, weighted by its record count (each record seen once per epoch)."""
-    files = read_json(os.path.join(data_dir, MANIFEST), "manifest")["files"]
-    names = [s for s, entries in files.items() if sum(e["records"] for e in entries) > 0]
-    if not names:
-        raise SetupError(f"{data_dir}/manifest.json lists no source with accepted traces")
-    return natural_weights(data_dir, names)
+def data_shards(config: ml_collections.ConfigDict, rows_per_host: int) -> tuple[int, int]:
+    """(data shards of the run, rows of one shard per micro-batch)."""
+    n = config.data.num_shards if config.data.num_shards > 0 else jax.process_count()
+    if n % jax.process_count():
+        raise SetupError(f"data.num_shards={n} does not split over {jax.process_count()} processes")
+    per_process = n // jax.process_count()
+    if rows_per_host % per_process:
+        raise SetupError(f"{rows_per_host} rows per host do not split over its {per_process} data shards "
+                         "(data.num_shards)")
+    return n, rows_per_host // per_process
+
+
+def _count_plan(contract: RunContract, num_shards: int, rows_per_shard: int, micro_steps: int,
+                max_steps: int | None, workdir: str | None) -> DataPlan:
+    """`count_plan`, done by process 0 first; the other processes then read its cache."""
+    def count() -> DataPlan:
+        return count_plan(contract.data, contract.model, num_shards=num_shards, rows_per_micro_batch=rows_per_shard,
+                          micro_steps=micro_steps, max_steps=max_steps, workdir=workdir,
+                          progress=jax.process_index() == 0)
+
+    if jax.process_count() == 1:
+        return count()
+    from jax.experimental import multihost_utils
+
+    plan = count() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("octomed data plan counted")
+    return plan or count()
+
+
+def log_mixture(plan: DataPlan) -> None:
+    """The realised mixture of the run, per source and per kind (image-text / text)."""
+    mix = plan.mixture
+    for source, m in mix["sources"].items():
+        logging.info("mixture %s: weight %g, %d examples, %d tokens, %d patches over %d epochs", source, m["weight"],
+                     m["examples"], m["tokens"], m["patches"], mix["epochs"])
+    for kind, m in mix["categories"].items():
+        logging.info("mixture %s: %d examples (%.2f%%), %d tokens (%.2f%%)", kind, m["examples"],
+                     100 * m["example_share"], m["tokens"], 100 * m["token_share"])
 
 
 def resolve_data_dir(config: ml_collections.ConfigDict) -> str:
@@ -129,17 +173,6 @@ def batch_geometry(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -
             f"train.global_batch_rows={target} is not a multiple of the {rows_per_micro} rows per micro-batch"
         )
     return rows_per_host, target // rows_per_micro
-
-
-def estimate_steps(config: ml_collections.ConfigDict, data_dir: str) -> int:
-    """Optimizer steps for the configured epochs, from the manifest's token counts (for the LR schedule)."""
-    if config.train.num_steps > 0:
-        return config.train.num_steps
-    manifest = read_json(os.path.join(data_dir, MANIFEST), "manifest")
-    totals = manifest["totals"]
-    tokens = totals["response_tokens"] + totals["traces_kept"] * config.train.prompt_tokens_estimate
-    per_step = config.train.global_batch_rows * config.data.seq_len * 0.97
-    return max(1, math.ceil(config.data.epochs * tokens / per_step))
 
 
 def check_resumable(contract: RunContract, step_dir: str) -> None:
@@ -260,16 +293,20 @@ def train(
     check_inputs(config)
     mesh = sharding_lib.make_mesh(dict(config.mesh))
     rules = tuple(tuple(r) for r in config.rules)
-    contract = run_contract(config, mesh)  # built once; saved with every step
+    contract, plan = run_contract(config, mesh, workdir)  # built once; saved with every step
     tr = contract.train
-    logging.info("mesh %s, %d rows/host x %d micro-batches, %d steps", dict(mesh.shape), contract.data.batch_size,
-                 tr.micro_steps, tr.total_steps)
+    logging.info("mesh %s, %d rows/host x %d micro-batches, %d steps (%s), epochs end at steps %s",
+                 dict(mesh.shape), contract.data.batch_size, tr.micro_steps, tr.total_steps,
+                 "counted" if config.train.num_steps <= 0 else "train.num_steps", list(tr.epoch_end_steps))
+    log_mixture(plan)
+    if jax.process_index() == 0:
+        write_json(os.path.join(workdir, "data_plan.json"), {**plan.to_dict(), "total_steps": tr.total_steps})
 
     model = build_model(config, contract, mesh, rules)
     tx, schedule = make_optimizer(contract.optim, tr.total_steps)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)  # moments created like (and sharded as) the params
     sharding_lib.place_unsharded(optimizer, mesh)
-    num_shards = config.data.num_shards if config.data.num_shards > 0 else jax.process_count()
+    num_shards, _ = data_shards(config, contract.data.batch_size)
     data_iter = ShardedIterator(contract.data, contract.model, num_shards, jax.process_index(), jax.process_count())
     manager = checkpointing.make_manager(os.path.join(workdir, "checkpoints"), save_every=config.checkpoint.every,
                                          keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
@@ -297,14 +334,23 @@ def train(
     progress = tqdm(total=tr.total_steps, initial=start, desc="train", disable=jax.process_index() != 0,
                     dynamic_ncols=True)
     tokens_trained = 0.0
+    epochs_ending: collections.defaultdict[int, list[int]] = collections.defaultdict(list)
+    for epoch, end in enumerate(tr.epoch_end_steps, start=1):
+        epochs_ending[end].append(epoch)
+    last_data_step = start  # the last step that read data on this process
     try:
         while step < tr.total_steps:
-            t0 = time.perf_counter()
-            try:
-                host_batches = [next(data_iter) for _ in range(tr.micro_steps)]
-            except StopIteration:
-                logging.info("data exhausted after %d steps", step)
+            if plan.complete and step >= plan.steps:
+                logging.info("data exhausted after %d steps (the counted end of %d epochs)", step, config.data.epochs)
                 break
+            t0 = time.perf_counter()
+            host_batches = []
+            for _ in range(tr.micro_steps):
+                try:
+                    host_batches.append(next(data_iter))
+                    last_data_step = step + 1
+                except StopIteration:  # other processes' shards still have rows: empty rows (no loss) here
+                    host_batches.append(data_iter.empty_batch())
             with jax.set_mesh(mesh):
                 batch = stack_micro_batches([to_global_batch(b, mesh, rules) for b in host_batches])
                 metrics = step_fn(model, optimizer, batch)
@@ -333,12 +379,23 @@ def train(
             if peak:
                 scalars["mfu"] = flops / dt / (peak * jax.device_count())
             summary["losses"][step] = loss
-            if step % config.train.log_every == 0 or step == tr.total_steps:
+            ended = epochs_ending.get(step, [])
+            if ended:
+                scalars["epoch"] = float(ended[-1])
+            if step % config.train.log_every == 0 or step == tr.total_steps or ended:
                 writer.write(step, scalars)
             progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{scalars['tokens_per_second']:.0f}")
             progress.update(1)
-            checkpointing.save(manager, step, model, optimizer, rng, data_iter, contract)
-            if evaluate_fn is not None and config.eval.every > 0 and step % config.eval.every == 0:
+            saved = checkpointing.save(manager, step, model, optimizer, rng, data_iter, contract)
+            if ended:
+                for epoch in ended:
+                    logging.info("epoch %d ended at step %d", epoch, step)
+                if not saved:
+                    checkpointing.save(manager, step, model, optimizer, rng, data_iter, contract, force=True)
+                if evaluate_fn is not None and config.eval.at_epoch_ends:
+                    summary["eval"][step] = _evaluate(evaluate_fn, model, step, writer)
+            if (evaluate_fn is not None and config.eval.every > 0 and step % config.eval.every == 0
+                    and step not in summary["eval"]):
                 summary["eval"][step] = _evaluate(evaluate_fn, model, step, writer)
             if preemption.requested:
                 logging.warning("SIGTERM: saving step %d and exiting", step)
@@ -352,6 +409,8 @@ def train(
     if manager.latest_step() != step:
         checkpointing.save(manager, step, model, optimizer, rng, data_iter, contract, force=True)
     manager.wait_until_finished()
+    if config.train.num_steps <= 0:
+        _check_counted_end(plan, data_iter, last_data_step, step)
     if evaluate_fn is not None and step not in summary["eval"]:
         summary["eval"][step] = _evaluate(evaluate_fn, model, step, writer)
     if config.export.hf:
@@ -361,6 +420,22 @@ def train(
     writer.close()
     summary.update(end_step=step, tokens_trained=tokens_trained, data=data_iter.counts())
     return summary
+
+
+def _check_counted_end(plan: DataPlan, data_iter: ShardedIterator, last_data_step: int, step: int) -> None:
+    """Warns when this process's data did not run out exactly at the step the counting pass predicted."""
+    counted = plan.steps_of(data_iter.shards)
+    try:
+        next(data_iter)
+        left = True
+    except StopIteration:
+        left = False
+    if left or last_data_step != counted:
+        logging.warning(
+            "the data %s at step %d, the counting pass said step %d (data shards %s): the counted plan does not "
+            "match this data; delete the epoch_counts folder (beside the shards or in the workdir) to count again",
+            "was left" if left else "ran out", step if left else last_data_step, counted, data_iter.shards,
+        )
 
 
 def _evaluate(evaluate_fn: Callable[[Qwen25VL, int], dict[str, float]], model: Qwen25VL, step: int,

@@ -185,6 +185,18 @@ def test_in_process_eval_is_logged_with_training(data_dir, tmp_path):
         assert 0 < r["response_tokens/medqa"] <= 4
 
 
+def test_num_steps_minus_one_is_the_counted_steps_of_the_epochs(data_dir, tmp_path):
+    cfg = tiny_config.get_config()
+    cfg.data.update(data_dir=data_dir, epochs=2)
+    cfg.train.num_steps = -1
+    from octomed_jax.training.trainer import run_contract
+
+    contract, plan = run_contract(cfg, sharding.make_mesh(dict(cfg.mesh)), str(tmp_path))
+    assert plan.complete and contract.train.total_steps == plan.steps
+    assert len(plan.epoch_end_steps) == 2 and contract.train.epoch_end_steps == plan.epoch_end_steps
+    assert plan.epoch_end_steps[-1] == plan.steps
+
+
 def test_a_non_finite_loss_stops_the_run_naming_the_step(data_dir, tmp_path):
     cfg = tiny_config.get_config()
     cfg.data.data_dir = data_dir
