@@ -18,6 +18,7 @@ IMAGE_TOKEN_ID = QWEN_SPECIAL_IDS.image_pad
 VIDEO_TOKEN_ID = QWEN_SPECIAL_IDS.video_pad
 VISION_START_TOKEN_ID = QWEN_SPECIAL_IDS.vision_start
 VISION_END_TOKEN_ID = QWEN_SPECIAL_IDS.vision_end
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "pallas_gpu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,11 @@ class VisionConfig:
     def merge_unit(self) -> int:
         return self.spatial_merge_size**2
 
+    @property
+    def window_patches(self) -> int:
+        """Patches of a full attention window (whole merge units within `window_size` pixels square)."""
+        return (self.window_size // self.spatial_merge_size // self.patch_size * self.spatial_merge_size) ** 2
+
 
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
@@ -79,8 +85,13 @@ class ModelConfig:
       scan_layers: run the stacked layers with `nnx.scan` (one compiled layer) instead of unrolled.
       remat_policy: name of a `jax.checkpoint_policies` policy, "full" (save nothing but the layer
         input) or "none" (no rematerialisation).
-      attention_impl: `jax.nn.dot_product_attention` implementation: "xla" (any backend) or "cudnn"
-        (flash attention on GPU, bf16 compute).
+      attention_impl: the attention kernel (`octomed_jax.models.attention`): "xla" (any backend; materialises
+        the scores), "cudnn" (`jax.nn.dot_product_attention`'s cuDNN path on GPU, bf16; the packed mask goes in
+        as a bias), "splash" (Pallas splash attention, TPU), "pallas_gpu" (Pallas Triton flash attention with
+        segment ids, GPU) or "auto" (splash on TPU, pallas_gpu on GPU, xla elsewhere).
+      attention_block_q, attention_block_kv: query / key tile sizes of the splash and pallas_gpu kernels
+        (forward and backward); capped at the sequence length. Tiles that do not fit the core's memory fail
+        at compile time.
     """
 
     text: TextConfig = TextConfig()
@@ -94,6 +105,8 @@ class ModelConfig:
     scan_layers: bool = True
     remat_policy: str = "none"
     attention_impl: str = "xla"
+    attention_block_q: int = 512
+    attention_block_kv: int = 512
 
     def __post_init__(self):
         t = self.text
@@ -105,8 +118,11 @@ class ModelConfig:
             raise ValueError(
                 f"vision out_hidden_size {self.vision.out_hidden_size} != text hidden_size {t.hidden_size}"
             )
-        if self.attention_impl not in ("xla", "cudnn"):
-            raise ValueError(f"attention_impl {self.attention_impl!r}: use 'xla' or 'cudnn'")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"model.attention_impl {self.attention_impl!r}: use one of {ATTENTION_IMPLS}")
+        for name in ("attention_block_q", "attention_block_kv"):
+            if getattr(self, name) <= 0 or getattr(self, name) % 128:
+                raise ValueError(f"model.{name}={getattr(self, name)}: use a positive multiple of 128")
         bad = [i for i in self.vision.fullatt_block_indexes if not 0 <= i < self.vision.depth]
         if bad:
             raise ValueError(f"fullatt_block_indexes {bad} outside 0..{self.vision.depth - 1}")

@@ -1,8 +1,9 @@
 """Building blocks shared by the vision tower and the language model.
 
 Every parameter names its logical axes (MaxText style: `embed`, `mlp`, `heads`, `kv_heads`, `vocab`,
-`norm`, `layers`); `octomed_jax.sharding` maps them to mesh axes from the config. Attention is one
-function over segment ids, so packed rows, padding and windowed vision attention share one mask rule.
+`norm`, `layers`); `octomed_jax.sharding` maps them to mesh axes from the config. The attention mask is
+one rule over segment ids, so packed rows, padding and windowed vision attention share it; the kernels
+that apply it live in `octomed_jax.models.attention`.
 """
 
 from __future__ import annotations
@@ -127,11 +128,13 @@ def attention_mask(
 def dot_product_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, implementation: str | None = None
 ) -> jax.Array:
-    """q [B, T, N, H], k/v [B, S, K, H] (K divides N: grouped-query) -> [B, T, N, H].
+    """q [B, T, N, H], k/v [B, S, K, H] (K divides N: grouped-query) -> [B, T, N, H], under a boolean mask.
 
-    `jax.nn.dot_product_attention` with `implementation` None or "xla" is the XLA path (logits and
-    softmax in fp32 whatever the compute dtype; it materialises [B, N, T, S] scores); "cudnn" asks for
-    cuDNN flash attention on GPU (fp16/bf16 only, and not every shape).
+    `jax.nn.dot_product_attention`: "cudnn" asks for cuDNN flash attention on GPU (fp16/bf16 only, and not
+    every shape; the mask becomes a bias); any other `implementation` takes the XLA path (logits and softmax
+    in fp32 whatever the compute dtype; it materialises [B, N, T, S] scores). This is the masked path of
+    every kernel choice (decoding with a cache, a mask no kernel takes); `attention.self_attention` picks
+    the kernel for self-attention over segment ids.
     """
     return jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask,
-                                        implementation=implementation)
+                                        implementation="cudnn" if implementation == "cudnn" else "xla")

@@ -126,8 +126,7 @@ class Qwen25VL(nnx.Module):
     def hidden_states(self, inputs: ModelInputs) -> jax.Array:
         """Final-norm hidden states [batch, seq, embed]; the loss projects only where it needs to."""
         x, cos, sin = self.embed_with_rotary(inputs)
-        mask = attention_mask(inputs.segment_ids, inputs.segment_ids, causal=True)
-        return self.language_model(x, cos, sin, mask)
+        return self.language_model(x, cos, sin, inputs.segment_ids)
 
     def forward(self, inputs: ModelInputs) -> jax.Array:
         """Logits [batch, seq, vocab] (jit-friendly: every input precomputed)."""

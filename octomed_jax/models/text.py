@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from octomed_jax.models import stacking
+from octomed_jax.models import attention, stacking
 from octomed_jax.models.config import ModelConfig
 from octomed_jax.models.layers import (
     GatedMLP,
@@ -45,7 +45,7 @@ class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         t = cfg.text
         self.num_heads, self.num_kv_heads, self.head_dim = t.num_attention_heads, t.num_key_value_heads, t.head_dim
-        self.attention_impl = cfg.attention_impl
+        self.cfg = cfg
         q_dim, kv_dim = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.q_proj = dense(t.hidden_size, q_dim, ("embed", "heads"), cfg, rngs, use_bias=True)
         self.k_proj = dense(t.hidden_size, kv_dim, ("embed", "kv_heads"), cfg, rngs, use_bias=True)
@@ -59,20 +59,25 @@ class Attention(nnx.Module):
         v = self.v_proj(x).reshape(b, s, self.num_kv_heads, self.head_dim)
         return apply_rotary(k, cos, sin), v
 
-    def __call__(
-        self,
-        x: jax.Array,
-        cos: jax.Array,
-        sin: jax.Array,
-        mask: jax.Array,
-        kv: tuple[jax.Array, jax.Array] | None = None,
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        """Causal self-attention within segments: x [batch, seq, embed], segment_ids [batch, seq]."""
+        k, v = self.project_kv(x, cos, sin)
+        out = attention.self_attention(self._query(x, cos, sin), k, v, segment_ids, causal=True, cfg=self.cfg)
+        return self._output(out)
+
+    def attend_cache(
+        self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, kv: tuple[jax.Array, jax.Array]
     ) -> jax.Array:
-        """x [batch, seq, embed]; `kv` replaces this call's own keys/values (a cache that holds them)."""
+        """x [batch, seq, embed] attends to the keys/values `kv` of a cache under `mask` [batch, 1, seq, cache]."""
+        out = dot_product_attention(self._query(x, cos, sin), *kv, mask, self.cfg.attention_impl)
+        return self._output(out)
+
+    def _query(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
         b, s, _ = x.shape
-        q = apply_rotary(self.q_proj(x).reshape(b, s, self.num_heads, self.head_dim), cos, sin)
-        k, v = self.project_kv(x, cos, sin) if kv is None else kv
-        out = dot_product_attention(q, k, v, mask, self.attention_impl)
-        return self.o_proj(out.reshape(b, s, self.num_heads * self.head_dim))
+        return apply_rotary(self.q_proj(x).reshape(b, s, self.num_heads, self.head_dim), cos, sin)
+
+    def _output(self, out: jax.Array) -> jax.Array:
+        return self.o_proj(out.reshape(*out.shape[:2], self.num_heads * self.head_dim))
 
 
 class DecoderLayer(nnx.Module):
@@ -83,8 +88,8 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(t.hidden_size, t.rms_norm_eps, cfg)
         self.mlp = GatedMLP(t.hidden_size, t.intermediate_size, cfg, rngs, use_bias=False)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, segment_ids)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -107,9 +112,13 @@ class TextModel(nnx.Module):
         if not t.tie_word_embeddings:
             self.lm_head = dense(t.hidden_size, t.vocab_size, ("embed", "vocab"), cfg, rngs, use_bias=False)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
-        """Final hidden states [batch, seq, embed] from input embeddings [batch, seq, embed]."""
-        body = lambda layer, x, _: layer(x, cos, sin, mask)  # noqa: E731
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        """Final hidden states [batch, seq, embed] from input embeddings [batch, seq, embed].
+
+        Tokens attend causally within their segment (`segment_ids` [batch, seq]: packed examples 1, 2, ...,
+        padding 0), through the kernel `model.attention_impl` names.
+        """
+        body = lambda layer, x, _: layer(x, cos, sin, segment_ids)  # noqa: E731
         x = stacking.run(self.layers, body, x, None, self.cfg)
         return self.norm(x)
 
@@ -141,7 +150,7 @@ class TextModel(nnx.Module):
             start = (i, 0, index, 0, 0)
             ck = jax.lax.dynamic_update_slice(ck, k_new[None].astype(ck.dtype), start)
             cv = jax.lax.dynamic_update_slice(cv, v_new[None].astype(cv.dtype), start)
-            h = h + attn(normed, cos, sin, mask, kv=(ck[i], cv[i]))
+            h = h + attn.attend_cache(normed, cos, sin, mask, (ck[i], cv[i]))
             h = h + layer.mlp(layer.post_attention_layernorm(h))
             return h, ck, cv
 

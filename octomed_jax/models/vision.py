@@ -3,8 +3,9 @@
 Input patches arrive flattened as the image processor emits them, `[patches, 3*2*14*14]`, in the
 block-major order of the processor; the tower reorders merge units so each attention window is
 contiguous (`VisionLayout.window_index`), runs the blocks (full attention within an image frame in
-`fullatt_block_indexes`, window attention elsewhere, both as segment-id masks), merges 2x2 patches,
-and returns one feature per merged patch in the original order.
+`fullatt_block_indexes`, by the kernel `model.attention_impl` names; window attention elsewhere, dense
+over chunks of one window's length: `attention.windowed_attention`), merges 2x2 patches, and returns one
+feature per merged patch in the original order.
 """
 
 from __future__ import annotations
@@ -13,15 +14,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from octomed_jax.models import stacking
+from octomed_jax.models import attention, stacking
 from octomed_jax.models.config import ModelConfig
 from octomed_jax.models.layers import (
     GatedMLP,
     RMSNorm,
     apply_rotary,
-    attention_mask,
     dense,
-    dot_product_attention,
     inverse_frequencies,
 )
 
@@ -30,21 +29,37 @@ class VisionBlock(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         v = cfg.vision
         self.num_heads = v.num_heads
-        self.attention_impl = cfg.attention_impl
+        self.cfg = cfg
         self.norm1 = RMSNorm(v.hidden_size, v.rms_norm_eps, cfg)
         self.norm2 = RMSNorm(v.hidden_size, v.rms_norm_eps, cfg)
         self.qkv = dense(v.hidden_size, 3 * v.hidden_size, ("embed", "heads"), cfg, rngs, use_bias=True)
         self.proj = dense(v.hidden_size, v.hidden_size, ("heads", "embed"), cfg, rngs, use_bias=True)
         self.mlp = GatedMLP(v.hidden_size, v.intermediate_size, cfg, rngs, use_bias=True)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
-        """x [rows, patches, embed]; cos/sin [rows, patches, head_dim]; segment_ids [rows, patches]."""
+    def __call__(
+        self,
+        x: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        image_segment_ids: jax.Array,
+        window_segment_ids: jax.Array,
+        full: jax.Array,
+    ) -> jax.Array:
+        """x [rows, patches, embed]; cos/sin [rows, patches, head_dim]; segment ids [rows, patches].
+
+        `full` (a traced bool: the blocks are scanned) picks attention within each image frame over
+        attention within each window.
+        """
         r, n, d = x.shape
         qkv = self.qkv(self.norm1(x)).reshape(r, n, 3, self.num_heads, -1)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        mask = attention_mask(segment_ids, segment_ids, causal=False)
-        out = dot_product_attention(q, k, v, mask, self.attention_impl)
+        out = jax.lax.cond(
+            full,
+            lambda q, k, v: attention.self_attention(q, k, v, image_segment_ids, causal=False, cfg=self.cfg),
+            lambda q, k, v: attention.windowed_attention(q, k, v, window_segment_ids, self.cfg.vision.window_patches),
+            q, k, v,
+        )
         x = x + self.proj(out.reshape(r, n, d))
         return x + self.mlp(self.norm2(x))
 
@@ -109,8 +124,7 @@ class VisionTower(nnx.Module):
         is_full = jnp.isin(jnp.arange(v.depth), jnp.asarray(v.fullatt_block_indexes))
 
         def body(block: VisionBlock, x: jax.Array, full: jax.Array) -> jax.Array:
-            segments = jnp.where(full, image_segment_ids, window_segment_ids)
-            return block(x, cos, sin, segments)
+            return block(x, cos, sin, image_segment_ids, window_segment_ids, full)
 
         x = stacking.run(self.blocks, body, x, is_full, self.cfg)
         merged = self.merger(x)
