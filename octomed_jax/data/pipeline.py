@@ -175,6 +175,10 @@ def epoch_keys(cfg: DataConfig, sizes: Sequence[int]) -> grain.MapDataset:
         grain.MapDataset.source(WeightedRecords(k, n, float(w), source_seed(cfg.seed, s)))
         for k, ((s, w), n) in enumerate(zip(cfg.sources.items(), sizes, strict=True))
     ]
+    empty = [s for s, p in zip(cfg.sources, parts, strict=True) if len(p) == 0]
+    if empty:
+        raise ValueError(f"sources {empty} give no example per epoch (no records, or a weight too small for their "
+                         "records): raise data.sources weights or leave them out")
     return parts[0] if len(parts) == 1 else grain.MapDataset.concatenate(parts)
 
 
