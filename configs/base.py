@@ -194,7 +194,9 @@ def add_training_defaults(config: ml_collections.ConfigDict) -> None:
     config.init_from = ""  # a Hugging Face Qwen2.5-VL folder; "" = random initialisation
     config.model = ml_collections.ConfigDict(
         dict(preset="7b", dtype="bfloat16", param_dtype="float32", scan_layers=True, remat_policy="nothing_saveable",
-             attention_impl="xla")  # "cudnn": flash attention on GPU
+             # "auto": splash on TPU, Pallas flash with segment ids on GPU, XLA on CPU (models/attention.py);
+             # attention_block_*: the flash kernels' tiles (forward and backward), multiples of 128
+             attention_impl="auto", attention_block_q=512, attention_block_kv=512)
     )
     config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # -1: the remaining devices
     config.rules = [list(r) for r in SHARDING_RULES]

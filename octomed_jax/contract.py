@@ -228,7 +228,7 @@ class RunContract:
         """
         def arch(m: ModelConfig) -> dict[str, Any]:
             return _to_jsonable(m.replace(dtype="float32", scan_layers=True, remat_policy="none",
-                                          attention_impl="xla"))
+                                          attention_impl="xla", attention_block_q=512, attention_block_kv=512))
 
         pairs = {
             "family": (self.family, other.family),
@@ -334,7 +334,9 @@ def model_config_from(config: ml_collections.ConfigDict) -> ModelConfig:
     """The student's ModelConfig from `config.model` (its preset and compute settings)."""
     m = config.model
     return get_preset(m.preset, dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers,
-                      remat_policy=m.remat_policy, attention_impl=m.get("attention_impl", "xla"))
+                      remat_policy=m.remat_policy, attention_impl=m.get("attention_impl", "xla"),
+                      attention_block_q=m.get("attention_block_q", 512),
+                      attention_block_kv=m.get("attention_block_kv", 512))
 
 
 def _rule_target(target: Any) -> Any:
