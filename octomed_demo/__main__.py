@@ -5,7 +5,8 @@
 
 `--config=NAME` (default `demo`) and `--config.x.y=v` overrides work as for `python -m octomed_jax.train`;
 `--workdir` defaults to `runs/<recipe name>` (`runs/demo`). The traces are built into `<workdir>/data`
-when missing; rerunning into a fresh workdir reproduces every figure of the report except the timings.
+when missing; rerunning into a fresh workdir reproduces every figure of the report except the timings, and
+rerunning the same command after an interruption resumes from the last checkpoint to the same report.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def main(config: ml_collections.ConfigDict, flag_values: flags.FlagValues) -> No
         run(config, workdir)
     except (PluginError, RecipeError, SetupError) as e:
         sys.exit(f"octomed_demo: {e}")
+    except KeyboardInterrupt:
+        sys.exit(f"octomed_demo: interrupted; rerun the same command to resume from the last checkpoint in {workdir} "
+                 f"(saved every {config.checkpoint.every} steps)")
 
 
 if __name__ == "__main__":

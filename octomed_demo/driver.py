@@ -1,14 +1,19 @@
 """The demo driver: the recipe end to end on the synthetic world, one command, nothing to download.
 
-`python -m octomed_demo` runs `run(config, workdir)`:
+`python -m octomed_demo` runs `run(config, workdir)`, one progress bar per phase:
 
-1. builds the accepted traces with `data_pipeline.build.run_build` into `<workdir>/data` when they are
+1. build: the accepted traces with `data_pipeline.build.run_build` into `<workdir>/data` when they are
    missing (teacher sampling, store, rejection sampling, K traces, shards, manifest);
-2. trains with `training.trainer.train`, whose in-process eval hook scores the held-out split before
-   the first step and after the last (`evaluation.run.evaluate_model`, greedy);
-3. reloads the HF export with transformers (when torch is installed) and answers one held-out question;
-4. prints a report (accuracy per category before/after against chance, traces, tokens, time) and writes
-   it as `<workdir>/demo_report.json` with a PNG of the loss curve and the accuracies beside it.
+2. eval + train + eval: `training.trainer.train`, whose in-process eval hook scores the held-out split
+   before the first step and after the last (`evaluation.run.evaluate_model`, greedy);
+3. export: the HF export, reloaded with transformers (when torch is installed) to answer one held-out question;
+4. a report (accuracy per category before/after against chance, traces, tokens, time), also written as
+   `<workdir>/demo_report.json` with a PNG of the loss curve and the accuracies beside it.
+
+Library INFO logs (absl, Orbax, JAX) go to `<workdir>/demo.log`; the console keeps warnings and errors.
+Rerunning the same command after an interruption (SIGTERM, a kill, Ctrl-C) resumes from the last checkpoint:
+each evaluation is kept in `<workdir>/demo_eval/`, and the losses and tokens come from `metrics.jsonl`, so
+the report equals that of a run never interrupted.
 
 Every figure of the report except the timings is a function of the config (seeded world, teacher, data
 order and initialisation), so a rerun into a fresh workdir reproduces it.
@@ -17,7 +22,9 @@ order and initialisation), so a rerun into a fresh workdir reproduces it.
 from __future__ import annotations
 
 import json
+import logging as pylogging
 import os
+import sys
 import time
 from typing import Any
 
@@ -28,6 +35,36 @@ from data_pipeline.records import Question
 from octomed_demo import world
 
 REPORT_FIELDS = ("categories", "traces", "tokens_trained", "steps", "hf_check", "timings_s")
+LOG_FILE = "demo.log"
+EVAL_DIR = "demo_eval"  # <workdir>/demo_eval/step_<n>.json: the metrics of each evaluation, kept across restarts
+
+
+def route_library_logs(workdir: str) -> str:
+    """Sends INFO logs (absl, Orbax, JAX) to `<workdir>/demo.log`; the console keeps warnings and errors.
+
+    Returns:
+      The log file's path.
+    """
+    from absl import logging as absl_logging
+
+    path = os.path.join(workdir, LOG_FILE)
+    root = pylogging.getLogger()
+    if any(isinstance(h, pylogging.FileHandler) and h.baseFilename == os.path.abspath(path) for h in root.handlers):
+        return path
+    consoles = [h for h in root.handlers if not isinstance(h, pylogging.FileHandler)]
+    for h in consoles:  # absl's handler (when absl.app runs) or any other console handler
+        h.setLevel(max(h.level, pylogging.WARNING))
+    if not consoles:  # no console handler: logging's last resort would go quiet once the file handler is there
+        console = pylogging.StreamHandler(sys.stderr)
+        console.setLevel(pylogging.WARNING)
+        root.addHandler(console)
+    handler = pylogging.FileHandler(path)
+    handler.setLevel(pylogging.INFO)
+    handler.setFormatter(pylogging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(pylogging.INFO)
+    absl_logging.set_verbosity(absl_logging.INFO)
+    return path
 
 
 def data_dir_of(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -85,10 +122,21 @@ def chance(category: str) -> float:
     return 100.0 / world.option_counts()[category]
 
 
-def make_eval_hook(config: ml_collections.ConfigDict, questions: list[Question], results: dict[int, Any]) -> Any:
-    """The trainer's `evaluate_fn`: `evaluate_model` on the held-out questions; keeps each step's metrics."""
+def eval_path(workdir: str, step: int) -> str:
+    return os.path.join(workdir, EVAL_DIR, f"step_{step}.json")
+
+
+def make_eval_hook(config: ml_collections.ConfigDict, questions: list[Question], workdir: str,
+                   timings: dict[str, float], final: dict[str, Any]) -> Any:
+    """The trainer's `evaluate_fn`: `evaluate_model` on the held-out questions.
+
+    Each evaluation's metrics are written to `<workdir>/demo_eval/step_<n>.json` (so a resumed run still
+    has the one before training), its time added to `timings` ("eval_before" at step 0, else "eval_after"),
+    and the model it scored kept in `final["model"]` (the last one is exported).
+    """
     from octomed_jax import sharding as sharding_lib
     from octomed_jax.contract import RunContract
+    from octomed_jax.evaluation.report import write_json
     from octomed_jax.evaluation.run import evaluate_model
     from octomed_jax.generation import SamplingParams
     from octomed_jax.training.trainer import flatten_eval_metrics
@@ -100,11 +148,60 @@ def make_eval_hook(config: ml_collections.ConfigDict, questions: list[Question],
     contract = RunContract.from_config(config)  # the trainer's prompting and preprocessing, from the same fields
 
     def evaluate(model: Any, step: int) -> dict[str, float]:
+        t0 = time.perf_counter()
         result = evaluate_model(model, questions, params, mesh=mesh, rules=rules, contract=contract, progress=True)
-        results[step] = result
+        os.makedirs(os.path.join(workdir, EVAL_DIR), exist_ok=True)
+        write_json(result.metrics, eval_path(workdir, step))
+        phase = "eval_before" if step == 0 else "eval_after"
+        timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - t0
+        final["model"], final["step"] = model, step
         return flatten_eval_metrics(result.metrics)
 
     return evaluate
+
+
+def load_eval(workdir: str, step: int) -> dict[str, Any]:
+    """The metrics of the evaluation at `step`, as the eval hook wrote them."""
+    path = eval_path(workdir, step)
+    if not os.path.exists(path):
+        raise RuntimeError(
+            f"{path} is missing: this workdir holds checkpoints of a run that did not evaluate "
+            + ("before training (eval.at_start=False): set --config.eval.at_start=True" if step == 0 else
+               f"at step {step}")
+            + " and use a fresh --workdir"
+        )
+    with open(path) as f:
+        return json.load(f)
+
+
+def trained_steps(workdir: str, end_step: int) -> tuple[dict[int, float], float]:
+    """(step -> loss, loss tokens summed) over steps 1..end_step, from `metrics.jsonl` (`train.log_every=1`).
+
+    A step logged again after a resume keeps its last value, so an interrupted run reads as an uninterrupted one.
+    """
+    rows: dict[int, dict[str, Any]] = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            r = json.loads(line)
+            if r["kind"] == "train" and r["step"] <= end_step:
+                rows[r["step"]] = r
+    missing = sorted(set(range(1, end_step + 1)) - set(rows))
+    if missing:
+        raise RuntimeError(f"{workdir}/metrics.jsonl has no loss for steps {missing[:5]}...: the demo logs every "
+                           "step (train.log_every=1); use a fresh --workdir")
+    steps = sorted(rows)
+    return {s: float(rows[s]["loss"]) for s in steps}, sum(float(rows[s]["loss_tokens"]) for s in steps)
+
+
+def export(model: Any, workdir: str, end_step: int, dtype: str | None) -> str:
+    """The HF export of `model` into `<workdir>/hf`, with the run contract of its checkpoint (as the trainer's)."""
+    from octomed_jax.checkpoint import load_contract
+    from octomed_jax.hf.export import export_for_serving
+
+    contract = load_contract(os.path.join(workdir, "checkpoints", str(end_step)))
+    out = os.path.join(workdir, "hf")
+    export_for_serving(model, contract, out, dtype=dtype or None)
+    return out
 
 
 def hf_check(hf_dir: str, question: Question, max_pixels: int, max_new_tokens: int) -> dict[str, Any] | None:
@@ -235,20 +332,25 @@ def plot_report(report: dict[str, Any], losses: dict[int, float], path: str) -> 
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Builds, evaluates, trains, evaluates, exports, reloads with transformers, reports.
+    """Builds, evaluates, trains, evaluates, exports, reloads with transformers, reports; resumes when rerun.
 
     Args:
       config: `configs/demo.py` (any recipe of `demo_world` sources works).
-      workdir: checkpoints, metrics, `hf/`, `data/` (by default) and the report go here.
+      workdir: checkpoints, metrics, `hf/`, `data/` (by default), the log file and the report go here.
 
     Returns:
-      The report (also written to `<workdir>/<demo.report>.json`), with the trainer's summary fields.
+      The trainer's summary with "report" (the path of `<workdir>/<demo.report>.json`), or with
+      "preempted" when training was interrupted (rerun the same command to resume).
     """
+    from tqdm import tqdm
+
+    from octomed_jax.evaluation.report import write_json
     from octomed_jax.training.trainer import train
 
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
+    print(f"demo: library logs (absl, Orbax, JAX) go to {route_library_logs(workdir)}")
     data_dir = data_dir_of(config, workdir)
     manifest = build_if_missing(config, data_dir)
     config = ml_collections.ConfigDict(config.to_dict())  # a copy: the caller's config stays as given
@@ -258,39 +360,47 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     timings["build"] = time.perf_counter() - t_start
 
     questions = world.held_out(config.recipe, limit=config.eval.max_questions)
-    results: dict[int, Any] = {}
+    final: dict[str, Any] = {}
+    train_config = ml_collections.ConfigDict(config.to_dict())
+    train_config.export.hf = False  # the demo exports itself, in a phase of its own
     t0 = time.perf_counter()
-    summary = train(config, workdir, evaluate_fn=make_eval_hook(config, questions, results))
-    timings["train_and_eval"] = time.perf_counter() - t0
-    if 0 not in results or len(results) < 2:
-        raise RuntimeError("the demo needs the eval before and after training (eval.at_start, a fresh workdir)")
-    first, last = min(results), max(results)
+    summary = train(train_config, workdir, evaluate_fn=make_eval_hook(config, questions, workdir, timings, final))
+    timings["train"] = time.perf_counter() - t0 - timings.get("eval_before", 0.0) - timings.get("eval_after", 0.0)
+    if summary.get("preempted"):
+        step = max(summary["losses"], default=summary["start_step"])
+        print(f"demo: interrupted at step {step}, checkpoint saved in {workdir}/checkpoints; rerun the same command "
+              "to resume")
+        return summary
+    end = int(summary["end_step"])
+    before, after = load_eval(workdir, 0), load_eval(workdir, end)
+    losses, tokens = trained_steps(workdir, end)
 
     check = None
-    if config.demo.hf_check and config.export.hf:
+    if config.export.hf:
         t0 = time.perf_counter()
-        mm = [q for q in questions if q.category == "mm_reasoning"] or questions
-        check = hf_check(os.path.join(workdir, "hf"), mm[0], config.recipe.images.max_pixels,
-                         config.eval.max_new_tokens)
-        timings["hf_reload"] = time.perf_counter() - t0
+        with tqdm(total=2 if config.demo.hf_check else 1, desc="export", unit="part") as bar:
+            hf_dir = export(final["model"], workdir, end, config.export.dtype)
+            bar.update(1)
+            if config.demo.hf_check:
+                mm = [q for q in questions if q.category == "mm_reasoning"] or questions
+                check = hf_check(hf_dir, mm[0], config.recipe.images.max_pixels, config.eval.max_new_tokens)
+                bar.update(1)
+        timings["export"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
 
-    losses = {int(k): float(v) for k, v in summary["losses"].items()}
     report = {
         "recipe": config.recipe.name,
         "seed": int(config.recipe.seed),
         "workdir": workdir,
-        "categories": category_table(results[first].metrics, results[last].metrics),
+        "categories": category_table(before, after),
         "traces": trace_counts(manifest),
-        "tokens_trained": float(summary["tokens_trained"]),
-        "steps": int(summary["end_step"]),
+        "tokens_trained": tokens,
+        "steps": end,
         "final_loss": losses[max(losses)] if losses else float("nan"),
         "losses": losses,
         "hf_check": check,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }
-    from octomed_jax.evaluation.report import write_json
-
     base = os.path.join(workdir, config.demo.report)
     write_json(report, base + ".json")
     plot_report(report, losses, base + ".png")
@@ -300,4 +410,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return {**summary, "report": base + ".json"}
 
 
-__all__ = ["REPORT_FIELDS", "build_if_missing", "data_dir_of", "format_report", "hf_check", "run"]
+__all__ = ["LOG_FILE", "REPORT_FIELDS", "build_if_missing", "data_dir_of", "format_report", "hf_check",
+           "route_library_logs", "run"]

@@ -9,9 +9,11 @@ categories needs what it needs in the real data:
   that decides among words that do not.
 - mm_classification: a 56x56 "scan" with one round lesion on a noisy grey background; the lesion's
   colour is its class (`LESIONS`). `lesion_of_pixels` recovers it with a fixed rule.
-- mm_reasoning: the lesion in the image names the disease and the finding in the text its form (acute
-  with fever, chronic with pain): `mm_diagnosis` gives one of 8 diseases, so the image alone leaves two
-  open and the text alone four.
+- mm_reasoning: the finding in the text gives the form (acute with fever, chronic with pain) and the lesion
+  in the image the rest of the name: `mm_diagnosis` gives one of 8 diseases ("acute cyst"), so the image
+  alone leaves two open and the text alone four. The name composes one text fact and one image fact word
+  for word, and the teacher reasons in that order (finding, form, lesion, diagnosis), so each step of a
+  trace depends on one fact close before it: a student this small learns the combination in minutes.
 
 Questions are multiple choice over every disease (or lesion) of their table, always listed in table
 order, like the graded options of a classification benchmark (5 options for text, 4 for the image
@@ -59,11 +61,10 @@ LESIONS = ("hemorrhage", "exudate", "cyst", "nodule")
 LESION_COLOURS = ("red", "yellow", "blue", "green")
 LESION_RGB = ((200, 40, 40), (215, 200, 40), (40, 70, 210), (40, 170, 60))
 
-# Image + text: lesion i with finding j is disease (i + j) mod 4, so each disease has two presentations.
+# Image + text: finding j with lesion i is "<form j> <lesion i>", one presentation per disease.
 MM_FINDINGS = ("fever", "pain")
 MM_FORMS = ("acute", "chronic")  # MM_FINDINGS[i] gives MM_FORMS[i]
-MM_BASES = ("bleed", "infection", "cyst disease", "tumour")  # LESIONS[i] gives MM_BASES[i]
-MM_DISEASES = tuple(f"{form} {base}" for base in MM_BASES for form in MM_FORMS)
+MM_DISEASES = tuple(f"{form} {lesion}" for lesion in LESIONS for form in MM_FORMS)
 
 TEXT_STEM = "A {age}-year-old {sex} has {f1} and {f2}. What is the most likely diagnosis?"
 CLASSIFICATION_STEM = "Which lesion does this scan show?"
@@ -301,11 +302,11 @@ _CLASS_REASONING = (
     "The lesion is {colour}, so it is {a} {lesion}.",
     "{Colour} lesion, which means {lesion}.",
 )
-_MM_REASONING = (
-    "The scan shows a {colour} lesion ({lesion}). With {finding}, this is {d}.",
-    "{Colour} lesion: {lesion}. {Lesion} plus {finding} means {d}.",
-    "The {colour} lesion is {a} {lesion}; with {finding} it points to {d}.",
-    "Image: {colour} {lesion}. Finding: {finding}. Diagnosis: {d}.",
+_MM_REASONING = (  # the text fact, then the image fact, then the name they compose
+    "With {finding}, {form}. The scan shows a {colour} lesion, {a} {lesion}. So {d}.",
+    "Finding {finding}: {form}. {Colour} lesion: {lesion}. Diagnosis: {d}.",
+    "The {finding} means {form}; the {colour} lesion is {a} {lesion}: {d}.",
+    "Text: {finding}, {form}. Image: {colour} {lesion}. This is {d}.",
 )
 
 
@@ -361,8 +362,8 @@ def _reasoning(question: Question, diagnosis: str, seen: Mapping[str, Any], rng:
     lesion, finding = actual if actual in pairs else pairs[rng.randrange(len(pairs))]
     colour = LESION_COLOURS[LESIONS.index(lesion)]
     return _MM_REASONING[template].format(
-        colour=colour, Colour=_cap(colour), lesion=lesion, Lesion=_cap(lesion), a=_article(lesion),
-        finding=finding, d=diagnosis,
+        colour=colour, Colour=_cap(colour), lesion=lesion, a=_article(lesion), finding=finding,
+        form=MM_FORMS[MM_FINDINGS.index(finding)], d=diagnosis,
     )
 
 
@@ -438,7 +439,7 @@ def teacher_settings(*, error_rate: float = 0.35, truncation_rate: float = 0.05,
         base_url="",
         model="demo-world",
         api_key_env="",
-        prompt_version=f"demo-v1-e{error_rate:g}-t{truncation_rate:g}-s{seed}",
+        prompt_version=f"demo-v2-e{error_rate:g}-t{truncation_rate:g}-s{seed}",
         system_prompt="",
         n=n,
         max_n_per_request=n,

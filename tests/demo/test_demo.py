@@ -1,10 +1,13 @@
 """A shortened demo end to end, through the real command (`python -m octomed_demo`): build, eval, train, eval,
-HF export, transformers reload, report; then a rerun into a fresh workdir gives the same report figures."""
+HF export, transformers reload, report, library logs in a file; then a run into a fresh workdir, interrupted
+(SIGTERM) mid-training and rerun, resumes and gives the same report figures."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -16,19 +19,48 @@ SHORT = [
     "--config.recipe.sources.demo_text.options.num_test=3",
     "--config.recipe.sources.demo_mm_reasoning.options.num_test=3",
     "--config.recipe.sources.demo_mm_classification.options.num_test=3",
-    "--config.train.num_steps=3",
+    "--config.train.num_steps=5",
     "--config.eval.max_new_tokens=16",
 ]
 
 
-def run_demo(workdir, *extra):
+def demo_command(workdir, *extra):
+    return [sys.executable, "-m", "octomed_demo", f"--workdir={workdir}", *SHORT, *extra]  # --config=demo by default
+
+
+def demo_env():
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the demo runs on the real local devices
     env["JAX_PLATFORMS"] = "cpu"
-    cmd = [sys.executable, "-m", "octomed_demo", f"--workdir={workdir}", *SHORT, *extra]  # --config=demo by default
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return env
+
+
+def run_demo(workdir, *extra):
+    proc = subprocess.run(demo_command(workdir, *extra), cwd=ROOT, env=demo_env(), capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(os.path.join(workdir, "demo_report.json")) as f:
-        return json.load(f), proc.stdout
+        return json.load(f), proc.stdout + proc.stderr
+
+
+def trained_steps(workdir):
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return max((json.loads(line)["step"] for line in f if '"kind": "train"' in line), default=0)
+
+
+def interrupt_demo(workdir, *extra, step=2, timeout=600):
+    """Runs the demo and sends SIGTERM once `step` training steps are logged; returns the console output."""
+    proc = subprocess.Popen(demo_command(workdir, *extra), cwd=ROOT, env=demo_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and trained_steps(workdir) < step:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]  # the trainer saved and exited cleanly
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +80,23 @@ def test_report_has_every_field_and_is_printed(first):
     for category, m in report["categories"].items():
         assert m["chance"] == chance[category] and m["questions"] == 3
         assert 0.0 <= m["before"] <= 100.0 and 0.0 <= m["after"] <= 100.0
-    assert report["steps"] == 3 and len(report["losses"]) == 3
+    assert report["steps"] == 5 and sorted(report["losses"], key=int) == ["1", "2", "3", "4", "5"]
     assert report["tokens_trained"] > 0
     assert os.path.getsize(os.path.join(workdir, "demo_report.png")) > 10_000
     assert "=== OctoMed-JAX demo" in stdout and "traces accepted" in stdout
-    assert {"build", "train_and_eval", "total"} <= set(report["timings_s"])
+    assert set(report["timings_s"]) == {"build", "eval_before", "train", "eval_after", "export", "total"}
+
+
+def test_console_shows_phases_and_library_logs_go_to_the_file(first):
+    workdir, _, console = first
+    log = os.path.join(workdir, "demo.log")
+    assert f"library logs (absl, Orbax, JAX) go to {log}" in console
+    for phase in ("eval:", "train:", "export:"):
+        assert phase in console, phase
+    assert "checkpoint_manager" not in console and "CheckpointManager" not in console  # Orbax INFO
+    with open(log) as f:
+        text = f.read()
+    assert "CheckpointManager" in text and "INFO" in text
 
 
 def test_build_manifest_counts_are_consistent(first):
@@ -80,8 +124,17 @@ def test_hf_export_reloads_with_transformers_and_answers(first):
     assert os.path.exists(os.path.join(workdir, "hf", "config.json"))
 
 
-def test_rerun_into_a_fresh_workdir_gives_the_same_figures(first, tmp_path):
+def test_interrupted_then_rerun_gives_the_report_of_an_uninterrupted_run(first, tmp_path):
     _, report, _ = first
-    again, _ = run_demo(str(tmp_path / "rerun"), "--config.demo.hf_check=False")
+    workdir = str(tmp_path / "interrupted")
+    out = interrupt_demo(workdir, "--config.demo.hf_check=False")
+    assert "interrupted at step" in out and "rerun the same command to resume" in out, out[-3000:]
+    assert not os.path.exists(os.path.join(workdir, "demo_report.json"))
+    before = os.path.join(workdir, "demo_eval", "step_0.json")
+    mtime = os.path.getmtime(before)
+    again, _ = run_demo(workdir, "--config.demo.hf_check=False")
+    assert os.path.getmtime(before) == mtime  # the eval before training is the first run's
+    with open(os.path.join(workdir, "demo.log")) as f:
+        assert "resumed from step" in f.read()
     for field in ("categories", "traces", "tokens_trained", "steps", "final_loss", "losses"):
         assert again[field] == report[field], field
