@@ -149,7 +149,7 @@ def load_run(
       mesh: target mesh; None restores onto the default device.
       rules: logical axis rules for the target mesh.
       **overrides: ModelConfig compute fields to change (`dtype`, `scan_layers`, `remat_policy`,
-        `attention_impl`); the returned contract's model carries them.
+        `attention_impl`, `attention_block_q`, `attention_block_kv`); the returned contract's model carries them.
 
     Raises:
       FileNotFoundError: `path` is not a checkpoint. CheckpointError / ContractError: a damaged one (named).
@@ -161,7 +161,8 @@ def load_run(
 
         m = contract.model.replace(**overrides)
         model = load_hf(loc.path, mesh=mesh, rules=rules, compute_dtype=m.dtype, scan_layers=m.scan_layers,
-                        remat_policy=m.remat_policy, attention_impl=m.attention_impl)
+                        remat_policy=m.remat_policy, attention_impl=m.attention_impl,
+                        attention_block_q=m.attention_block_q, attention_block_kv=m.attention_block_kv)
         return model, contract.replace(model=model.cfg)
     cfg = contract.model.replace(**overrides)
     if loc.kind == "train_step":
