@@ -127,6 +127,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             "text_only": {**ABLATION_TRAINING, **_sources(full_mix.TEXT_SOURCES)},
             "mm_reasoning_only": {**ABLATION_TRAINING, **_sources(full_mix.MM_REASONING_SOURCES)},
             "classification_only": {**ABLATION_TRAINING, **_sources(full_mix.CLASSIFICATION_SOURCES)},
+            "source_mix": ABLATION_TRAINING,  # every source, as full_mix
         },
     ),
     "format": Experiment(
