@@ -8,7 +8,8 @@
 For each `--topology` the train step of `--config` (or of the run a `--checkpoint` step comes from: its run
 contract's config) is lowered with abstract inputs and compiled (TPU: by the
 TPU compiler via libtpu, `pip install -e ".[tpu]"`; GPU: on N fake CPU devices, memory estimated), and a
-table gives bytes per device, FLOPs per step, the step time and the days OctoMed's 3 epochs take.
+table gives bytes per device, FLOPs per step, the estimated step time and MFU, and the days OctoMed's 3 epochs
+take.
 The flags live on a `FlagValues` of their own, defined when `run` parses.
 """
 
@@ -74,8 +75,12 @@ def run(argv: Sequence[str]) -> list[dict[str, Any]]:
         print(row, file=sys.stderr, flush=True)  # progress on long runs
     print(planning.format_table(results))
     if any(r["platform"] == "gpu" for r in results):
-        print("GPU rows: memory is an estimate (planning.estimate_memory); step time at "
-              f"{planning.TARGET_MFU:.0%} MFU; compiled on fake CPU devices to prove the step lowers and shards.")
+        print("GPU rows: memory is an estimate (planning.estimate_memory); the step estimate is an analytic "
+              "roofline (every executed FLOP at the peak); compiled on fake CPU devices to prove the step lowers "
+              "and shards (the Pallas kernels in interpret mode).")
+    if any(r["platform"] == "tpu" for r in results):
+        print("TPU rows: compiler figures (layered_cost) plus the flash kernels' FLOPs, timed at the peak "
+              "(XLA's cost analysis leaves Pallas kernels out); MFU estimate = model FLOPs / (step x peak).")
     if fv.json:
         with open(fv.json, "w") as f:
             json.dump({"config": config.recipe.name, "results": results}, f, indent=2)

@@ -6,10 +6,14 @@ one topology, and returns its figures; `format_table` lays them out. `python -m 
 
 - TPU (`v5p:2x2x2`, `v5p:4x4x4`, `v6e:4x4`, ...): compiled on this machine by the TPU compiler for a pod
   that is not there (`jax.experimental.topologies`, needs libtpu: `pip install -e ".[tpu]"`). Memory,
-  FLOPs and the step-time estimate are the compiler's own figures (`layered_cost` for the whole step).
+  FLOPs and the step-time estimate are the compiler's own figures (`layered_cost` for the whole step), plus
+  the flash kernels' FLOPs and time, which its cost analysis cannot see (`attention_flops`).
 - GPU (`gpu:N`, `h100:N`, `h200:N`, `a100:N`): compiled for N fake CPU devices, which proves that the step
   lowers and shards; memory per GPU is an estimate from the sharded parameter, optimizer and activation
-  sizes (`estimate_memory`), and the step time is taken at 55% MFU.
+  sizes (`estimate_memory`), and the step time an analytic roofline of the FLOPs the step executes.
+
+Both plan the topology's own attention kernel (`attention.resolve_impl(impl, on=platform)`), and report the
+estimated MFU: model FLOPs over the estimated step time at the devices' peak.
 
 Importing this module starts nothing; a caller that compiles for TPU topologies keeps JAX on the host
 (`JAX_PLATFORMS=cpu`) and, for GPU topologies, provides `num_cpu_devices_needed` CPU devices, as the CLI does.
@@ -34,6 +38,7 @@ from jax.sharding import PartitionSpec as P
 from octomed_jax import sharding as sharding_lib
 from octomed_jax.contract import RunContract, model_config_from
 from octomed_jax.data.global_batch import abstract_train_batch
+from octomed_jax.models import attention
 from octomed_jax.models.config import ModelConfig
 from octomed_jax.models.qwen2_5_vl import abstract_model
 from octomed_jax.training.metrics import PEAK_FLOPS, train_flops
@@ -170,6 +175,69 @@ def device_bytes(tree: Any) -> int:
     return total
 
 
+FLASH_KERNELS = ("splash", "pallas_gpu")  # opaque to XLA's cost analysis; no quadratic buffer
+# Matmuls (2 * q * k * head_dim FLOPs per query head each) a flash kernel runs per attention per training step:
+# forward QK^T and PV; backward: the dk/dv kernel recomputes QK^T and runs dO V^T, P^T dO, dS^T Q, the dq kernel
+# recomputes QK^T and dO V^T and runs dS K (splash and the Triton kernel alike); remat reruns the forward (the
+# kernel's output is no dot, so no remat policy saves it).
+_FLASH_MATMULS = {"forward": 2, "backward": 7}
+# The model's count: forward 2 matmuls, backward 4.
+_MODEL_MATMULS = 6
+
+
+def _flash_blocks(t: int, block_q: int, block_kv: int, causal: bool) -> int:
+    """Tiles of a [t, t] score matrix a flash kernel computes (causal: those touching the diagonal or below)."""
+    n_q, n_kv = t // block_q, t // block_kv
+    if not causal:
+        return n_q * n_kv
+    return sum(min(n_kv, ((i + 1) * block_q - 1) // block_kv + 1) for i in range(n_q))
+
+
+def attention_flops(model_cfg: ModelConfig, seq_len: int, max_patches: int, impl: str) -> dict[str, float]:
+    """Attention FLOPs of one training step per row (seq_len tokens, max_patches patch slots).
+
+    Args:
+      model_cfg: the model (its remat policy decides whether the kernels' forward pass runs twice).
+      seq_len, max_patches: one row's token and patch slots.
+      impl: the resolved kernel (`attention.resolve_impl(..., on=platform)`), never "auto".
+
+    Returns:
+      model: attention FLOPs that count as model work: text causal within the row, 6 L d s^2 (the term
+        `metrics.train_flops` counts), and vision 12 d k per patch per block over the keys a patch really
+        attends: `window_patches` in windowed blocks, one image (`PATCHES_PER_IMAGE`) in full blocks.
+      kernel: FLOPs the flash kernels execute, which XLA's cost analysis leaves out (0 for xla/cudnn):
+        whole tiles, causal ones skipped, segments not skipped (the text layers and the vision full blocks).
+      executed: all attention FLOPs the step runs; the windowed vision blocks run dense over 3 chunks of
+        `window_patches` keys per query (XLA, visible to the compiler), the masked paths the whole square.
+    """
+    t, v = model_cfg.text, model_cfg.vision
+    recompute = model_cfg.remat_policy != "none"
+    flash = _FLASH_MATMULS["forward"] * (2 if recompute else 1) + _FLASH_MATMULS["backward"]
+    dense = _MODEL_MATMULS + (2 if recompute else 0)  # the XLA path: forward (again under remat) and backward
+    text_dim, vis_dim = t.num_attention_heads * t.head_dim, v.num_heads * v.head_dim
+    full_blocks = len(v.fullatt_block_indexes) if max_patches else 0
+    windowed_blocks = v.depth - full_blocks if max_patches else 0
+
+    def square(n: int, dim: int, causal: bool) -> tuple[float, float]:  # (kernel, executed) of one attention
+        if impl in FLASH_KERNELS:
+            bq, bkv, padded = attention._tiles(n, model_cfg)
+            f = flash * 2 * _flash_blocks(padded, bq, bkv, causal) * bq * bkv * dim
+            return f, f
+        return 0.0, dense * 2 * n * n * dim  # the masked XLA path computes every score, causal or not
+
+    text_kernel, text_exec = square(seq_len, text_dim, causal=True)
+    vis_kernel, vis_exec = square(max_patches, vis_dim, causal=False) if max_patches else (0.0, 0.0)
+    window = v.window_patches
+    image = min(PATCHES_PER_IMAGE, max_patches)
+    return {
+        "model": (t.num_hidden_layers * _MODEL_MATMULS * seq_len * seq_len * text_dim
+                  + 2 * _MODEL_MATMULS * max_patches * vis_dim * (windowed_blocks * window + full_blocks * image)),
+        "kernel": t.num_hidden_layers * text_kernel + full_blocks * vis_kernel,
+        "executed": (t.num_hidden_layers * text_exec + full_blocks * vis_exec
+                     + windowed_blocks * dense * 2 * max_patches * 3 * window * vis_dim),
+    }
+
+
 def _saved_per_token_per_layer(width: int, qkv: int, ff: int, heads: int, seq: int, policy: str) -> float:
     """Activation values one layer keeps per token for its backward pass, by remat policy (in values)."""
     layer_input = width
@@ -186,16 +254,17 @@ def _saved_per_token_per_layer(width: int, qkv: int, ff: int, heads: int, seq: i
 
 def estimate_memory(
     model_cfg: ModelConfig, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, rows_per_device: int,
-    micro_steps: int, param_bytes: int,
+    micro_steps: int, param_bytes: int, impl: str = "xla",
 ) -> dict[str, float]:
     """Per-device bytes of activations and transients of one train step (an estimate, not a compiler figure).
 
     Saved activations: what the remat policy keeps per layer for rows_per_device x seq_len tokens (text)
     and x max_patches patches (vision), in the compute dtype. Transients: fp32 gradients (twice with
     gradient accumulation: the running sum and the micro-batch's), the largest single layer's backward
-    working set (attention logits, probabilities and their gradients, which the XLA attention path that
-    `jax.nn.dot_product_attention` takes by default materialises, and the MLP intermediates), one
-    FSDP-gathered layer of weights, and the loss's logits chunk.
+    working set (attention logits, probabilities and their gradients, which the XLA attention path
+    materialises for the whole row and the flash kernels `impl` names do not; the windowed vision blocks'
+    [window, 3 x window] scores; the MLP intermediates), one FSDP-gathered layer of weights, and the loss's
+    logits chunk.
     """
     t, v = model_cfg.text, model_cfg.vision
     tensor = mesh.shape["tensor"]
@@ -212,19 +281,28 @@ def estimate_memory(
     if patches:
         vision_saved = v.depth * patches * _saved_per_token_per_layer(
             v.hidden_size, 3 * v.hidden_size, v.intermediate_size // tensor, vis_heads, patches, policy)
-    around = 4 * seq * t.hidden_size + seq * seq / 8  # embeddings, final norm, hidden grads; the packed mask
+    masked = impl not in FLASH_KERNELS  # the masked paths build a [seq, seq] mask (xla: and the scores)
+    around = 4 * seq * t.hidden_size + (seq * seq / 8 if masked else 0)  # embeddings, final norm, hidden grads
     activations = rows_per_device * (act * (text_saved + vision_saved) + act * around)
 
-    def layer_working_set(n: int, width: int, ff: int, heads: int) -> float:
+    def scores(n: int, heads: int, keys: int) -> float:
         # fp32 logits, probabilities, their bf16 copy, and both gradients: five score-sized buffers, which
         # matches the TPU compiler's temporaries for the same layout (docs/scale_out.md) within a few GB.
-        scores = 5 * heads * n * n * 4
-        mlp = 4 * n * ff * act  # gate, up, activation, and a gradient
-        return rows_per_device * (scores + mlp + 6 * n * width * act)
+        return 5 * heads * n * keys * 4
 
-    working = layer_working_set(seq, t.hidden_size, t.intermediate_size // tensor, text_heads)
+    def square(n: int, heads: int) -> float:  # a whole-row attention: xla's scores, cudnn's bias, flash nothing
+        return {"xla": scores(n, heads, n), "cudnn": n * n * act}.get(impl, 0.0)
+
+    def layer_working_set(n: int, width: int, ff: int, attention_bytes: float) -> float:
+        mlp = 4 * n * ff * act  # gate, up, activation, and a gradient
+        return rows_per_device * (attention_bytes + mlp + 6 * n * width * act)
+
+    working = layer_working_set(seq, t.hidden_size, t.intermediate_size // tensor, square(seq, text_heads))
     if patches:
-        working = max(working, layer_working_set(patches, v.hidden_size, v.intermediate_size // tensor, vis_heads))
+        ff = v.intermediate_size // tensor
+        full = layer_working_set(patches, v.hidden_size, ff, square(patches, vis_heads))
+        windowed = layer_working_set(patches, v.hidden_size, ff, scores(patches, vis_heads, 3 * v.window_patches))
+        working = max(working, full, windowed)
     layer_params = 2 * t.hidden_size * (t.hidden_size + kv_dim) + 3 * t.hidden_size * t.intermediate_size
     gathered = 2 * layer_params / tensor * act  # this layer's and the prefetched next layer's weights
     logits_chunk = 3 * config.train.loss_chunk * t.vocab_size / tensor * 4
@@ -349,6 +427,19 @@ def layered_cost(
     }
 
 
+def _text_attention_flops(model_cfg: ModelConfig, seq_len: int) -> float:
+    """The text attention term of `metrics.train_flops` for one row: 6 L d s^2."""
+    return train_flops(model_cfg, seq_len, 0, seq_len) - train_flops(model_cfg, seq_len, 0, 0)
+
+
+def _executed_flops(model_cfg: ModelConfig, rows: int, seq_len: int, max_patches: int,
+                    attn: dict[str, float]) -> float:
+    """FLOPs a step executes: 6N per token and patch, 2N more where remat reruns the matmuls, and attention."""
+    dense = train_flops(model_cfg, rows * seq_len, rows * max_patches, 0)  # 6N per token and patch
+    rerun = model_cfg.remat_policy in ("full", "nothing_saveable")  # other policies keep the matmul outputs
+    return dense * (8 / 6 if rerun else 1) + attn["executed"]
+
+
 def plan_topology(
     config: ml_collections.ConfigDict, name: str, *, compile_gpu: bool = True, layered: bool = True
 ) -> dict[str, Any]:
@@ -367,6 +458,10 @@ def plan_topology(
     """
     topo = get_topology(name)
     model_cfg = model_config_for_plan(config)
+    # The topology's kernel, also for GPUs planned on fake CPU devices (where "auto" would take xla): there the
+    # Pallas kernels lower in interpret mode, which proves they shard; memory and time count the real kernel.
+    impl = attention.resolve_impl(model_cfg.attention_impl, on=topo.platform)
+    model_cfg = model_cfg.replace(attention_impl=impl)
     rules = tuple(tuple(r) for r in config.rules)
     mesh = sharding_lib.make_mesh(dict(config.mesh), devices=topo.devices)
     try:
@@ -387,7 +482,7 @@ def plan_topology(
     param_bytes = device_bytes(model_state)
     optimizer_bytes = device_bytes(opt_state)
     batch_bytes = device_bytes(batch)
-    estimate = estimate_memory(model_cfg, config, mesh, rows_per_device, micro_steps, param_bytes)
+    estimate = estimate_memory(model_cfg, config, mesh, rows_per_device, micro_steps, param_bytes, impl)
     estimate["total"] = param_bytes + optimizer_bytes + batch_bytes + estimate["activations"] + estimate["temporaries"]
 
     memory: dict[str, Any] = {"parameters": param_bytes, "optimizer": optimizer_bytes, "batch": batch_bytes,
@@ -424,9 +519,19 @@ def plan_topology(
 
     n = len(topo.devices)
     rows, seq = config.train.global_batch_rows, config.data.seq_len
-    step_model_flops = train_flops(model_cfg, rows * seq, rows * config.data.max_patches, seq)
-    compiler_flops = cost["flops"] * n if cost.get("flops") else None  # per-device program x devices
-    compiler_step_s = cost.get("optimal_seconds")
+    attn = {k: rows * f for k, f in attention_flops(model_cfg, seq, config.data.max_patches, impl).items()}
+    text_model_flops = train_flops(model_cfg, rows * seq, rows * config.data.max_patches, seq)
+    vision_attention = attn["model"] - rows * _text_attention_flops(model_cfg, seq)  # train_flops has the text's
+    step_model_flops = text_model_flops + vision_attention
+    # The compiler's figures leave the flash kernels out: their FLOPs are added, and their time at the peak
+    # (the roofline the compiler's `optimal_seconds` takes for everything else; attention at 8192 tokens is
+    # compute-bound).
+    kernel_s = attn["kernel"] / (topo.peak_flops * n)
+    compiler_flops = cost["flops"] * n + attn["kernel"] if cost.get("flops") else None  # per device x devices
+    compiler_step_s = cost["optimal_seconds"] + kernel_s if cost.get("optimal_seconds") else None
+    # GPU (no compiler estimate here): every executed FLOP at the peak, remat's forward rerun included.
+    analytic_step_s = _executed_flops(model_cfg, rows, seq, config.data.max_patches, attn) / (topo.peak_flops * n)
+    step_s = compiler_step_s if topo.platform == "tpu" else analytic_step_s
 
     totals = octomed_totals(model_cfg, config)
     steps = math.ceil(totals["tokens"] / (rows * seq * PACKING_EFFICIENCY))
@@ -454,12 +559,17 @@ def plan_topology(
         "flops_per_step_compiler": compiler_flops,
         "cost_analysis_per_device": cost,  # composed from unrolled compiles (layered_cost)
         "cost_analysis_scanned_step": _cost(compiled) if compiled is not None else {},  # loop bodies counted once
+        "attention_impl": impl,
+        "attention_flops_per_step": attn,
+        "kernel_seconds": kernel_s,
         "step_seconds_compiler": compiler_step_s,
+        "step_seconds_analytic": analytic_step_s,
+        "step_seconds_estimate": step_s,
+        "step_estimate_from": "compiler + flash kernels at peak" if topo.platform == "tpu" else "analytic roofline",
         "step_seconds_at_mfu": mfu_step_s,
-        "mfu_of_compiler_estimate": (step_model_flops / (compiler_step_s * topo.peak_flops * n)
-                                     if compiler_step_s else None),
+        "mfu_estimate": step_model_flops / (step_s * topo.peak_flops * n) if step_s else None,
         "octomed": {**totals, "steps": steps},
-        "days_at_compiler_estimate": steps * compiler_step_s / 86400 if compiler_step_s else None,
+        "days_at_estimate": steps * step_s / 86400 if step_s else None,
         "days_at_mfu": days_mfu,
         "target_mfu": TARGET_MFU,
         "lower_seconds": lower_s,
@@ -474,25 +584,30 @@ def _gb(x: float | None) -> str:
 
 def format_table(results: Sequence[dict[str, Any]]) -> str:
     """A Markdown table, one row per topology (GB = 1e9 bytes, per device)."""
-    head = ("| topology | mesh (data,fsdp,tensor) | rows/device x micro | params GB | optimizer GB | activations GB "
-            "| XLA temp GB | total GB / HBM | memory from | FLOPs/step model / compiler | step s compiler / "
-            f"{TARGET_MFU:.0%} MFU | days compiler / {TARGET_MFU:.0%} MFU | compile s |")
+    head = ("| topology | mesh (data,fsdp,tensor) | remat | rows/device x micro | params GB | optimizer GB "
+            "| activations GB | XLA temp GB | total GB / HBM | memory from | FLOPs/step model / compiler+kernels "
+            f"| step s estimate / {TARGET_MFU:.0%} MFU | MFU estimate | days estimate / {TARGET_MFU:.0%} MFU "
+            "| compile s |")
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in results:
         m = r["memory"]
         mesh = ",".join(str(r["mesh"][a]) for a in sharding_lib.MESH_AXES)
         compiler_flops = f"{r['flops_per_step_compiler']:.2e}" if r["flops_per_step_compiler"] else "-"
-        step_c = f"{r['step_seconds_compiler']:.2f}" if r["step_seconds_compiler"] else "-"
-        days_c = f"{r['days_at_compiler_estimate']:.1f}" if r["days_at_compiler_estimate"] else "-"
+        step = f"{r['step_seconds_estimate']:.2f}" if r["step_seconds_estimate"] else "-"
+        if r["step_seconds_estimate"] and r["platform"] == "gpu":
+            step += " (analytic)"
+        mfu = f"{r['mfu_estimate']:.1%}" if r["mfu_estimate"] else "-"
+        days = f"{r['days_at_estimate']:.1f}" if r["days_at_estimate"] else "-"
         compile_s = f"{r['compile_seconds']:.0f}" if r["compile_seconds"] is not None else "lowered only"
         if r.get("cost_compile_seconds"):
             compile_s += f" (+{r['cost_compile_seconds']:.0f} cost)"
         activations = _gb(m["activations"]) if m["activations"] is not None else "in temp"
         lines.append(
-            f"| {r['topology']} ({r['devices']}) | {mesh} | {r['rows_per_device']} x {r['micro_steps']} "
-            f"| {_gb(m['parameters'])} | {_gb(m['optimizer'])} | {activations} | {_gb(m['temporaries'])} "
-            f"| {_gb(m['total'])} / {_gb(r['hbm_bytes'])} {'fits' if r['fits'] else 'DOES NOT FIT'} "
-            f"| {m['source']} | {r['flops_per_step_model']:.2e} / {compiler_flops} "
-            f"| {step_c} / {r['step_seconds_at_mfu']:.2f} | {days_c} / {r['days_at_mfu']:.1f} | {compile_s} |"
+            f"| {r['topology']} ({r['devices']}) | {mesh} | {r['remat_policy']} | {r['rows_per_device']} x "
+            f"{r['micro_steps']} | {_gb(m['parameters'])} | {_gb(m['optimizer'])} | {activations} "
+            f"| {_gb(m['temporaries'])} | {_gb(m['total'])} / {_gb(r['hbm_bytes'])} "
+            f"{'fits' if r['fits'] else 'DOES NOT FIT'} ({r['hbm_fraction']:.0%}) | {m['source']} "
+            f"| {r['flops_per_step_model']:.2e} / {compiler_flops} | {step} / {r['step_seconds_at_mfu']:.2f} "
+            f"| {mfu} | {days} / {r['days_at_mfu']:.1f} | {compile_s} |"
         )
     return "\n".join(lines)

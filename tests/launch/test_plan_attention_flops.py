@@ -1,0 +1,31 @@
+"""The plan's analytic attention FLOPs (`planning.attention_flops`): exact counts on a tiny model, no compile."""
+
+import pytest
+
+from octomed_jax import planning
+from octomed_jax.models.config import get_preset
+
+# Text: 2 layers, 4 heads x 16 = 64 wide. Vision: 4 blocks (2 full, 2 windowed) 32 wide, windows of 16 patches.
+# 300 tokens on tiles 128 x 256 pad to 512: causal tiles per 128-query stripe 1, 1, 2, 2 = 6 of 32768 scores.
+# 100 patches pad to one 128 x 128 tile. Under remat a flash kernel runs 2 + 2 + 7 = 11 matmuls, the
+# masked XLA path 2 + 2 + 4 = 8; without remat 9 and 6.
+TINY = get_preset("tiny", attention_block_q=128, attention_block_kv=256)
+MODEL = 2 * 6 * 300 * 300 * 64 + 2 * 6 * 100 * 32 * (2 * 16 + 2 * 100)
+WINDOWED = 2 * 2 * 100 * 3 * 16 * 32  # 2 blocks x 2 FLOPs x patches x 3 windows of keys x width, per matmul
+
+
+@pytest.mark.parametrize("policy, flash, dense", [("nothing_saveable", 11, 8), ("none", 9, 6)])
+def test_attention_flops_exact(policy, flash, dense):
+    cfg = TINY.replace(remat_policy=policy)
+    kernel = flash * (2 * 2 * 6 * 128 * 256 * 64 + 2 * 2 * 128 * 128 * 32)
+    assert planning.attention_flops(cfg, 300, 100, "splash") == {
+        "model": MODEL, "kernel": kernel, "executed": kernel + dense * WINDOWED}
+    assert planning.attention_flops(cfg, 300, 100, "xla") == {
+        "model": MODEL, "kernel": 0,
+        "executed": dense * (2 * 2 * 300 * 300 * 64 + 2 * 2 * 100 * 100 * 32 + WINDOWED)}
+
+
+def test_model_attention_matches_train_flops_and_causal_tiles():
+    assert planning.attention_flops(TINY, 300, 0, "splash")["model"] == planning._text_attention_flops(TINY, 300)
+    assert planning._flash_blocks(8192, 512, 512, causal=True) == 16 * 17 // 2
+    assert planning._flash_blocks(8192, 512, 512, causal=False) == 256
