@@ -36,9 +36,10 @@ def run_demo(seed: int, extra: list[str], keep: bool) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env)
     wall = time.perf_counter() - t0
-    if proc.returncode:
-        sys.exit(f"bench_demo: the demo failed (exit {proc.returncode}); workdir {workdir}")
-    with open(os.path.join(workdir, "demo_report.json")) as f:
+    path = os.path.join(workdir, "demo_report.json")
+    if proc.returncode or not os.path.exists(path):
+        sys.exit(f"bench_demo: the demo failed (exit {proc.returncode}) or was interrupted; workdir {workdir}")
+    with open(path) as f:
         report = json.load(f)
     if not keep:
         shutil.rmtree(workdir)
