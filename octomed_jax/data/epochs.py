@@ -8,7 +8,7 @@ the data folder is read-only):
    manifest's entries of the source's shards (path, records, size, SHA-256) and the fields that change a
    length (`LENGTH_FIELDS`, the vision merge size, the image token id).
 2. Plan (`count_plan`): the real `RowPacker` replayed over each data shard's stream, the very keys training
-   decodes (`pipeline.stream_keys`) with the lengths looked up instead: rows per shard, optimizer steps,
+   decodes (`pipeline.StreamKeys`, vectorised) with the lengths looked up instead: rows per shard, optimizer steps,
    the step by which each epoch has been trained, and the realised mixture. Keyed additionally by the
    mixture weights, epochs, seed, packing, the shard count and the batch split.
 
@@ -38,12 +38,11 @@ from octomed_jax.data.examples import ExampleDecoder, Skipped
 from octomed_jax.data.packing import RowPacker
 from octomed_jax.data.pipeline import (
     ShardSource,
+    StreamKeys,
     WeightedRecords,
     _absl_flags_parsed,
-    epoch_keys,
     open_sources,
     source_seed,
-    stream_keys,
 )
 
 if TYPE_CHECKING:
@@ -211,7 +210,7 @@ def mixture(cfg: DataConfig, lengths: Mapping[str, Lengths]) -> dict[str, Any]:
     per_source, kinds = {}, {"image-text": [0, 0, 0], "text": [0, 0, 0]}
     for source, weight in cfg.sources.items():
         ln = lengths[source]
-        copies = WeightedRecords(0, len(ln.tokens), float(weight), source_seed(cfg.seed, source)).copies()
+        copies = WeightedRecords(len(ln.tokens), float(weight), source_seed(cfg.seed, source)).copies()
         copies *= cfg.epochs
         used = ln.tokens > 0
         image = used & (ln.patches > 0)
@@ -235,9 +234,15 @@ def mixture(cfg: DataConfig, lengths: Mapping[str, Lengths]) -> dict[str, Any]:
     }
 
 
-def _replay(cfg: DataConfig, keys: grain.MapDataset, lengths: Sequence[Lengths], shard: int, num_shards: int,
-            epoch_len: int, max_rows: int | None) -> tuple[int, list[int | None], bool]:
+def _replay(cfg: DataConfig, keys: StreamKeys, lengths: Sequence[Lengths], max_rows: int | None,
+            ) -> tuple[int, list[int | None], bool]:
     """Packs one shard's stream by length only: (rows, last row index per epoch or None when unknown, complete)."""
+    positions, records, epochs = keys.arrays()
+    offsets = np.cumsum([0] + [len(ln.tokens) for ln in lengths])[:-1]
+    flat = offsets[positions] + records  # one lookup for every stream element, all sources at once
+    tokens = np.concatenate([ln.tokens for ln in lengths])[flat]
+    patches = np.concatenate([ln.patches for ln in lengths])[flat]
+    used = np.flatnonzero(tokens > 0)  # skipped records take no room
     packer: RowPacker[int] = RowPacker(cfg.seq_len, cfg.max_patches, cfg.packing, cfg.max_open_rows)
     last: list[int | None] = [None] * cfg.epochs
     rows = 0
@@ -249,20 +254,16 @@ def _replay(cfg: DataConfig, keys: grain.MapDataset, lengths: Sequence[Lengths],
                 last[e] = rows
             rows += 1
 
-    k = 0
-    for k in range(len(keys)):
+    current = 0
+    for epoch, t, p in zip(epochs[used].tolist(), tokens[used].tolist(), patches[used].tolist(), strict=True):
         if max_rows is not None and rows >= max_rows:
             break
-        position, record = keys[k]
-        tokens = int(lengths[position].tokens[record])
-        if tokens:
-            epoch = (shard + k * num_shards) // epoch_len
-            emit(packer.add(epoch, tokens, int(lengths[position].patches[record])))
+        current = epoch
+        emit(packer.add(epoch, t, p))
     else:
         emit(packer.flush())
         return rows, last, True
     # Stopped early: an epoch is known to have ended only when the stream has passed it and no open row holds it.
-    current = (shard + k * num_shards) // epoch_len
     held = {e for row in packer.open_rows for e in row}
     return rows, [x if e < current and e not in held else None for e, x in enumerate(last)], False
 
@@ -328,12 +329,10 @@ def count_plan(
 
 def _count(cfg: DataConfig, lengths: Sequence[Lengths], sizes: Sequence[int], num_shards: int, rows_per_step: int,
            max_steps: int | None, mix: dict[str, Any], key: str) -> DataPlan:
-    epoch_len = len(epoch_keys(cfg, sizes))
     max_rows = max_steps * rows_per_step if max_steps is not None else None
     rows, ends, complete = [], [], True
     for shard in range(num_shards):
-        n, last, done = _replay(cfg, stream_keys(cfg, sizes, shard, num_shards), lengths, shard, num_shards,
-                                epoch_len, max_rows)
+        n, last, done = _replay(cfg, StreamKeys(cfg, sizes, shard, num_shards), lengths, max_rows)
         rows.append(n)
         ends.append(last)
         complete &= done

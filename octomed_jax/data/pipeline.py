@@ -1,13 +1,14 @@
 """The Grain input pipeline: ArrayRecord shards of accepted traces -> packed per-host numpy batches.
 
-One epoch is every source's weighted records concatenated (`epoch_keys`: a source of weight 2 twice, of
-weight 0.5 a seeded half, the same half every epoch), over exactly the shards `manifest.json` lists,
+One epoch is every source's weighted records concatenated (`WeightedRecords`: a source of weight 2 twice,
+of weight 0.5 a seeded half, the same half every epoch), over exactly the shards `manifest.json` lists,
 checked first against their recorded sizes and SHA-256 (`data_pipeline.writer.verify_source`: a missing,
-changed or unlisted shard file stops the run with an error naming it). The epoch is shuffled with the
-seed, repeated `epochs` times (Grain reseeds the shuffle every epoch) and sliced `[shard::num_shards]`
-(`stream_keys`), so every accepted trace is seen exactly `epochs` x weight times over the data shards,
-and each record is decoded and tokenised by `ExampleDecoder` when read (lazily, with its record index).
-`octomed_jax.data.epochs` replays the same keys with lengths only, to count the steps.
+changed or unlisted shard file stops the run with an error naming it). Each epoch is permuted with its own
+seeded NumPy permutation, the epochs follow each other, and data shard s of S reads every S-th element from
+s (`StreamKeys`), so every accepted trace is seen exactly `epochs` x weight times over the data shards, and
+each record is decoded and tokenised by `ExampleDecoder` when read (lazily, with its record index).
+`octomed_jax.data.epochs` replays the same keys (`StreamKeys.arrays`, vectorised) with lengths only, to
+count the steps.
 
 The shard's stream is read in order, optionally by `mp_prefetch` worker processes (worker w
 computes elements w, w+W, ...; Grain interleaves them back in order), then packed (`RowPacker`) and
@@ -136,62 +137,90 @@ def source_seed(seed: int, source: str) -> int:
 
 
 class WeightedRecords:
-    """A Grain source of one source's record indices for one epoch: every record `floor(weight)` times, then a
-    seeded subset of `round(frac(weight) * n)` records (the same subset every epoch).
+    """One source's record indices for one epoch: every record `floor(weight)` times, then a seeded subset of
+    `round(frac(weight) * n)` records (the same subset every epoch)."""
 
-    Element `(position, record)`: `position` is the source's place in `DataConfig.sources`.
-    """
-
-    def __init__(self, position: int, records: int, weight: float, seed: int):
-        self.position = position
+    def __init__(self, records: int, weight: float, seed: int):
         self.records = records
-        self._whole = math.floor(weight) * records
-        extra = weighted_count(records, weight) - self._whole
+        self._whole = math.floor(weight)
+        extra = weighted_count(records, weight) - self._whole * records
         self._extra = np.sort(np.random.default_rng(seed).permutation(records)[:extra]).astype(np.int64)
 
     def __len__(self) -> int:
-        return self._whole + len(self._extra)
+        return self._whole * self.records + len(self._extra)
+
+    def indices(self) -> np.ndarray:
+        """int64 [len(self)]: the record of each position of the epoch (whole copies, then the subset)."""
+        return np.concatenate([np.tile(np.arange(self.records, dtype=np.int64), self._whole), self._extra])
 
     def copies(self) -> np.ndarray:
         """int64 [records]: how many times each record appears in one epoch."""
-        out = np.full(self.records, self._whole // max(self.records, 1), np.int64)
+        out = np.full(self.records, self._whole, np.int64)
         out[self._extra] += 1
         return out
 
-    def __getitem__(self, j: int) -> tuple[int, int]:
-        j %= len(self)  # Grain passes positions of later epochs
-        record = j % self.records if j < self._whole else int(self._extra[j - self._whole])
-        return self.position, record
 
+class StreamKeys:
+    """The `(position, record)` keys of one data shard in training order (a Grain source; NumPy inside).
 
-def epoch_keys(cfg: DataConfig, sizes: Sequence[int]) -> grain.MapDataset:
-    """One epoch, unshuffled: every source's weighted `(position, record)` keys, concatenated in config order.
-
-    Args:
-      cfg: the data config (`sources` weights, `seed`).
-      sizes: the record count of each source of `cfg.sources`, in order.
+    One epoch is every source's weighted records concatenated in config order (`position` = the source's place
+    in `DataConfig.sources`); epoch e is that sequence permuted by `default_rng([seed, e])`; the run is the
+    epochs one after another, and data shard s of S reads run elements s, s + S, s + 2S, ... Element k of the
+    shard is therefore run element `s + k * S`, in epoch `(s + k * S) // epoch_len`. `arrays()` gives the
+    whole stream at once (the counting pass); `[k]` one key (training).
     """
-    parts = [
-        grain.MapDataset.source(WeightedRecords(k, n, float(w), source_seed(cfg.seed, s)))
-        for k, ((s, w), n) in enumerate(zip(cfg.sources.items(), sizes, strict=True))
-    ]
-    empty = [s for s, p in zip(cfg.sources, parts, strict=True) if len(p) == 0]
-    if empty:
-        raise ValueError(f"sources {empty} give no example per epoch (no records, or a weight too small for their "
-                         "records): raise data.sources weights or leave them out")
-    return parts[0] if len(parts) == 1 else grain.MapDataset.concatenate(parts)
+
+    def __init__(self, cfg: DataConfig, sizes: Sequence[int], shard: int, num_shards: int):
+        if not 0 <= shard < num_shards:
+            raise ValueError(f"data shard {shard} not in [0, {num_shards})")
+        parts = [WeightedRecords(n, float(w), source_seed(cfg.seed, s))
+                 for (s, w), n in zip(cfg.sources.items(), sizes, strict=True)]
+        empty = [s for s, p in zip(cfg.sources, parts, strict=True) if len(p) == 0]
+        if empty:
+            raise ValueError(f"sources {empty} give no example per epoch (no records, or a weight too small for "
+                             "their records): raise data.sources weights or leave them out")
+        self._positions = np.concatenate([np.full(len(p), k, np.int32) for k, p in enumerate(parts)])
+        self._records = np.concatenate([p.indices() for p in parts])
+        self.epoch_len = len(self._records)
+        self.epochs, self.seed, self.shard, self.num_shards = cfg.epochs, cfg.seed, shard, num_shards
+        self._length = len(range(shard, self.epoch_len * self.epochs, num_shards))
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if self._cached is None or self._cached[0] != epoch:
+            self._cached = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.epoch_len))
+        return self._cached[1]
+
+    def __getitem__(self, k: int) -> tuple[int, int]:
+        if not 0 <= k < self._length:
+            raise IndexError(f"stream element {k} of {self._length}")
+        epoch, i = divmod(self.shard + k * self.num_shards, self.epoch_len)
+        j = self._permutation(epoch)[i]
+        return int(self._positions[j]), int(self._records[j])
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(positions, records, epochs) of the whole shard stream, in order."""
+        out: list[list[np.ndarray]] = [[], [], []]
+        for epoch in range(self.epochs):
+            first = (self.shard - epoch * self.epoch_len) % self.num_shards  # this shard's first element in it
+            j = np.random.default_rng([self.seed, epoch]).permutation(self.epoch_len)[first :: self.num_shards]
+            out[0].append(self._positions[j])
+            out[1].append(self._records[j])
+            out[2].append(np.full(len(j), epoch, np.int32))
+        return tuple(np.concatenate(x) for x in out)  # type: ignore[return-value]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_cached": None}  # worker processes recompute the permutation they need
 
 
 def stream_keys(cfg: DataConfig, sizes: Sequence[int], shard: int, num_shards: int) -> grain.MapDataset:
-    """The `(position, record)` keys of data shard `shard` in training order: the epoch shuffled with
-    `cfg.seed` (Grain reseeds the shuffle every epoch: seed + epoch), repeated `cfg.epochs` times, then every
-    `num_shards`-th element from `shard`. Stream element k of the shard is element `shard + k * num_shards` of
-    the run, in epoch `(shard + k * num_shards) // len(epoch_keys)`. Training decodes these keys
-    (`host_examples`); the counting pass (`epochs.count_plan`) looks their lengths up: the same order.
+    """The `(position, record)` keys of data shard `shard` in training order (`StreamKeys`). Training decodes
+    these keys (`host_examples`); the counting pass (`epochs.count_plan`) looks their lengths up: the same order.
     """
-    if not 0 <= shard < num_shards:
-        raise ValueError(f"data shard {shard} not in [0, {num_shards})")
-    return epoch_keys(cfg, sizes).shuffle(seed=cfg.seed).repeat(cfg.epochs)[shard::num_shards]
+    return grain.MapDataset.source(StreamKeys(cfg, sizes, shard, num_shards))
 
 
 def open_sources(cfg: DataConfig) -> list[ShardSource]:

@@ -18,7 +18,7 @@ import packed_data_util as u  # noqa: E402
 from data_pipeline.writer import MANIFEST, ManifestStats, ShardFile, build_manifest, write_json  # noqa: E402
 from octomed_jax.data import ExampleDecoder, PackedBatchIterator, built_sources  # noqa: E402
 from octomed_jax.data.epochs import CACHE_DIR, count_plan  # noqa: E402
-from octomed_jax.data.pipeline import stream_keys  # noqa: E402
+from octomed_jax.data.pipeline import StreamKeys, stream_keys  # noqa: E402
 from octomed_jax.data.shards import ShardedIterator  # noqa: E402
 
 N_TEXT, N_IMAGE = 12, 8
@@ -126,6 +126,23 @@ def test_a_fractional_weight_takes_the_same_seeded_subset_every_epoch(data_dir):
     text = collections.Counter(r for p, r in (keys[k] for k in range(len(keys))) if p == 0)
     assert len(text) == N_TEXT // 2 and set(text.values()) == {EPOCHS}
     assert len(keys) == EPOCHS * (N_TEXT // 2 + N_IMAGE)
+
+
+def test_the_counting_pass_reads_the_keys_training_reads(data_dir):
+    # StreamKeys.arrays (vectorised, the counting pass) and StreamKeys[k] (training) are the same stream; each
+    # shard is every 3rd run element, and each epoch is a new permutation of the whole weighted epoch.
+    cfg = config(data_dir, sources={"text_src": 1.0, "image_src": 2.0})
+    shards = [StreamKeys(cfg, [N_TEXT, N_IMAGE], s, 3) for s in range(3)]
+    run = []
+    for keys in shards:
+        positions, records, epochs = keys.arrays()
+        assert list(zip(positions.tolist(), records.tolist(), strict=True)) == [keys[k] for k in range(len(keys))]
+        run += [(keys.shard + k * 3, e) for k, e in enumerate(epochs.tolist())]
+    assert sorted(g for g, _ in run) == list(range(EPOCHS * EPOCH_LEN))
+    assert all(g // EPOCH_LEN == e for g, e in run)
+    whole = StreamKeys(cfg, [N_TEXT, N_IMAGE], 0, 1)
+    first, second = ([whole[k] for k in range(e * EPOCH_LEN, (e + 1) * EPOCH_LEN)] for e in (0, 1))
+    assert first != second and sorted(first) == sorted(second)  # reshuffled, same multiset
 
 
 def test_caches_are_reused_and_invalidated(tmp_path, monkeypatch):
