@@ -536,6 +536,20 @@ def write_dataset(out_dir: str, traces: Iterable[AcceptedTrace], *, files_per_so
     return manifest
 
 
+def merge_decontamination(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The `decontamination` of a sharded build from its jobs' (`Decontaminator.report`): every job read the
+    same benchmarks with the same method (taken from the first), and each removed its own shard's questions
+    (counts added up)."""
+
+    def add(values: Sequence[Any]) -> Any:
+        if isinstance(values[0], Mapping):
+            return {k: add([v[k] for v in values]) for k in values[0]}
+        return sum(values)
+
+    first = reports[0]
+    return {k: first[k] if k in ("method", "benchmarks") else add([r[k] for r in reports]) for k in first}
+
+
 def merge_manifests(out_dir: str) -> dict[str, Any]:
     """Combines the partial manifests of a sharded build into `<out>/manifest.json` (see `write_manifest`).
 
@@ -596,6 +610,8 @@ def merge_manifests(out_dir: str) -> dict[str, Any]:
         num_shards=n,
         reads=reads,
     )
+    if "decontamination" in first:
+        manifest["decontamination"] = merge_decontamination([m["decontamination"] for m in parts])
     write_manifest(out_dir, manifest)
     return manifest
 

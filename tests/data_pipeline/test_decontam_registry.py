@@ -20,6 +20,7 @@ from data_pipeline.benchmarks import BENCHMARKS  # noqa: E402
 from data_pipeline.build import RecipeError, run_build  # noqa: E402
 from data_pipeline.decontam import DecontamConfig, from_registry  # noqa: E402
 from data_pipeline.records import ImageRef, Question  # noqa: E402
+from data_pipeline.writer import merge_manifests  # noqa: E402
 
 SHARED = (
     "A 61-year-old woman with long-standing type 2 diabetes reports blurred vision in both eyes for three "
@@ -96,6 +97,17 @@ def test_a_build_removes_and_counts_per_benchmark(built):
     assert d["method"]["image_hamming"] is None and d["method"]["near_jaccard"] is None
     assert d["near_duplicate"] == 0 and d["duplicate_exact"] == 0
     assert "aptos                      2       2       0            1           0" in result.table
+
+
+def test_a_sharded_build_merges_the_counts(built, world, tmp_path):
+    src, bench = world
+    out = str(tmp_path / "out")
+    with FakeOpenAI(answer_fn=lambda q, s: "A") as srv:
+        for i in range(2):
+            run_build(_config(src, bench, srv.base_url), out_dir=out, num_shards=2, shard_index=i, progress=False,
+                      log=lambda s: None)
+    merged = merge_manifests(out)["decontamination"]
+    assert merged == built[0].manifest["decontamination"]  # the same counts as the one-job build
 
 
 def test_the_registry_is_the_list_and_missing_benchmarks_are_warned_and_recorded(built, world):
