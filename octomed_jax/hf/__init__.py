@@ -1,10 +1,15 @@
-"""Hugging Face interop: `load_hf` reads a Qwen2.5-VL checkpoint folder, `save_hf` writes one.
+"""Hugging Face interop: `load_hf` reads a Qwen2.5-VL or Qwen3-VL checkpoint folder, `save_hf` writes one.
+
+The family is config.json's `model_type` (`models.config.FAMILIES`); the model class is the family's
+(`models.families`).
 
 `load_hf` reads config.json and safetensors (one file or shards with an index; the legacy key layout
 or transformers 5.x's `model.language_model.*`). Given a mesh, every parameter is built with
 `jax.make_array_from_callback`, so each host reads from the files (`safe_open(...).get_slice`) only the
-slices of the tensors that land on its own devices. `save_hf` writes the legacy layout, which
-`Qwen2_5_VLForConditionalGeneration.from_pretrained` loads with no missing or unexpected keys.
+slices of the tensors that land on its own devices. `save_hf` writes the legacy layout for Qwen2.5-VL and
+the `model.language_model.*` layout for Qwen3-VL (as their Hub checkpoints), which
+`Qwen2_5_VLForConditionalGeneration` / `Qwen3VLForConditionalGeneration.from_pretrained` load with no missing
+or unexpected keys.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from octomed_jax.data.tokenizer import QWEN_SPECIAL_IDS, SpecialIds
 from octomed_jax.hf import keys
 from octomed_jax.hf.safetensors_io import Checkpoint, LazyTensor, save_sharded
 from octomed_jax.models.config import ModelConfig, from_hf_dict, to_hf_dict
-from octomed_jax.models.qwen2_5_vl import Qwen25VL, abstract_model
+from octomed_jax.models.families import abstract_model
+from octomed_jax.models.qwen2_5_vl import Qwen25VL
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -73,7 +79,7 @@ def load_hf(
     rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES,
     **overrides: Any,
 ) -> Qwen25VL:
-    """Loads a Qwen2.5-VL checkpoint folder into our model.
+    """Loads a Qwen2.5-VL or Qwen3-VL checkpoint folder into our model of its family.
 
     Args:
       path: folder with config.json and model.safetensors (or shards and an index).
@@ -143,7 +149,7 @@ def load_hf(
     unexpected = sorted(set(hf_key) - expected_names - tied_head)
     if unexpected:
         more = f" and {len(unexpected) - 3} more" if len(unexpected) > 3 else ""
-        raise CheckpointError(f"{path}: unexpected tensors {unexpected[:3]}{more}: not a Qwen2.5-VL checkpoint?")
+        raise CheckpointError(f"{path}: unexpected tensors {unexpected[:3]}{more}: not a {cfg.family} checkpoint?")
     state = nnx.from_flat_state(flat)
     return nnx.merge(graphdef, state)
 
@@ -177,7 +183,7 @@ def save_hf(
     special_ids: SpecialIds = QWEN_SPECIAL_IDS,
     max_shard_bytes: int = 5 * 10**9,
 ) -> None:
-    """Writes `model` as a Hugging Face checkpoint folder (legacy key layout).
+    """Writes `model` as a Hugging Face checkpoint folder (its family's key layout).
 
     Args:
       model: our model (sharded or not; every process must call this, process 0 writes).
@@ -197,7 +203,7 @@ def save_hf(
     tensors = []
     for _, leaf, tmap in _param_maps(state):
         value = leaf.get_value()
-        for i, name in enumerate(tmap.hf_names()):
+        for i, name in enumerate(keys.to_family_layout(n, cfg.family) for n in tmap.hf_names()):
             layer_shape = value.shape[1:] if tmap.num_layers is not None else value.shape
             shape = keys.hf_shape(tmap.kind, tuple(layer_shape), patch_shape)
 

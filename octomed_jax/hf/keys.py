@@ -4,7 +4,9 @@ Each of our parameters maps to one HF tensor (or one per layer for stacked layer
 transform: `copy`, `linear` (our kernels are [in, out], torch's weights [out, in]) or `conv` (the
 patch embedding's Conv3d weight flattened into a matmul kernel). Names are written in the legacy
 layout that Hub checkpoints use (`model.layers.N.*`, `visual.*`, `lm_head.*`); the
-`model.language_model.*` / `model.visual.*` layout of transformers 5.x in memory is read too.
+`model.language_model.*` / `model.visual.*` layout of transformers 5.x in memory is read too, and is the
+layout Qwen3-VL checkpoints are written in (`to_family_layout`). Qwen3-VL's extra modules (q/k norms, the
+position table, LayerNorm biases, the DeepStack mergers `deepstack_merger_list.N`) map by the same rules.
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ def tensor_map(path: tuple[str, ...], shape: tuple[int, ...]) -> TensorMap:
         prefix = "visual"
         if rest[0] == "blocks":
             prefix, rest, num_layers = "visual.blocks.{i}", rest[1:], shape[0]
-        elif rest[0] == "patch_embed":
+        elif rest[0] == "patch_embed":  # Qwen3-VL's has a bias
+            if leaf == "bias":
+                return TensorMap(tuple(path), "visual.patch_embed.proj.bias", None, "copy")
             return TensorMap(tuple(path), "visual.patch_embed.proj.weight", None, "conv")
     else:
         raise ValueError(f"parameter {'.'.join(path)} has no Hugging Face counterpart")
@@ -74,6 +78,17 @@ def to_legacy(name: str) -> str:
         return "model." + name[len("model.language_model.") :]
     if name.startswith("model.visual."):
         return name[len("model.") :]
+    return name
+
+
+def to_family_layout(name: str, family: str) -> str:
+    """A legacy name in the layout `family`'s checkpoints are written in (Qwen3-VL: `model.language_model.*`)."""
+    if family != "qwen3_vl":
+        return name
+    if name.startswith("model."):
+        return "model.language_model." + name[len("model.") :]
+    if name.startswith("visual."):
+        return "model." + name
     return name
 
 

@@ -1,8 +1,8 @@
-"""Typed configuration of the Qwen2.5-VL student, its size presets, and the config.json translation.
+"""Typed configuration of the student (one of `FAMILIES`), its size presets, and the config.json translation.
 
-The presets copy the public config.json of each Qwen2.5-VL release; `from_hf_dict` reads both the
-flat legacy layout of the Hub checkpoints and the nested `text_config` layout of transformers 5.x,
-and `to_hf_dict` writes a config.json that transformers loads without warnings.
+The presets copy the public config.json of each Qwen2.5-VL and Qwen3-VL release; `from_hf_dict` reads both
+the flat legacy layout of the Hub checkpoints and the nested `text_config` layout of transformers 5.x, picking
+the family from `model_type`, and `to_hf_dict` writes a config.json that transformers loads without warnings.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ VIDEO_TOKEN_ID = QWEN_SPECIAL_IDS.video_pad
 VISION_START_TOKEN_ID = QWEN_SPECIAL_IDS.vision_start
 VISION_END_TOKEN_ID = QWEN_SPECIAL_IDS.vision_end
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "pallas_gpu")
+# Model families: the value of `model.family` and of config.json's `model_type`.
+FAMILIES = ("qwen2_5_vl", "qwen3_vl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +39,10 @@ class VisionConfig:
     tokens_per_second: int = 2
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6
+    # Qwen3-VL only: side**2 learned position embeddings (interpolated to each grid), and the blocks whose
+    # output feeds a DeepStack merger (its features are added to the first language layers).
+    num_position_embeddings: int = 0
+    deepstack_visual_indexes: tuple[int, ...] = ()
 
     @property
     def head_dim(self) -> int:
@@ -69,10 +75,11 @@ class TextConfig:
     mrope_section: tuple[int, int, int] = (16, 24, 24)
     max_position_embeddings: int = 128000
     tie_word_embeddings: bool = False
+    attention_head_dim: int = 0  # 0: hidden_size // num_attention_heads (Qwen3-VL sets it: 128)
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+        return self.attention_head_dim or self.hidden_size // self.num_attention_heads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +87,7 @@ class ModelConfig:
     """The whole student: vision tower, language model, and how they are computed.
 
     Attributes:
+      family: the model family (`FAMILIES`): `qwen2_5_vl` or `qwen3_vl` (`octomed_jax.models.qwen3_vl`).
       param_dtype: dtype the parameters are stored in (fp32 master weights for training).
       dtype: compute dtype of matmuls and activations (bf16 for speed, fp32 for parity).
       scan_layers: run the stacked layers with `nnx.scan` (one compiled layer) instead of unrolled.
@@ -100,6 +108,7 @@ class ModelConfig:
     video_token_id: int = VIDEO_TOKEN_ID
     vision_start_token_id: int = VISION_START_TOKEN_ID
     vision_end_token_id: int = VISION_END_TOKEN_ID
+    family: str = "qwen2_5_vl"
     param_dtype: str = "float32"
     dtype: str = "float32"
     scan_layers: bool = True
@@ -109,7 +118,9 @@ class ModelConfig:
     attention_block_kv: int = 512
 
     def __post_init__(self):
-        t = self.text
+        t, v = self.text, self.vision
+        if self.family not in FAMILIES:
+            raise ValueError(f"model.family {self.family!r}: use one of {FAMILIES}")
         if sum(t.mrope_section) * 2 != t.head_dim:
             raise ValueError(f"mrope_section {t.mrope_section} must sum to head_dim/2 = {t.head_dim // 2}")
         if t.num_attention_heads % t.num_key_value_heads:
@@ -126,6 +137,14 @@ class ModelConfig:
         bad = [i for i in self.vision.fullatt_block_indexes if not 0 <= i < self.vision.depth]
         if bad:
             raise ValueError(f"fullatt_block_indexes {bad} outside 0..{self.vision.depth - 1}")
+        if self.family == "qwen3_vl":
+            side = int(round(v.num_position_embeddings**0.5))
+            if v.num_position_embeddings <= 0 or side * side != v.num_position_embeddings:
+                raise ValueError(f"vision num_position_embeddings {v.num_position_embeddings}: need a square > 0")
+            bad = [i for i in v.deepstack_visual_indexes if not 0 <= i < v.depth]
+            if bad or len(v.deepstack_visual_indexes) > t.num_hidden_layers:
+                raise ValueError(f"deepstack_visual_indexes {v.deepstack_visual_indexes}: need at most "
+                                 f"{t.num_hidden_layers} blocks within 0..{v.depth - 1}")
 
     @property
     def jnp_dtype(self) -> jnp.dtype:
@@ -139,10 +158,26 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _preset(text: dict[str, Any], vision: dict[str, Any]) -> ModelConfig:
+def _preset(text: dict[str, Any], vision: dict[str, Any], family: str = "qwen2_5_vl") -> ModelConfig:
     return ModelConfig(
-        text=TextConfig(**text), vision=VisionConfig(**{"out_hidden_size": text["hidden_size"], **vision})
+        text=TextConfig(**text), vision=VisionConfig(**{"out_hidden_size": text["hidden_size"], **vision}),
+        family=family,
     )
+
+
+# What every Qwen3-VL release shares (public config.json): 128-wide heads, interleaved M-RoPE sections
+# (24, 20, 20), theta 5e6, 256K positions; a 16-pixel-patch ViT with a 48 x 48 learned position table.
+_QWEN3_TEXT = dict(vocab_size=151936, attention_head_dim=128, mrope_section=(24, 20, 20), rope_theta=5_000_000.0,
+                   max_position_embeddings=262144)
+_QWEN3_VISION = dict(patch_size=16, num_position_embeddings=2304, fullatt_block_indexes=(), num_heads=16)
+_QWEN3_VISION_SMALL = dict(_QWEN3_VISION, depth=24, hidden_size=1024, intermediate_size=4096,
+                           deepstack_visual_indexes=(5, 11, 17))
+_QWEN3_VISION_LARGE = dict(_QWEN3_VISION, depth=27, hidden_size=1152, intermediate_size=4304,
+                           deepstack_visual_indexes=(8, 16, 24))
+
+
+def _qwen3_preset(text: dict[str, Any], vision: dict[str, Any]) -> ModelConfig:
+    return _preset({**_QWEN3_TEXT, **text}, vision, family="qwen3_vl")
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -189,27 +224,61 @@ PRESETS: dict[str, ModelConfig] = {
         dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, fullatt_block_indexes=(1, 3),
              window_size=56),
     ),
+    # Public config.json of Qwen/Qwen3-VL-{2B,4B,8B,32B}-Instruct.
+    "qwen3_vl_2b": _qwen3_preset(
+        dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
+             num_key_value_heads=8, tie_word_embeddings=True),
+        _QWEN3_VISION_SMALL,
+    ),
+    "qwen3_vl_4b": _qwen3_preset(
+        dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+             num_key_value_heads=8, tie_word_embeddings=True),
+        _QWEN3_VISION_SMALL,
+    ),
+    "qwen3_vl_8b": _qwen3_preset(
+        dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+             num_key_value_heads=8),
+        _QWEN3_VISION_LARGE,
+    ),
+    "qwen3_vl_32b": _qwen3_preset(
+        dict(hidden_size=5120, intermediate_size=25600, num_hidden_layers=64, num_attention_heads=64,
+             num_key_value_heads=8),
+        _QWEN3_VISION_LARGE,
+    ),
+    # Tiny Qwen3-VL for tests: head_dim (16) != hidden / heads (64 / 8), a 6 x 6 position table (so grids
+    # larger and smaller than it interpolate), DeepStack from two of three blocks into two of three layers.
+    "qwen3_vl_tiny": _qwen3_preset(
+        dict(vocab_size=152000, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=8,
+             num_key_value_heads=2, attention_head_dim=16, mrope_section=(2, 3, 3), rope_theta=10000.0),
+        dict(patch_size=16, num_position_embeddings=36, fullatt_block_indexes=(), depth=3, hidden_size=32,
+             intermediate_size=64, num_heads=2, deepstack_visual_indexes=(0, 2)),
+    ),
 }
 
 
 def get_preset(name: str, **overrides: Any) -> ModelConfig:
-    """A preset by name ("3b", "7b", "32b", "72b", "tiny"), with ModelConfig fields overridden."""
+    """A preset by name (`PRESETS`: "3b" ... "72b", "qwen3_vl_8b", "tiny", ...), with ModelConfig fields overridden."""
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
     return PRESETS[name].replace(**overrides)
 
 
 def from_hf_dict(d: dict[str, Any], **overrides: Any) -> ModelConfig:
-    """Builds a ModelConfig from a Qwen2.5-VL config.json (flat legacy or nested layout)."""
-    model_type = d.get("model_type")
-    if model_type != "qwen2_5_vl":
-        raise ValueError(f"config.json has model_type {model_type!r}; this loader reads 'qwen2_5_vl' only")
+    """Builds a ModelConfig from a Qwen2.5-VL or Qwen3-VL config.json (flat legacy or nested layout).
+
+    The family is config.json's `model_type`.
+    """
+    family = d.get("model_type")
+    if family not in FAMILIES:
+        raise ValueError(f"config.json has model_type {family!r}; this loader reads {FAMILIES}")
+    qwen3 = family == "qwen3_vl"
     t = dict(d.get("text_config") or {})
     for key, value in d.items():  # legacy checkpoints keep the text fields at top level
         if key not in ("text_config", "vision_config"):
             t.setdefault(key, value)
     rope = t.get("rope_parameters") or t.get("rope_scaling") or {}
-    mrope = tuple(rope.get("mrope_section", (16, 24, 24)))
+    if qwen3 and not rope.get("mrope_interleaved", True):
+        raise ValueError("text_config: mrope_interleaved=false is not Qwen3-VL's M-RoPE layout")
     text = TextConfig(
         vocab_size=t["vocab_size"],
         hidden_size=t["hidden_size"],
@@ -218,30 +287,36 @@ def from_hf_dict(d: dict[str, Any], **overrides: Any) -> ModelConfig:
         num_attention_heads=t["num_attention_heads"],
         num_key_value_heads=t.get("num_key_value_heads") or t["num_attention_heads"],
         rms_norm_eps=t.get("rms_norm_eps", 1e-6),
-        rope_theta=rope.get("rope_theta", t.get("rope_theta", 1_000_000.0)),
-        mrope_section=mrope,
+        rope_theta=rope.get("rope_theta", t.get("rope_theta", 5_000_000.0 if qwen3 else 1_000_000.0)),
+        mrope_section=tuple(rope.get("mrope_section", (24, 20, 20) if qwen3 else (16, 24, 24))),
         max_position_embeddings=t.get("max_position_embeddings", 128000),
         tie_word_embeddings=bool(d.get("tie_word_embeddings", t.get("tie_word_embeddings", False))),
+        attention_head_dim=t.get("head_dim", 128) if qwen3 else 0,
     )
     v = d.get("vision_config") or {}
     vrope = v.get("rope_parameters") or {}
+    defaults = {"depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "patch_size": 16} if qwen3 else {
+        "depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "patch_size": 14}
     vision = VisionConfig(
-        depth=v.get("depth", 32),
-        hidden_size=v.get("hidden_size", 1280),
-        intermediate_size=v.get("intermediate_size", 3420),
+        depth=v.get("depth", defaults["depth"]),
+        hidden_size=v.get("hidden_size", defaults["hidden_size"]),
+        intermediate_size=v.get("intermediate_size", defaults["intermediate_size"]),
         num_heads=v.get("num_heads", 16),
         in_channels=v.get("in_channels", v.get("in_chans", 3)),
-        patch_size=v.get("patch_size", v.get("spatial_patch_size", 14)),
+        patch_size=v.get("patch_size", v.get("spatial_patch_size", defaults["patch_size"])),
         temporal_patch_size=v.get("temporal_patch_size", 2),
         spatial_merge_size=v.get("spatial_merge_size", 2),
         window_size=v.get("window_size", 112),
         out_hidden_size=v.get("out_hidden_size", text.hidden_size),
-        fullatt_block_indexes=tuple(v.get("fullatt_block_indexes", (7, 15, 23, 31))),
+        fullatt_block_indexes=() if qwen3 else tuple(v.get("fullatt_block_indexes", (7, 15, 23, 31))),
         tokens_per_second=v.get("tokens_per_second", 2),
         rope_theta=vrope.get("rope_theta", 10000.0),
+        num_position_embeddings=v.get("num_position_embeddings", 2304) if qwen3 else 0,
+        deepstack_visual_indexes=tuple(v.get("deepstack_visual_indexes", (8, 16, 24))) if qwen3 else (),
     )
-    if v.get("hidden_act", "silu") != "silu" or t.get("hidden_act", "silu") != "silu":
-        raise ValueError("only hidden_act='silu' is supported")
+    vision_act = "gelu_pytorch_tanh" if qwen3 else "silu"
+    if v.get("hidden_act", vision_act) != vision_act or t.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"only hidden_act='silu' (text) and {vision_act!r} (vision) are supported for {family}")
     return ModelConfig(
         text=text,
         vision=vision,
@@ -249,15 +324,18 @@ def from_hf_dict(d: dict[str, Any], **overrides: Any) -> ModelConfig:
         video_token_id=d.get("video_token_id", VIDEO_TOKEN_ID),
         vision_start_token_id=d.get("vision_start_token_id", VISION_START_TOKEN_ID),
         vision_end_token_id=d.get("vision_end_token_id", VISION_END_TOKEN_ID),
+        family=family,
         **overrides,
     )
 
 
 def to_hf_dict(cfg: ModelConfig, *, torch_dtype: str = "float32") -> dict[str, Any]:
-    """A config.json for transformers' Qwen2_5_VLForConditionalGeneration."""
+    """A config.json for transformers' `Qwen2_5_VLForConditionalGeneration` or `Qwen3VLForConditionalGeneration`."""
     t, v = cfg.text, cfg.vision
+    qwen3 = cfg.family == "qwen3_vl"
+    rope = {"rope_type": "default", "rope_theta": t.rope_theta, "mrope_section": list(t.mrope_section)}
     text_config = {
-        "model_type": "qwen2_5_vl_text",
+        "model_type": f"{cfg.family}_text",
         "vocab_size": t.vocab_size,
         "hidden_size": t.hidden_size,
         "intermediate_size": t.intermediate_size,
@@ -267,18 +345,14 @@ def to_hf_dict(cfg: ModelConfig, *, torch_dtype: str = "float32") -> dict[str, A
         "hidden_act": "silu",
         "rms_norm_eps": t.rms_norm_eps,
         "max_position_embeddings": t.max_position_embeddings,
-        "rope_parameters": {
-            "rope_type": "default",
-            "rope_theta": t.rope_theta,
-            "mrope_section": list(t.mrope_section),
-        },
+        "rope_parameters": {**rope, "mrope_interleaved": True} if qwen3 else rope,
         "tie_word_embeddings": t.tie_word_embeddings,
         "bos_token_id": QWEN_SPECIAL_IDS.endoftext,
         "eos_token_id": QWEN_SPECIAL_IDS.im_end,
         "dtype": torch_dtype,
     }
     vision_config = {
-        "model_type": "qwen2_5_vl_vision",
+        "model_type": f"{cfg.family}_vision",
         "depth": v.depth,
         "hidden_size": v.hidden_size,
         "intermediate_size": v.intermediate_size,
@@ -287,16 +361,20 @@ def to_hf_dict(cfg: ModelConfig, *, torch_dtype: str = "float32") -> dict[str, A
         "patch_size": v.patch_size,
         "temporal_patch_size": v.temporal_patch_size,
         "spatial_merge_size": v.spatial_merge_size,
-        "window_size": v.window_size,
         "out_hidden_size": v.out_hidden_size,
-        "fullatt_block_indexes": list(v.fullatt_block_indexes),
-        "tokens_per_second": v.tokens_per_second,
-        "hidden_act": "silu",
         "rope_parameters": {"rope_type": "axial", "rope_theta": v.rope_theta},
     }
+    if qwen3:
+        text_config |= {"head_dim": t.head_dim, "attention_bias": False}
+        vision_config |= {"hidden_act": "gelu_pytorch_tanh", "num_position_embeddings": v.num_position_embeddings,
+                          "deepstack_visual_indexes": list(v.deepstack_visual_indexes)}
+    else:
+        vision_config |= {"hidden_act": "silu", "window_size": v.window_size,
+                          "fullatt_block_indexes": list(v.fullatt_block_indexes),
+                          "tokens_per_second": v.tokens_per_second}
     return {
-        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
-        "model_type": "qwen2_5_vl",
+        "architectures": ["Qwen3VLForConditionalGeneration" if qwen3 else "Qwen2_5_VLForConditionalGeneration"],
+        "model_type": cfg.family,
         "text_config": text_config,
         "vision_config": vision_config,
         "image_token_id": cfg.image_token_id,

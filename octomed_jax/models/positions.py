@@ -161,3 +161,82 @@ def vision_layout(grid_thw: np.ndarray, vcfg: VisionConfig, pad_to: int | None =
         window_segment_ids=pad(cat(win_seg, np.int32)),
         num_patches=num_patches,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class InterpolatedLayout:
+    """Index arrays of the Qwen3-VL vision tower for one set of images, padded to a fixed patch count.
+
+    The patches stay in the processor's block-major order (no windows), so every array is in that order.
+
+    Attributes:
+      rotary_positions: int32 [patches, 2]: (h, w) of each patch.
+      segment_ids: int32 [patches]: one id per image frame (attention stays within it); 0 on padding.
+      pos_index: int32 [patches, 4]: the four rows of the learned `side x side` position table that
+        bilinear interpolation (align_corners=True) to the image's grid reads for each patch.
+      pos_weight: float32 [patches, 4]: their weights (0 on padding).
+      num_patches: real patches (the rest is padding).
+    """
+
+    rotary_positions: np.ndarray
+    segment_ids: np.ndarray
+    pos_index: np.ndarray
+    pos_weight: np.ndarray
+    num_patches: int
+
+
+def _interpolation_taps(index: np.ndarray, size: int, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear taps [n, 2] into a `side`-long axis, and their weights, for positions `index` of a `size`-long one.
+
+    align_corners=True: the end points map to 0 and side - 1; float32 as transformers computes them.
+    """
+    src = index.astype(np.float32) * np.float32(side - 1) / np.float32(max(size - 1, 1))
+    floor = np.floor(src)
+    offsets = np.arange(2)
+    taps = np.clip(floor.astype(np.int64)[:, None] + offsets, 0, side - 1)
+    weights = np.maximum(np.float32(1) - np.abs(src[:, None] - floor[:, None] - offsets), 0).astype(np.float32)
+    return taps, weights
+
+
+def interpolated_layout(grid_thw: np.ndarray, vcfg: VisionConfig, pad_to: int | None = None) -> InterpolatedLayout:
+    """Rotary positions, attention segments and position-table interpolation of Qwen3-VL's vision tower.
+
+    Mirrors transformers' `get_vision_position_ids`, the per-frame `cu_seqlens` and
+    `get_vision_interpolation_indices_and_weights(mode="bilinear", align_corners=True)`.
+    """
+    grid_thw = np.asarray(grid_thw, dtype=np.int64).reshape(-1, 3)
+    merge = vcfg.spatial_merge_size
+    side = int(round(vcfg.num_position_embeddings**0.5))
+    rot, seg, index, weight = [], [], [], []
+    for frame_base, (t, h, w) in zip(np.cumsum([0, *grid_thw[:, 0]]), grid_thw.tolist(), strict=False):
+        if h % merge or w % merge:
+            raise ValueError(f"image grid {(t, h, w)} is not divisible by spatial_merge_size {merge}")
+        # Each frame's (row, col) of its patches, block-major over merge x merge blocks.
+        hh, ww = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        blocks = (h // merge, merge, w // merge, merge)
+        row = hh.reshape(blocks).transpose(0, 2, 1, 3).ravel()
+        col = ww.reshape(blocks).transpose(0, 2, 1, 3).ravel()
+        h_taps, h_weights = _interpolation_taps(row, h, side)
+        w_taps, w_weights = _interpolation_taps(col, w, side)
+        frame_index = (h_taps[:, :, None] * side + w_taps[:, None, :]).reshape(-1, 4)
+        frame_weight = (h_weights[:, :, None] * w_weights[:, None, :]).reshape(-1, 4)
+        rot.append(np.tile(np.stack([row, col], axis=-1), (t, 1)))
+        index.append(np.tile(frame_index, (t, 1)))
+        weight.append(np.tile(frame_weight, (t, 1)))
+        seg.append(np.repeat(np.arange(frame_base + 1, frame_base + t + 1), h * w))
+    num_patches = int(np.prod(grid_thw, axis=-1).sum())
+    pad_to = num_patches if pad_to is None else pad_to
+    if pad_to < num_patches or pad_to % vcfg.merge_unit:
+        raise ValueError(f"pad_to={pad_to} must be a multiple of {vcfg.merge_unit} and >= {num_patches} patches")
+
+    def padded(parts: list[np.ndarray], shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        array = np.concatenate(parts) if parts else np.zeros((0, *shape), dtype)
+        return np.pad(array, ((0, pad_to - num_patches),) + ((0, 0),) * len(shape)).astype(dtype)
+
+    return InterpolatedLayout(
+        rotary_positions=padded(rot, (2,), np.int32),
+        segment_ids=padded(seg, (), np.int32),
+        pos_index=padded(index, (4,), np.int32),
+        pos_weight=padded(weight, (4,), np.float32),
+        num_patches=num_patches,
+    )

@@ -1,0 +1,30 @@
+"""The model class of each family (`ModelConfig.family`): one place that picks it, for every caller that
+builds a model from a config (HF interop, training, checkpoints)."""
+
+from __future__ import annotations
+
+from flax import nnx
+
+from octomed_jax.models.config import ModelConfig
+from octomed_jax.models.qwen2_5_vl import Qwen25VL
+from octomed_jax.models.qwen3_vl import Qwen3VL
+
+# Qwen3VL subclasses Qwen25VL: every family answers Qwen25VL's interface (`forward`, `hidden_states`, ...).
+MODEL_CLASSES: dict[str, type[Qwen25VL]] = {"qwen2_5_vl": Qwen25VL, "qwen3_vl": Qwen3VL}
+
+
+def model_class(cfg: ModelConfig) -> type[Qwen25VL]:
+    """The class of `cfg.family`."""
+    return MODEL_CLASSES[cfg.family]
+
+
+def init_model(cfg: ModelConfig, seed: int = 0) -> Qwen25VL:
+    """A randomly initialised model of `cfg.family` on the default device (sharded: `sharding.create_model`)."""
+    with nnx.use_eager_sharding(False):
+        return model_class(cfg)(cfg, rngs=nnx.Rngs(seed))
+
+
+def abstract_model(cfg: ModelConfig) -> Qwen25VL:
+    """The structure of a `cfg.family` model with `jax.ShapeDtypeStruct` leaves: no memory allocated."""
+    with nnx.use_eager_sharding(False):
+        return nnx.eval_shape(lambda: model_class(cfg)(cfg, rngs=nnx.Rngs(0)))

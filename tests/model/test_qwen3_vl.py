@@ -1,0 +1,141 @@
+"""Our Qwen3-VL against transformers' `Qwen3VLForConditionalGeneration`, fp32, on a tiny random config.
+
+Logits within 1e-4 for text only, one image, two images of different sizes (larger and smaller than the
+learned position table) and a left-padded batch; the vision tower's merged and DeepStack features; and
+HF -> ours -> HF loads in transformers with no missing or unexpected keys, equal tensors and equal logits.
+"""
+
+import numpy as np
+import pytest
+from conftest import IMAGE, hf_logits, image_prompt, pixels, torch, transformers
+from safetensors.numpy import load_file
+
+from octomed_jax.hf import load_hf, save_hf
+from octomed_jax.models.config import from_hf_dict, get_preset, to_hf_dict
+from octomed_jax.models.qwen3_vl import Qwen3VL, VisionInputs
+
+TOL = 1e-4
+
+
+def max_diff(a, b):
+    return float(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).max())
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return get_preset("qwen3_vl_tiny")
+
+
+@pytest.fixture(scope="module")
+def hf_checkpoint(tmp_path_factory, cfg):
+    """(transformers model, its folder): weights at 0.1 so images move the logits; norms and biases perturbed."""
+    d = to_hf_dict(cfg)
+    hcfg = transformers.Qwen3VLConfig(**{k: v for k, v in d.items() if k not in ("architectures", "model_type")})
+    torch.manual_seed(0)
+    model = transformers.Qwen3VLForConditionalGeneration(hcfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.1 + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+    path = tmp_path_factory.mktemp("hf_qwen3_vl")
+    model.save_pretrained(path)
+    return model, str(path)
+
+
+@pytest.fixture(scope="module")
+def ours(hf_checkpoint):
+    return load_hf(hf_checkpoint[1])
+
+
+def test_config_from_transformers(hf_checkpoint, cfg, ours):
+    """The config transformers writes reads back as ours, and load_hf picked the family's class."""
+    assert from_hf_dict(hf_checkpoint[0].config.to_dict()) == cfg
+    assert type(ours) is Qwen3VL
+
+
+def test_text_only(ours, hf_checkpoint):
+    ids = np.random.RandomState(1).randint(0, 150000, size=(2, 23))
+    assert max_diff(ours(ids), hf_logits(hf_checkpoint[0], ids)) <= TOL
+
+
+def test_one_image(ours, hf_checkpoint, cfg):
+    grids = [[1, 8, 12]]  # larger than the 6 x 6 position table: interpolated up
+    ids = image_prompt(grids, [5, 7])[None]
+    px = pixels(grids, cfg.vision.patch_dim)
+    ref = hf_logits(hf_checkpoint[0], ids, px, grids)
+    got = np.asarray(ours(ids, px, np.array(grids)))
+    assert max_diff(got, ref) <= TOL
+    # The image matters well beyond the tolerance: the same prompt with other pixels moves the logits.
+    other = np.asarray(ours(ids, px[::-1].copy(), np.array(grids)))
+    assert max_diff(other, ref) > 100 * TOL
+
+
+def test_two_images_of_different_sizes(ours, hf_checkpoint, cfg):
+    grids = [[1, 6, 10], [1, 4, 4]]  # one wider than the table, one smaller
+    ids = image_prompt(grids, [3, 4, 6])[None]
+    px = pixels(grids, cfg.vision.patch_dim, seed=1)
+    assert max_diff(ours(ids, px, np.array(grids)), hf_logits(hf_checkpoint[0], ids, px, grids)) <= TOL
+
+
+def test_batch_of_two_with_padding(ours, hf_checkpoint, cfg):
+    """Left padding, an image in each row (mm_token_type_ids passed): positions follow the mask."""
+    grids = [[1, 4, 4], [1, 6, 8]]
+    a, b = image_prompt(grids[:1], [2, 3], start=3), image_prompt(grids[1:], [6, 5], start=4)
+    length = max(len(a), len(b))
+    ids = np.zeros((2, length), np.int64)
+    mask = np.zeros((2, length), np.int64)
+    for row, seq in enumerate((a, b)):
+        ids[row, length - len(seq):] = seq
+        mask[row, length - len(seq):] = 1
+    px = pixels(grids, cfg.vision.patch_dim, seed=2)
+    ref = hf_logits(hf_checkpoint[0], ids, px, grids, attention_mask=mask)
+    got = np.asarray(ours(ids, px, np.array(grids), mask))
+    real = mask.astype(bool)
+    assert max_diff(got[real], ref[real]) <= TOL
+
+
+def test_vision_tower(ours, hf_checkpoint, cfg):
+    """Merged features and each DeepStack merger's features, two images in one row."""
+    grids = [[1, 10, 6], [1, 4, 8]]
+    px = pixels(grids, cfg.vision.patch_dim, seed=3)
+    with torch.no_grad():
+        out = hf_checkpoint[0].model.visual(torch.tensor(px), grid_thw=torch.tensor(grids))
+    v = VisionInputs.build(px, np.array(grids), cfg)
+    features, deepstack = ours.visual(v.pixel_values, v.rotary_positions, v.segment_ids, v.pos_index, v.pos_weight)
+    assert max_diff(features[0], out.pooler_output.numpy()) <= TOL
+    assert deepstack.shape[0] == len(out.deepstack_features) == 2
+    for got, ref in zip(deepstack, out.deepstack_features, strict=True):
+        assert max_diff(got[0], ref.numpy()) <= TOL
+
+
+def test_padded_vision_row_changes_nothing(ours, cfg):
+    """Patches padded to a fixed count (the jit path) give the same features for the real ones."""
+    grids = np.array([[1, 4, 6]])
+    px = pixels(grids, cfg.vision.patch_dim, seed=4)
+    exact = VisionInputs.build(px, grids, cfg)
+    padded = VisionInputs.build(px, grids, cfg, pad_to=40)
+    a, da = ours.visual(*(getattr(exact, f) for f in exact.__dataclass_fields__))
+    b, db = ours.visual(*(getattr(padded, f) for f in padded.__dataclass_fields__))
+    assert b.shape[1] == 10
+    assert max_diff(a[0], b[0, :6]) <= 1e-6 and max_diff(da[:, 0], db[:, 0, :6]) <= 1e-6
+
+
+def test_hf_round_trip(ours, hf_checkpoint, tmp_path):
+    """HF -> ours -> HF: transformers loads it with no missing or unexpected keys, equal tensors and logits."""
+    hf, src = hf_checkpoint
+    save_hf(ours, str(tmp_path))
+    back, info = transformers.Qwen3VLForConditionalGeneration.from_pretrained(str(tmp_path), output_loading_info=True)
+    assert {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "unexpected_keys")} == {
+        "missing_keys": [], "unexpected_keys": []}
+    original, written = load_file(f"{src}/model.safetensors"), load_file(f"{tmp_path}/model.safetensors")
+    assert sorted(written) == sorted(original)
+    assert all(np.array_equal(written[k], original[k]) for k in original)
+    grids = [[1, 4, 4]]
+    ids = image_prompt(grids, [3, 2])[None]
+    px = pixels(grids, ours.cfg.vision.patch_dim, seed=5)
+    assert max_diff(hf_logits(back.eval(), ids, px, grids), hf_logits(hf, ids, px, grids)) == 0.0
+
+
+def test_image_token_count_checked(ours, cfg):
+    ids = np.array([[1, 2, IMAGE, IMAGE, 3]])
+    with pytest.raises(ValueError, match="does not match grid"):
+        ours.prepare_inputs(ids, pixels([[1, 4, 4]], cfg.vision.patch_dim), np.array([[1, 4, 4]]))
