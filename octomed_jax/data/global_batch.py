@@ -8,7 +8,7 @@ and [3, B, L] in the model, so they are transposed here and sharded on their sec
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -43,14 +43,15 @@ class TrainBatch:
         return self.loss_mask.sum()
 
 
-def _batch_axis(name: str) -> int:
-    return 1 if name == "positions" else 0
+def _batch_axis(name: str, lead: int = 0) -> int:
+    """The batch axis of field `name` behind `lead` leading axes (the micro-batch axis)."""
+    return (1 if name == "positions" else 0) + lead
 
 
-def _model_layout(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Host arrays in the model's layout: positions [B, 3, L] -> [3, B, L]."""
+def _model_layout(batch: Mapping[str, np.ndarray], lead: int = 0) -> dict[str, np.ndarray]:
+    """Host arrays in the model's layout: positions [..., B, 3, L] -> [..., 3, B, L] (`lead` leading axes)."""
     out = dict(batch)
-    out["positions"] = np.ascontiguousarray(np.swapaxes(np.asarray(batch["positions"]), 0, 1))
+    out["positions"] = np.ascontiguousarray(np.swapaxes(np.asarray(batch["positions"]), lead, lead + 1))
     return out
 
 
@@ -85,11 +86,35 @@ def to_global_batch(
     Returns:
       A `TrainBatch` of global `jax.Array`s, batch axis = rows per host x process count.
     """
-    local = _model_layout(batch)
+    return _place(_model_layout(batch), mesh, rules)
+
+
+def to_global_micro_batches(
+    batches: Sequence[Mapping[str, np.ndarray]], mesh: Mesh, rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES
+) -> TrainBatch:
+    """One step's host micro-batches -> one global batch with a leading micro-batch axis (what the step takes).
+
+    The micro-batches are stacked on the host and placed once: the arrays and shardings of `jnp.stack` over
+    `to_global_batch` of each, without a device op per field. Collective like `to_global_batch`.
+
+    Args:
+      batches: the host's micro-batches of one step, each as `to_global_batch` takes it.
+      mesh: the training mesh.
+      rules: logical-to-mesh rules; "batch" names the batch axes.
+
+    Returns:
+      A `TrainBatch` of global `jax.Array`s [micro, rows per host x process count, ...] (positions [micro, 3, B, L]).
+    """
+    stacked = {k: np.stack([np.asarray(b[k]) for b in batches]) for k in batches[0]}
+    return _place(_model_layout(stacked, lead=1), mesh, rules, lead=1)
+
+
+def _place(local: Mapping[str, np.ndarray], mesh: Mesh, rules: sharding_lib.Rules, lead: int = 0) -> TrainBatch:
+    """Host arrays in the model's layout -> global arrays sharded on their batch axis (behind `lead` axes)."""
     arrays = {}
     for name, value in local.items():
         value = np.asarray(value)
-        spec = sharding_lib.batch_sharding(mesh, rules, value.ndim, _batch_axis(name))
+        spec = sharding_lib.batch_sharding(mesh, rules, value.ndim, _batch_axis(name, lead))
         arrays[name] = jax.make_array_from_process_local_data(spec, value)
     return _assemble(arrays)
 

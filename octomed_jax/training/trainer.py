@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from absl import logging
 from flax import nnx
@@ -27,14 +26,16 @@ from data_pipeline.writer import write_json
 from octomed_jax import sharding as sharding_lib
 from octomed_jax.checkpoint import load_contract
 from octomed_jax.contract import RunContract
-from octomed_jax.data import built_sources, to_global_batch
+from octomed_jax.data import built_sources
 from octomed_jax.data.epochs import DataPlan, count_plan
+from octomed_jax.data.global_batch import to_global_micro_batches
 from octomed_jax.data.shards import ShardedIterator
 from octomed_jax.models.qwen2_5_vl import Qwen25VL
 from octomed_jax.training import checkpointing
 from octomed_jax.training.metrics import MetricsWriter, device_peak_flops, train_flops
 from octomed_jax.training.optimizer import make_optimizer
-from octomed_jax.training.step import jit_train_step
+from octomed_jax.training.prefetch import Prefetcher
+from octomed_jax.training.step import StepMetrics, jit_train_step
 
 DEMO_HINT = (
     "To see the whole pipeline run on this machine with nothing to download: python -m octomed_demo"
@@ -271,8 +272,92 @@ def make_benchmark_eval(
     return evaluate
 
 
-def stack_micro_batches(batches: list[Any]) -> Any:
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *batches)
+@dataclasses.dataclass(frozen=True)
+class _Trained:
+    """A step dispatched but not read back yet: its metrics stay on the device until the next sync."""
+
+    step: int
+    metrics: StepMetrics
+    data_position: dict[str, Any]  # the data iterator's state after the step's batches
+    patches: int  # real image patches of this process's batches
+    log: bool  # a log step: its scalars are written
+    epoch: int | None  # the epoch that ended at this step
+
+
+class _StepLog:
+    """Training metrics read back from the devices at sync points only (log, checkpoint and eval steps).
+
+    Between syncs the step's metrics stay on the devices, so the host never waits on a step it does not
+    need yet. A sync fetches every pending step at once, stops at the first non-finite loss or gradient norm
+    (naming that step and its data position), and writes the log steps among them with the wall time and
+    input wait per step averaged over the steps since the previous sync.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, contract: RunContract, schedule: Callable[[int], Any],
+                 writer: MetricsWriter, progress: tqdm):
+        self._config, self._contract, self._schedule = config, contract, schedule
+        self._writer, self._progress = writer, progress
+        self._peak = device_peak_flops()
+        self._pending: list[_Trained] = []
+        self._since, self._wait_mark = time.perf_counter(), 0.0
+        self.losses: dict[int, float] = {}
+        self.tokens_trained = 0.0
+
+    def add(self, trained: _Trained) -> None:
+        self._pending.append(trained)
+        self._progress.update(1)
+
+    def sync(self, input_wait: float) -> None:
+        """Reads back the pending steps (one transfer) and writes their log steps.
+
+        Args:
+          input_wait: the prefetcher's total input wait so far (seconds).
+
+        Raises:
+          NonFiniteLossError: a pending step's loss or gradient norm is not finite; the message names the
+            first such step and its data position. Callers sync before every checkpoint, so none holds it.
+        """
+        if not self._pending:
+            return
+        fetched = jax.device_get([t.metrics for t in self._pending])
+        now = time.perf_counter()
+        n = len(self._pending)
+        dt, wait = (now - self._since) / n, (input_wait - self._wait_mark) / n
+        for t, m in zip(self._pending, fetched, strict=True):
+            loss, grad_norm = float(m.loss), float(m.grad_norm)
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                raise NonFiniteLossError(
+                    f"loss is {loss} (gradient norm {grad_norm}) at step {t.step} (batch of data position "
+                    f"{t.data_position}); seen at step {self._pending[-1].step}, before any checkpoint after "
+                    f"step {t.step - 1}: the last checkpoint before it is intact"
+                )
+            self.losses[t.step] = loss
+            self.tokens_trained += float(m.loss_tokens)
+            if t.log:
+                self._writer.write(t.step, self._scalars(t, m, dt, wait))
+        self._progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{float(m.real_tokens) / dt:.0f}")
+        self._pending.clear()
+        self._since, self._wait_mark = now, input_wait
+
+    def _scalars(self, t: _Trained, m: StepMetrics, dt: float, wait: float) -> dict[str, float]:
+        config, real = self._config, float(m.real_tokens)
+        scalars = {
+            "loss": float(m.loss),
+            "learning_rate": float(self._schedule(t.step - 1)),
+            "grad_norm": float(m.grad_norm),
+            "loss_tokens": float(m.loss_tokens),
+            "tokens_per_second": real / dt,
+            "packing_efficiency": real / (config.train.global_batch_rows * config.data.seq_len),
+            "step_time": dt,  # wall time per step since the previous sync
+            "input_wait": wait,  # of which the loop waited for its input
+            "dropped_loss_tokens": int(m.dropped_loss_tokens),
+        }
+        if self._peak:
+            flops = train_flops(self._contract.model, real, t.patches * jax.process_count(), config.data.seq_len)
+            scalars["mfu"] = flops / dt / (self._peak * jax.device_count())
+        if t.epoch is not None:
+            scalars["epoch"] = float(t.epoch)
+        return scalars
 
 
 def train(
@@ -280,6 +365,7 @@ def train(
     workdir: str,
     *,
     evaluate_fn: Callable[[Qwen25VL, int], dict[str, float]] | None = None,
+    prefetch: int = 2,
 ) -> dict[str, Any]:
     """Trains as `config` says, checkpointing into `workdir`; returns a summary of the run.
 
@@ -288,6 +374,8 @@ def train(
       workdir: checkpoints, metrics.jsonl, tensorboard/ and the final `hf/` export go here.
       evaluate_fn: in-process evaluation, called as `evaluate_fn(model, step)` every `eval.every` steps and
         at the end; its metrics are logged with the training metrics. Default: `make_benchmark_eval`.
+      prefetch: steps whose input is read, packed and placed on the devices ahead of the one training, in a
+        background thread (`octomed_jax.training.prefetch`); 0 prepares each step in this thread.
     """
     maybe_initialize_distributed()
     check_inputs(config)
@@ -325,89 +413,71 @@ def train(
     writer = MetricsWriter(workdir)
     preemption = Preemption()
     preemption.install()
-    peak = device_peak_flops()
     summary: dict[str, Any] = {"start_step": start, "losses": {}, "eval": {}}
     if evaluate_fn is not None and start == 0 and config.eval.at_start:
         summary["eval"][0] = _evaluate(evaluate_fn, model, 0, writer)
 
-    step = start
-    progress = tqdm(total=tr.total_steps, initial=start, desc="train", disable=jax.process_index() != 0,
-                    dynamic_ncols=True)
-    tokens_trained = 0.0
     epochs_ending: collections.defaultdict[int, list[int]] = collections.defaultdict(list)
     for epoch, end in enumerate(tr.epoch_end_steps, start=1):
         epochs_ending[end].append(epoch)
+    last_step = min(tr.total_steps, plan.steps) if plan.complete else tr.total_steps  # the data's counted end
+    inputs = Prefetcher(data_iter, lambda host: to_global_micro_batches(host, mesh, rules), tr.micro_steps,
+                        steps=max(0, last_step - start), depth=prefetch)
+    progress = tqdm(total=tr.total_steps, initial=start, desc="train", disable=jax.process_index() != 0,
+                    dynamic_ncols=True)
+    log = _StepLog(config, contract, schedule, writer, progress)
+    step = start
     last_data_step = start  # the last step that read data on this process
+
+    def checkpoint(force: bool = False) -> bool:
+        """Saves `step` if due (or `force`), syncing first: no checkpoint holds a non-finite state. The data
+        position saved is that of the batches trained (`inputs.get_state`), not of those prepared ahead."""
+        if force or manager.should_save(step):
+            log.sync(inputs.wait_seconds)
+        return checkpointing.save(manager, step, model, optimizer, rng, inputs, contract, force=force)
+
     try:
-        while step < tr.total_steps:
-            if plan.complete and step >= plan.steps:
-                logging.info("data exhausted after %d steps (the counted end of %d epochs)", step, config.data.epochs)
-                break
-            t0 = time.perf_counter()
-            host_batches = []
-            for _ in range(tr.micro_steps):
-                try:
-                    host_batches.append(next(data_iter))
-                    last_data_step = step + 1
-                except StopIteration:  # other processes' shards still have rows: empty rows (no loss) here
-                    host_batches.append(data_iter.empty_batch())
+        for step_input in inputs:
             with jax.set_mesh(mesh):
-                batch = stack_micro_batches([to_global_batch(b, mesh, rules) for b in host_batches])
-                metrics = step_fn(model, optimizer, batch)
+                metrics = step_fn(model, optimizer, step_input.batch)
             step += 1
-            loss = float(metrics.loss)
-            if not math.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"loss is {loss} at step {step} (batch of data position {data_iter.get_state()}); "
-                    "the last checkpoint before it is intact"
-                )
-            dt = time.perf_counter() - t0
-            real = float(metrics.real_tokens)
-            tokens_trained += float(metrics.loss_tokens)
-            patches = sum(float((b["image_segment_ids"] > 0).sum()) for b in host_batches if "image_segment_ids" in b)
-            flops = train_flops(contract.model, real, patches * jax.process_count(), config.data.seq_len)
-            scalars = {
-                "loss": loss,
-                "learning_rate": float(schedule(step - 1)),
-                "grad_norm": float(metrics.grad_norm),
-                "loss_tokens": float(metrics.loss_tokens),
-                "tokens_per_second": real / dt,
-                "packing_efficiency": real / (config.train.global_batch_rows * config.data.seq_len),
-                "step_time": dt,
-                "dropped_loss_tokens": int(metrics.dropped_loss_tokens),
-            }
-            if peak:
-                scalars["mfu"] = flops / dt / (peak * jax.device_count())
-            summary["losses"][step] = loss
+            if step_input.read_data:
+                last_data_step = step
             ended = epochs_ending.get(step, [])
-            if ended:
-                scalars["epoch"] = float(ended[-1])
-            if step % config.train.log_every == 0 or step == tr.total_steps or ended:
-                writer.write(step, scalars)
-            progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{scalars['tokens_per_second']:.0f}")
-            progress.update(1)
-            saved = checkpointing.save(manager, step, model, optimizer, rng, data_iter, contract)
+            trained = _Trained(step, metrics, step_input.state, step_input.patches,
+                               log=step % config.train.log_every == 0 or step == tr.total_steps or bool(ended),
+                               epoch=ended[-1] if ended else None)
+            log.add(trained)
+            eval_due = evaluate_fn is not None and (
+                (ended and config.eval.at_epoch_ends) or (config.eval.every > 0 and step % config.eval.every == 0))
+            preempted = preemption.requested
+            if trained.log or eval_due or preempted or step == last_step:
+                log.sync(inputs.wait_seconds)
+            saved = checkpoint()
             if ended:
                 for epoch in ended:
                     logging.info("epoch %d ended at step %d", epoch, step)
                 if not saved:
-                    checkpointing.save(manager, step, model, optimizer, rng, data_iter, contract, force=True)
+                    checkpoint(force=True)
                 if evaluate_fn is not None and config.eval.at_epoch_ends:
                     summary["eval"][step] = _evaluate(evaluate_fn, model, step, writer)
             if (evaluate_fn is not None and config.eval.every > 0 and step % config.eval.every == 0
                     and step not in summary["eval"]):
                 summary["eval"][step] = _evaluate(evaluate_fn, model, step, writer)
-            if preemption.requested:
+            if preempted:
                 logging.warning("SIGTERM: saving step %d and exiting", step)
                 if manager.latest_step() != step:
-                    checkpointing.save(manager, step, model, optimizer, rng, data_iter, contract, force=True)
+                    checkpoint(force=True)
                 manager.wait_until_finished()
-                summary["preempted"] = True
+                summary.update(preempted=True, losses=log.losses)
                 return summary
     finally:
+        inputs.close()
         progress.close()
+    if step < tr.total_steps:
+        logging.info("data exhausted after %d steps (the counted end of %d epochs)", step, config.data.epochs)
     if manager.latest_step() != step:
-        checkpointing.save(manager, step, model, optimizer, rng, data_iter, contract, force=True)
+        checkpoint(force=True)
     manager.wait_until_finished()
     if config.train.num_steps <= 0:
         _check_counted_end(plan, data_iter, last_data_step, step)
@@ -418,7 +488,8 @@ def train(
 
         export_for_serving(model, contract, os.path.join(workdir, "hf"), dtype=config.export.dtype or None)
     writer.close()
-    summary.update(end_step=step, tokens_trained=tokens_trained, data=data_iter.counts())
+    summary.update(end_step=step, losses=log.losses, tokens_trained=log.tokens_trained, data=data_iter.counts(),
+                   input_wait=inputs.wait_seconds)
     return summary
 
 
