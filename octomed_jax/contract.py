@@ -27,13 +27,12 @@ import ml_collections
 from octomed_jax.data.config import DataConfig, ErrorBudget
 from octomed_jax.data.images import MIN_PIXELS, OCTOMED_MAX_PIXELS, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from octomed_jax.data.tokenizer import QWEN_SPECIAL_IDS, SpecialIds
-from octomed_jax.models.config import ModelConfig, get_preset
+from octomed_jax.models.config import FAMILIES, ModelConfig, get_preset
 from octomed_jax.training.optimizer import OptimConfig
 from octomed_jax.training.step import LossConfig
 
 CONTRACT_VERSION = 1
 CONTRACT_FILE = "octomed_contract.json"  # beside a model checkpoint or an HF export
-FAMILIES = ("qwen2_5_vl",)
 TEMPLATES = ("qwen2_5_vl",)
 
 
@@ -138,7 +137,7 @@ class RunContract:
 
     Attributes:
       recipe: the recipe's name (`config.recipe.name`).
-      family: the model family (`qwen2_5_vl`).
+      family: the model family (`FAMILIES`: `qwen2_5_vl`, `qwen3_vl`); always `model.family`.
       model: the student's architecture and compute settings.
       preprocessing: image preprocessing.
       prompting: template, system prompt, instruction, tokenizer.
@@ -165,6 +164,9 @@ class RunContract:
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ContractError(f"family {self.family!r}: known model families {FAMILIES}")
+        if self.family != self.model.family:
+            raise ContractError(f"family {self.family!r} but model.family {self.model.family!r}: pick a preset "
+                                f"of the family (config.model.preset)")
         if self.model.image_token_id != self.special_ids.image_pad:
             raise ContractError(f"model.image_token_id {self.model.image_token_id} != special_ids.image_pad "
                                 f"{self.special_ids.image_pad}")
@@ -313,7 +315,7 @@ class RunContract:
             )
         return cls(
             recipe=str(config.recipe.name),
-            family=str(config.model.get("family", "qwen2_5_vl")),
+            family=str(config.model.get("family", model.family)),
             model=model,
             preprocessing=preprocessing,
             prompting=prompting,
@@ -327,7 +329,7 @@ class RunContract:
     @classmethod
     def for_model(cls, model: ModelConfig, *, recipe: str = "", **parts: Any) -> RunContract:
         """A contract for a model that was not trained here (an imported HF checkpoint): defaults elsewhere."""
-        return cls(recipe=recipe, model=model, **parts)
+        return cls(recipe=recipe, model=model, **{"family": model.family, **parts})
 
 
 def model_config_from(config: ml_collections.ConfigDict) -> ModelConfig:

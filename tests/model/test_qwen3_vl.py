@@ -10,6 +10,7 @@ import pytest
 from conftest import IMAGE, hf_logits, image_prompt, pixels, torch, transformers
 from safetensors.numpy import load_file
 
+from octomed_jax.contract import ContractError, RunContract
 from octomed_jax.hf import load_hf, save_hf
 from octomed_jax.models.config import from_hf_dict, get_preset, to_hf_dict
 from octomed_jax.models.qwen3_vl import Qwen3VL, VisionInputs
@@ -139,3 +140,10 @@ def test_image_token_count_checked(ours, cfg):
     ids = np.array([[1, 2, IMAGE, IMAGE, 3]])
     with pytest.raises(ValueError, match="does not match grid"):
         ours.prepare_inputs(ids, pixels([[1, 4, 4]], cfg.vision.patch_dim), np.array([[1, 4, 4]]))
+
+
+def test_contract_family(cfg):
+    """The run contract's family is the model's: an imported Qwen3-VL gets it, a mismatch is refused."""
+    assert RunContract.for_model(cfg).family == "qwen3_vl"
+    with pytest.raises(ContractError, match="family 'qwen2_5_vl' but model.family 'qwen3_vl'"):
+        RunContract(recipe="r", model=cfg, family="qwen2_5_vl")
