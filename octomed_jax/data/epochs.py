@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CACHE_DIR = "epoch_counts"
-VERSION = 1
+VERSION = 2  # 2: NumPy stream keys (`pipeline.StreamKeys`): another order than version 1 counted
 # DataConfig fields that change a record's packed length (or whether it is skipped).
 LENGTH_FIELDS = ("seq_len", "max_patches", "overlong", "min_pixels", "max_pixels", "system_prompt", "instruction",
                  "tokenizer_path", "image_root")

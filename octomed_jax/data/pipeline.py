@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 3  # 2: exact epochs (concatenated weighted epoch); 3: NumPy stream keys (`StreamKeys`)
 _RECENT_SKIPS = 20  # skipped records remembered (source, index, reason) in the state and the error message
 _LOGGED_SKIPS = 100  # skipped records logged one by one; then every 1000th
 

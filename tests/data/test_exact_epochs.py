@@ -18,7 +18,7 @@ import packed_data_util as u  # noqa: E402
 from data_pipeline.writer import MANIFEST, ManifestStats, ShardFile, build_manifest, write_json  # noqa: E402
 from octomed_jax.data import ExampleDecoder, PackedBatchIterator, built_sources  # noqa: E402
 from octomed_jax.data.epochs import CACHE_DIR, count_plan  # noqa: E402
-from octomed_jax.data.pipeline import StreamKeys, stream_keys  # noqa: E402
+from octomed_jax.data.pipeline import STATE_VERSION, StreamKeys, make_iterator, stream_keys  # noqa: E402
 from octomed_jax.data.shards import ShardedIterator  # noqa: E402
 
 N_TEXT, N_IMAGE = 12, 8
@@ -179,3 +179,11 @@ def test_manifest_mixture_records_weights_and_kinds_and_the_trainer_reads_the_we
     assert mix["paper"]["proportions"] == {"image-text": 0.455447, "text": 0.544553}
     write_json(os.path.join(str(tmp_path), MANIFEST), manifest)
     assert built_sources(str(tmp_path)) == {"a": 0.5, "b": 2.0}
+
+
+def test_a_state_of_the_older_stream_order_is_refused_by_version(data_dir):
+    # The stream order changed (exact epochs, then NumPy keys): an older iterator state must not restore.
+    it = make_iterator(config(data_dir), u.MODEL_CFG, process_index=0, process_count=1)
+    state = {**it.get_state(), "version": 1}
+    with pytest.raises(ValueError, match=f"version 1, this code reads {STATE_VERSION}"):
+        it.set_state(state)
