@@ -245,7 +245,8 @@ def add_training_defaults(config: ml_collections.ConfigDict) -> None:
             seed=0,
         )
     )
-    config.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, async_save=True))
+    # at_epoch_ends: also save the step each epoch ends (the 1- and 3-epoch points of the traces ablation).
+    config.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, async_save=True, at_epoch_ends=True))
     # In-process eval on held-out benchmark subsets (octomed_jax.evaluation registry names, "all", or a
     # category); "" data_dir: none. Greedy by default (the paper's 0.6 / 0.95 x 5 seeds is for `evaluate`).
     config.eval = ml_collections.ConfigDict(

@@ -69,7 +69,8 @@ def get_config() -> ml_collections.ConfigDict:
     # 300 steps (~6,000 examples): 160 steps left text and image + text near 35% (seed 0): reading the finding
     # from the question is what the student learns last.
     config.train.update(global_batch_rows=4, num_steps=300, loss_chunk=160, max_loss_tokens=160, log_every=1)
-    config.checkpoint.update(every=50, keep=1, async_save=False)  # a killed demo resumes from the last 50 steps
+    # A killed demo resumes from the last 50 steps; its epochs are short (a few steps), so no save at each end.
+    config.checkpoint.update(every=50, keep=1, async_save=False, at_epoch_ends=False)
     # The teacher's answers are at most ~40 tokens; an untrained student writes until max_new_tokens.
     config.eval.update(every=0, at_start=True, max_questions=40, max_new_tokens=48, temperature=0.0, top_p=1.0)
     config.export.update(hf=True, dtype="float32")

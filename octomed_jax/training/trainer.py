@@ -209,7 +209,8 @@ def build_model(config: ml_collections.ConfigDict, contract: RunContract, mesh: 
         from octomed_jax.hf import load_hf
 
         model = load_hf(config.init_from, dtype=m.param_dtype, compute_dtype=m.dtype, mesh=mesh, rules=rules,
-                        scan_layers=m.scan_layers, remat_policy=m.remat_policy, attention_impl=m.attention_impl)
+                        scan_layers=m.scan_layers, remat_policy=m.remat_policy, attention_impl=m.attention_impl,
+                        attention_block_q=m.attention_block_q, attention_block_kv=m.attention_block_kv)
         if (model.cfg.text, model.cfg.vision) != (m.text, m.vision):
             raise SetupError(
                 f"init_from {config.init_from}: its config.json describes another model than "
@@ -457,7 +458,7 @@ def train(
             if ended:
                 for epoch in ended:
                     logging.info("epoch %d ended at step %d", epoch, step)
-                if not saved:
+                if not saved and config.checkpoint.at_epoch_ends:
                     checkpoint(force=True)
                 if evaluate_fn is not None and config.eval.at_epoch_ends:
                     summary["eval"][step] = _evaluate(evaluate_fn, model, step, writer)
