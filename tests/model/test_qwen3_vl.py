@@ -5,6 +5,7 @@ learned position table) and a left-padded batch; the vision tower's merged and D
 HF -> ours -> HF loads in transformers with no missing or unexpected keys, equal tensors and equal logits.
 """
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import IMAGE, hf_logits, image_prompt, pixels, torch, transformers
@@ -12,7 +13,9 @@ from safetensors.numpy import load_file
 
 from octomed_jax.contract import ContractError, RunContract
 from octomed_jax.hf import load_hf, save_hf
+from octomed_jax.models import positions
 from octomed_jax.models.config import from_hf_dict, get_preset, to_hf_dict
+from octomed_jax.models.qwen2_5_vl import ModelInputs
 from octomed_jax.models.qwen3_vl import Qwen3VL, VisionInputs
 
 TOL = 1e-4
@@ -94,6 +97,31 @@ def test_batch_of_two_with_padding(ours, hf_checkpoint, cfg):
     assert max_diff(got[real], ref[real]) <= TOL
 
 
+def test_packed_rows_equal_each_examples_own(ours, cfg):
+    """Jit path: row 0 packs examples A and B (segments 1, 2), row 1 holds B then padding; one vision row per
+    token row, padded. Every example's logits equal its own unpacked forward (DeepStack lands per row)."""
+    grids = {"a": np.array([[1, 4, 4]]), "b": np.array([[1, 4, 6]])}
+    ids = {"a": image_prompt(grids["a"], [2, 3], start=7), "b": image_prompt(grids["b"], [3, 2], start=8)}
+    px = {k: pixels(g, cfg.vision.patch_dim, seed=6 + i) for i, (k, g) in enumerate(grids.items())}
+    pos = {k: positions.rope_index(ids[k][None], grids[k], None, cfg)[0][:, 0] for k in ids}
+    la, lb = len(ids["a"]), len(ids["b"])
+    length = la + lb + 3
+    tokens, segments, pos3 = np.zeros((2, length), np.int64), np.zeros((2, length), np.int32), np.zeros((3, 2, length))
+    tokens[0, :la + lb], segments[0, :la + lb] = np.concatenate([ids["a"], ids["b"]]), [1] * la + [2] * lb
+    pos3[:, 0, :la + lb] = np.concatenate([pos["a"], pos["b"]], axis=1)
+    tokens[1, :lb], segments[1, :lb], pos3[:, 1, :lb] = ids["b"], 1, pos["b"]
+    vision = VisionInputs.stack_rows(
+        [(np.concatenate([px["a"], px["b"]]), np.concatenate([grids["a"], grids["b"]])), (px["b"], grids["b"])],
+        cfg, pad_to=48)
+    packed = np.asarray(ours.forward(ModelInputs(input_ids=jnp.asarray(tokens, jnp.int32),
+                                                 positions=jnp.asarray(pos3, jnp.int32),
+                                                 segment_ids=jnp.asarray(segments), vision=vision)))
+    own = {k: np.asarray(ours(ids[k][None], px[k], grids[k]))[0] for k in ids}
+    assert max_diff(packed[0, :la], own["a"]) <= TOL
+    assert max_diff(packed[0, la:la + lb], own["b"]) <= TOL
+    assert max_diff(packed[1, :lb], own["b"]) <= TOL
+
+
 def test_vision_tower(ours, hf_checkpoint, cfg):
     """Merged features and each DeepStack merger's features, two images in one row."""
     grids = [[1, 10, 6], [1, 4, 8]]
@@ -106,18 +134,6 @@ def test_vision_tower(ours, hf_checkpoint, cfg):
     assert deepstack.shape[0] == len(out.deepstack_features) == 2
     for got, ref in zip(deepstack, out.deepstack_features, strict=True):
         assert max_diff(got[0], ref.numpy()) <= TOL
-
-
-def test_padded_vision_row_changes_nothing(ours, cfg):
-    """Patches padded to a fixed count (the jit path) give the same features for the real ones."""
-    grids = np.array([[1, 4, 6]])
-    px = pixels(grids, cfg.vision.patch_dim, seed=4)
-    exact = VisionInputs.build(px, grids, cfg)
-    padded = VisionInputs.build(px, grids, cfg, pad_to=40)
-    a, da = ours.visual(*(getattr(exact, f) for f in exact.__dataclass_fields__))
-    b, db = ours.visual(*(getattr(padded, f) for f in padded.__dataclass_fields__))
-    assert b.shape[1] == 10
-    assert max_diff(a[0], b[0, :6]) <= 1e-6 and max_diff(da[:, 0], db[:, 0, :6]) <= 1e-6
 
 
 def test_hf_round_trip(ours, hf_checkpoint, tmp_path):
