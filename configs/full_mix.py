@@ -67,15 +67,15 @@ def get_config() -> ml_collections.ConfigDict:
     r.traces_per_question = 16
     r.out_dir = "data/recipes/full_mix"
     config.init_from = "checkpoints/Qwen2.5-VL-7B-Instruct"  # the public HF checkpoint, downloaded by the user
-    # Scale-out defaults, checked by `python -m octomed_jax.plan` (docs/scale_out.md). The attention of 8192-token
-    # rows dominates memory (the XLA path keeps [heads, 8192, 8192] fp32 scores), so: save only each layer's input,
-    # one row per batch shard per micro-batch, and 4-way tensor parallelism (heads split 7/1/4 per device for
-    # text q/kv and vision) with FSDP over the rest. 7B per device, measured before the loss scanned the sequence
-    # axis (not re-measured since): v5p 8 chips 40 GB, 64 chips 18 GB of 95 GB; v6e 16 chips 27 of 32 GB (TPU
-    # compiler); 8 x H100 ~35 of 80 GB (estimate). tensor=1 then needed 100 GB on a 64-chip v5p, because that
-    # loss flattened the micro-batch's tokens and every device held all of them; the loss now keeps each device
-    # to its own rows (training/loss.py), so re-run the plan before choosing tensor=1.
-    config.model.remat_policy = "nothing_saveable"
+    # Scale-out defaults, chosen by `python -m octomed_jax.plan` for v5p:2x2x2 (docs/scale_out.md): the fastest
+    # estimated step within 90% of HBM. The flash kernels (`model.attention_impl="auto"`: splash on TPU, the
+    # Triton kernel on GPU) and the windowed vision blocks keep no [heads, 8192, 8192] scores, which had forced
+    # tensor=4 and nothing_saveable. Now FSDP over every device (no per-layer activation all-reduces) and saving
+    # the matmul outputs (`dots_with_no_batch_dims_saveable`: the backward pass reruns no matmul, 25% fewer
+    # executed FLOPs than nothing_saveable) fit: one 8192-token row per device per micro-batch, v5p 8 chips
+    # 71.4 of 95 GB (TPU compiler). Two rows would add ~23 GB of saved matmul outputs: over 90%. v6e (32 GB)
+    # needs --config.model.remat_policy=nothing_saveable (the saved outputs alone are ~23 GB per row).
+    config.model.remat_policy = "dots_with_no_batch_dims_saveable"
     config.data.rows_per_host = -1
-    config.mesh.update(data=1, fsdp=-1, tensor=4)
+    config.mesh.update(data=1, fsdp=-1, tensor=1)
     return config
