@@ -5,9 +5,10 @@
 `POST /v1/chat/completions` takes OpenAI chat messages (text, and images as base64 `data:` URLs), `n`,
 `temperature`, `top_p`, `max_tokens` (or `max_completion_tokens`), `seed`, and answers with choices and
 token usage, or with `stream=true` OpenAI's server-sent events token by token; `GET /v1/models` lists the
-model and `GET /health` reports the queue. Requests past the queue bound get 503 with Retry-After. The server binds 127.0.0.1 unless told otherwise, refuses
-`http(s)://` and `file://` image URLs unless `--allow_remote_images` / `--allow_file_images` are set, and
-answers bad input with a 4xx JSON error in OpenAI's shape. Flags are defined only when run as a program.
+model and `GET /health` reports the queue. Requests past the queue bound get 503 with Retry-After. The
+server binds 127.0.0.1 unless told otherwise, refuses `http(s)://` and `file://` image URLs unless
+`--allow_remote_images` / `--allow_file_images` are set, and answers bad input with a 4xx JSON error in
+OpenAI's shape. Flags are defined only when run as a program.
 """
 
 from __future__ import annotations
