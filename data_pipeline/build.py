@@ -41,7 +41,7 @@ from data_pipeline import filters as flt
 from data_pipeline.decontam import SameKey
 from data_pipeline.hashing import shard_of
 from data_pipeline.plugins import PLUGIN_HINT, PluginError, load_plugins
-from data_pipeline.records import BadRecordError, Question
+from data_pipeline.records import AcceptedTrace, BadRecordError, Question
 from data_pipeline.sources import Rejected, Skipped, outcome_key
 from data_pipeline.sources.base import NOT_READ, ReportedRead
 from data_pipeline.sources.layout import LayoutError
@@ -53,6 +53,7 @@ from data_pipeline.validity import check_question_text
 from data_pipeline.writer import (
     MANIFEST,
     ManifestStats,
+    ShardFile,
     TraceWriter,
     build_manifest,
     count_tokens,
@@ -199,6 +200,81 @@ class BuildResult:
     reads: dict[str, Any] = dataclasses.field(default_factory=dict)  # source -> its files (`file_table`)
 
 
+@dataclasses.dataclass
+class Tally:
+    """What the build's stages count, mergeable across workers (`add`, `to_dict`): per (source, category)
+    statistics, the endpoints used (their settings, by name) and the tokens each was billed."""
+
+    stats: ManifestStats = dataclasses.field(default_factory=ManifestStats)
+    teachers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    usage: dict[str, collections.Counter] = dataclasses.field(
+        default_factory=lambda: collections.defaultdict(collections.Counter)
+    )
+
+    def note_usage(self, completions: Iterable[Completion]) -> None:
+        """Adds the completions' prompt and completion tokens to their endpoint's usage."""
+        for c in completions:
+            u = self.usage[c.teacher]
+            u["prompt_tokens"] += c.prompt_tokens
+            u["completion_tokens"] += c.completion_tokens
+
+    def describe(self, role: str, s: Any, categories: Sequence[str]) -> None:
+        """Records an endpoint's settings (`role` of its first use) and the categories it answered."""
+        info = self.teachers.setdefault(
+            s.name,
+            {
+                "role": role,
+                "model": s.model,
+                "base_url": s.base_url,
+                "prompt_version": s.prompt_version,
+                "n": int(s.n),
+                "temperature": float(s.temperature),
+                "top_p": float(s.top_p),
+                "max_tokens": int(s.max_tokens),
+                "price_input_per_1m": float(s.price_input_per_1m),
+                "price_output_per_1m": float(s.price_output_per_1m),
+                "categories": [],
+            },
+        )
+        info["categories"] = sorted(set(info["categories"]) | set(categories))
+
+    def add(self, other: Tally) -> None:
+        """Adds another worker's tally."""
+        for k, v in other.stats.by.items():
+            self.stats[k].add(v)
+        for name, info in other.teachers.items():
+            mine = self.teachers.setdefault(name, dict(info))
+            mine["categories"] = sorted(set(mine["categories"]) | set(info["categories"]))
+        for name, u in other.usage.items():
+            self.usage[name].update(u)
+
+    def teacher_info(self) -> dict[str, dict[str, Any]]:
+        """The manifest's `teachers`: each endpoint's settings and usage (cost from its token totals and prices)."""
+        out = {}
+        for name, info in self.teachers.items():
+            out[name] = dict(info)
+            if name in self.usage:
+                p, c = int(self.usage[name]["prompt_tokens"]), int(self.usage[name]["completion_tokens"])
+                cost = (p * info["price_input_per_1m"] + c * info["price_output_per_1m"]) / 1e6
+                out[name]["usage"] = {"prompt_tokens": p, "completion_tokens": c, "cost_usd": round(cost, 6)}
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able (what a Beam worker emits)."""
+        return {
+            "stats": self.stats.to_dict(),
+            "teachers": self.teachers,
+            "usage": {k: dict(v) for k, v in self.usage.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Tally:
+        t = cls(stats=ManifestStats.from_dict(d["stats"]), teachers={k: dict(v) for k, v in d["teachers"].items()})
+        for k, v in d["usage"].items():
+            t.usage[k].update(v)
+        return t
+
+
 class _TokenCounter:
     """Counts response tokens in batches (the tokenizer is far faster per batch than per text)."""
 
@@ -228,12 +304,239 @@ def _bar(progress: bool, desc: str, position: int) -> Any:
     return tqdm(desc=desc, unit="q", position=position, leave=False, disable=not progress, dynamic_ncols=True)
 
 
-def _released_completions(item: Any) -> tuple[Completion, ...]:
+def released_result(item: Any) -> SampleResult:
+    """A released-trace item (`sources.ReleasedTraces`) as a sampled question: no teacher is called."""
     q = item.question
-    return tuple(
-        Completion(q.key, item.teacher, "released", i, text, None, "stop", 0, 0)
-        for i, text in enumerate(item.responses)
+    return SampleResult(
+        q,
+        tuple(
+            Completion(q.key, item.teacher, "released", i, text, None, "stop", 0, 0)
+            for i, text in enumerate(item.responses)
+        ),
     )
+
+
+def count_row(stats: ManifestStats, source: str, item: Rejected | Skipped) -> None:
+    """Counts a row that is no question (an adapter's `Rejected` or `Skipped`) under `UNPARSED`."""
+    s = stats[(source, UNPARSED)]
+    s.questions_in += 1
+    s.dropped[outcome_key(item)] += 1
+
+
+def screen(q: Question, subset: Subset | None) -> str | None:
+    """Why a question (the first of its content key) is not sampled, before decontamination: outside the
+    seeded subset (`not_in_subset`), or text that training would refuse (checked before any teacher call)."""
+    if subset is not None and q.key not in subset:
+        return "not_in_subset"
+    try:
+        check_question_text(q)
+    except BadRecordError as e:
+        return e.reason
+    return None
+
+
+@dataclasses.dataclass
+class Endpoints:
+    """The endpoints one source's questions go to, made with that source's image root."""
+
+    teachers: dict[str, Teacher]  # category -> teacher
+    judge: Teacher | None
+    student: Teacher | None
+
+
+def image_root(entry: ml_collections.ConfigDict, source_root: str) -> str:
+    """The folder a source's relative image paths are under."""
+    p = _resolve(source_root, entry.path)
+    return p if os.path.isdir(p) else os.path.dirname(p)
+
+
+def make_endpoints(recipe: Recipe, make: Callable[..., Teacher], root: str) -> Endpoints:
+    """Teachers per category, plus the judge and student endpoints when their filters are on."""
+    f_cfg = recipe.filters
+    return Endpoints(
+        teachers={c: make(recipe.teachers[c], image_root=root) for c in recipe.teachers},
+        judge=make(f_cfg.judge.endpoint, image_root=root, message_builder=flt.judge_messages)
+        if f_cfg.judge.enabled
+        else None,
+        student=make(f_cfg.student_pass_rate.endpoint, image_root=root) if f_cfg.student_pass_rate.enabled else None,
+    )
+
+
+def sample_and_accept(
+    recipe: Recipe,
+    ends: Endpoints,
+    store: CompletionStore,
+    source: str,
+    questions: Iterable[Question],
+    ready: collections.deque,
+    tally: Tally,
+    tokens: _TokenCounter,
+    accounting: Accounting,
+    on_result: Callable[[], Any] = lambda: None,
+) -> Iterator[AcceptedTrace]:
+    """The sampling stages of one source's screened questions: [judge filter] -> [student pass-rate filter] ->
+    teacher sampling (stored as it arrives) -> [teacher pass-rate filter] -> rejection sampling, K distinct
+    traces, formatting. Counts into `tally` and `tokens`.
+
+    Args:
+      recipe: the recipe.
+      ends: the source's endpoints (`make_endpoints`).
+      store: where completions are stored and found again (a rerun requests only the missing ones).
+      source: the source key (what `tally` counts under).
+      questions: the questions that need teacher calls, streamed.
+      ready: released-trace results (`released_result`), filled while `questions` is consumed.
+      tally: where counts, endpoints and usage go.
+      tokens: counts the kept traces' response tokens.
+      accounting: requests and failures per endpoint.
+      on_result: called once per sampled question (a progress bar).
+
+    Yields:
+      The accepted traces, in completion order.
+    """
+    f_cfg = recipe.filters
+    concurrency = int(recipe.concurrency)
+    stream: Iterable[Question] = questions
+    if ends.judge is not None:
+        tally.describe("judge", f_cfg.judge.endpoint, [])
+        stream = _judge_stage(stream, ends.judge, store, f_cfg, tally, source, concurrency, accounting)
+    if ends.student is not None:
+        tally.describe("student", f_cfg.student_pass_rate.endpoint, [])
+        stream = _student_stage(stream, ends.student, store, f_cfg, tally, source, concurrency, accounting)
+    ns = {c: int(recipe.teachers[c].n) for c in recipe.teachers}
+    results = sample_questions(
+        ends.teachers, stream, store, n=ns, concurrency=concurrency, accounting=accounting,
+        max_rounds=int(recipe.max_rounds),
+    )
+    seen_categories: set[str] = set()
+    for res in _with_ready(results, ready):
+        on_result()
+        q = res.question
+        s = tally.stats[(source, q.category)]
+        if res.completions and res.completions[0].prompt_version != "released":
+            seen_categories.add(q.category)
+            tally.note_usage(res.completions)
+        if res.error is not None:
+            s.dropped["teacher_error"] += 1
+            continue
+        if f_cfg.teacher_pass_rate.enabled:
+            n_ok = flt.count_correct(q, res.completions)
+            if not flt.pass_rate_keep(n_ok, int(f_cfg.teacher_pass_rate.lo), int(f_cfg.teacher_pass_rate.hi)):
+                s.dropped["teacher_pass_rate"] += 1
+                continue
+        rej = flt.rejection_sample(
+            q,
+            res.completions,
+            k=int(recipe.traces_per_question),
+            response_format=recipe.response_format[q.category],
+            seed=int(recipe.seed),
+        )
+        s.samples += rej.n_sampled
+        s.samples_correct += rej.n_correct
+        s.dropped_samples.update(rej.dropped)
+        if not rej.traces:
+            s.dropped["no_accepted_trace"] += 1
+            continue
+        s.questions_kept += 1
+        s.traces_kept += len(rej.traces)
+        for t in rej.traces:
+            tokens.add((source, q.category), t.response)
+            yield t
+    for c in seen_categories:
+        tally.describe("teacher", recipe.teachers[c], [c])
+
+
+def finish_manifest(
+    config: ml_collections.ConfigDict,
+    tally: Tally,
+    files: Mapping[str, Sequence[ShardFile]],
+    out_dir: str,
+    reads: Mapping[str, Any],
+    decontamination: Mapping[str, Any] | None,
+    *,
+    shard_index: int = 0,
+    num_shards: int = 1,
+) -> dict[str, Any]:
+    """Builds the manifest and writes it (last; a partial manifest for a job of a sharded build).
+
+    Args:
+      config: the recipe file's ConfigDict.
+      tally: the build's counts (all of this job's).
+      files: the shards written (`TraceWriter.close`).
+      out_dir: the output folder.
+      reads: source -> its `ReadReport.to_dict()`.
+      decontamination: `Decontaminator.report()` (merged over workers), or None when off.
+      shard_index: this job of a sharded build.
+      num_shards: the build's jobs.
+    """
+    recipe = Recipe.from_config(config)
+    manifest = build_manifest(
+        recipe_name=recipe.name,
+        recipe=config.recipe,
+        seed=int(recipe.seed),
+        stats=tally.stats,
+        files=files,
+        out_dir=out_dir,
+        teachers=tally.teacher_info(),
+        shard_index=shard_index if num_shards > 1 else None,
+        num_shards=num_shards,
+        reads=dict(sorted(reads.items())),
+    )
+    if decontamination is not None:  # per benchmark: what was checked and what each match removed
+        manifest["decontamination"] = dict(decontamination)
+    if num_shards > 1:
+        write_json(partial_manifest_path(out_dir, shard_index, num_shards), manifest)
+    else:
+        write_manifest(out_dir, manifest)  # last; then deletes the shard files it does not list
+    return manifest
+
+
+def build_table(reads: Mapping[str, Any], stats: ManifestStats, dry_requests: Mapping[str, int] | None,
+                accounting: Accounting, decontamination: Mapping[str, Any] | None) -> str:
+    """The printed summary: the file table, the per-source counts, the decontamination table."""
+    table = file_table(reads) + "\n\n" + summary_table(stats, dry_requests, accounting)
+    if decontamination is not None:
+        table += "\n\n" + decontamination_table(decontamination)
+    return table
+
+
+def store_path(recipe: Recipe, out_dir: str, shard_index: int = 0, num_shards: int = 1) -> str:
+    """The completion store: `recipe.store`, else one under `out_dir` (one per job of a sharded build)."""
+    if recipe.store:
+        return recipe.store
+    if num_shards == 1:
+        return os.path.join(out_dir, "completions.sqlite")
+    return os.path.join(out_dir, "stores", f"completions-{shard_index:05d}-of-{num_shards:05d}.sqlite")
+
+
+def open_store(path: str, log: Callable[[str], None]) -> CompletionStore:
+    """Opens the completion store, saying when it holds completions under keys of an earlier build."""
+    store = CompletionStore(path)
+    legacy = store.legacy_count()
+    if legacy:
+        log(
+            f"completion store {path}: {legacy} completions are stored under the question keys of an "
+            "earlier build (<source>/<release id>); keys now hash the question's content (records.Question.key), "
+            "so those are not reused and their samples are requested again (delete the old rows or the file to "
+            "reclaim the space)"
+        )
+    return store
+
+
+def prepare(
+    config: ml_collections.ConfigDict, source_root: str | None
+) -> tuple[Recipe, str]:
+    """Loads the config's plugins and checks the recipe: (recipe, source root).
+
+    Raises:
+      RecipeError: a missing source path, an unregistered adapter or teacher kind, a bad field (each named).
+      PluginError: a module of `config.plugins` cannot be loaded.
+    """
+    load_plugins(config.get("plugins", ()))
+    recipe = Recipe.from_config(config)
+    source_root = source_root or recipe.source_root
+    check_registered(recipe)
+    check_paths(recipe, source_root)
+    return recipe, source_root
 
 
 def run_build(
@@ -248,7 +551,10 @@ def run_build(
     teacher_factory: Callable[..., Teacher] | None = None,
     log: Callable[[str], None] = print,
 ) -> BuildResult:
-    """Runs one build job of a recipe (all of it when num_shards is 1).
+    """Runs one build job of a recipe in this process (all of it when num_shards is 1).
+
+    The same stages run distributed on Apache Beam (`data_pipeline.beam_build.run_beam_build`), with
+    byte-identical output.
 
     Args:
       config: the recipe file's ConfigDict (a `recipe` field, read as a `Recipe`; `plugins`, loaded first).
@@ -268,45 +574,19 @@ def run_build(
       RecipeError: a missing source path, an unregistered adapter or teacher kind, a bad field (each named).
       PluginError: a module of `config.plugins` cannot be loaded.
     """
-    load_plugins(config.get("plugins", ()))
-    recipe = Recipe.from_config(config)
+    recipe, source_root = prepare(config, source_root)
     out_dir = out_dir or recipe.out_dir
-    source_root = source_root or recipe.source_root
     if not 0 <= shard_index < num_shards:
         raise RecipeError(f"--shard_index {shard_index} not in [0, {num_shards})")
-    check_registered(recipe)
-    check_paths(recipe, source_root)
-    seed = int(recipe.seed)
     make = teacher_factory or make_teacher
-    stats = ManifestStats()
+    tally = Tally()
+    stats = tally.stats
     accounting = Accounting()
     dry_requests: collections.Counter = collections.Counter()
     reads: dict[str, Any] = {}  # source -> its ReadReport: per input file, what became of the rows
-
-    # Teachers: one per category, plus the optional judge and student endpoints.
-    def image_root_for(entry: Any) -> str:
-        p = _resolve(source_root, entry.path)
-        return p if os.path.isdir(p) else os.path.dirname(p)
-
-    teacher_settings = {c: recipe.teachers[c] for c in recipe.teachers}
-    f_cfg = recipe.filters
     decontam = _decontaminator(recipe, log) if recipe.decontamination.enabled else None
-
-    store_path = recipe.store or (
-        os.path.join(out_dir, "completions.sqlite")
-        if num_shards == 1
-        else os.path.join(out_dir, "stores", f"completions-{shard_index:05d}-of-{num_shards:05d}.sqlite")
-    )
     os.makedirs(out_dir, exist_ok=True)
-    store = CompletionStore(store_path)
-    legacy = store.legacy_count()
-    if legacy:
-        log(
-            f"completion store {store_path}: {legacy} completions are stored under the question keys of an "
-            "earlier build (<source>/<release id>); keys now hash the question's content (records.Question.key), "
-            "so those are not reused and their samples are requested again (delete the old rows or the file to "
-            "reclaim the space)"
-        )
+    store = open_store(store_path(recipe, out_dir, shard_index, num_shards), log)
     writer = (
         None
         if dry_run
@@ -315,53 +595,13 @@ def run_build(
         )
     )
     tokens = _TokenCounter(stats)
-    usage: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    teacher_info: dict[str, dict[str, Any]] = {}
-    concurrency = int(recipe.concurrency)
-
-    def note_usage(t_settings: Any, results: Iterable[Completion]) -> None:
-        for c in results:
-            u = usage[c.teacher]
-            u["prompt_tokens"] += c.prompt_tokens
-            u["completion_tokens"] += c.completion_tokens
-            u["cost_usd"] += (
-                c.prompt_tokens * float(t_settings.price_input_per_1m)
-                + c.completion_tokens * float(t_settings.price_output_per_1m)
-            ) / 1e6
-
-    def describe(role: str, s: Any, categories: list[str]) -> None:
-        info = teacher_info.setdefault(
-            s.name,
-            {
-                "role": role,
-                "model": s.model,
-                "base_url": s.base_url,
-                "prompt_version": s.prompt_version,
-                "n": int(s.n),
-                "temperature": float(s.temperature),
-                "top_p": float(s.top_p),
-                "max_tokens": int(s.max_tokens),
-                "price_input_per_1m": float(s.price_input_per_1m),
-                "price_output_per_1m": float(s.price_output_per_1m),
-                "categories": [],
-            },
-        )
-        info["categories"] = sorted(set(info["categories"]) | set(categories))
-
     subsets = select_subsets(recipe, source_root, log)
     try:
         for key in sorted(recipe.sources):
             entry = recipe.sources[key]
             if writer is not None:
                 writer.declare_source(key)
-            iroot = image_root_for(entry)
-            teachers = {c: make(teacher_settings[c], image_root=iroot) for c in teacher_settings}
-            by_name = {c: teacher_settings[c] for c in teacher_settings}
-            judge = student = None
-            if f_cfg.judge.enabled:
-                judge = make(f_cfg.judge.endpoint, image_root=iroot, message_builder=flt.judge_messages)
-            if f_cfg.student_pass_rate.enabled:
-                student = make(f_cfg.student_pass_rate.endpoint, image_root=iroot)
+            ends = make_endpoints(recipe, make, image_root(entry, source_root))
 
             # Stage 1: read, shard, subset, decontaminate.
             read_bar = _bar(progress, f"read {key}", 0)
@@ -382,32 +622,18 @@ def run_build(
                         continue
                     if isinstance(item, Rejected | Skipped):  # a row that is no question: counted
                         if shard_of(f"{key}#{item.index}", num_shards) == shard_index:
-                            s = stats[(key, UNPARSED)]
-                            s.questions_in += 1
-                            s.dropped[outcome_key(item)] += 1
+                            count_row(stats, key, item)
                         continue
                     q = item if isinstance(item, Question) else item.question
                     if shard_of(q.key, num_shards) != shard_index:
                         continue
                     s = stats[(key, q.category)]
                     s.questions_in += 1
-                    why = same.check(q)  # one question per content key: exact copies share every completion
+                    # one question per content key: exact copies share every completion
+                    why = same.check(q) or screen(q, subset) or (decontam.reason(q) if decontam else None)
                     if why is not None:
                         s.dropped[why] += 1
                         continue
-                    if subset is not None and q.key not in subset:
-                        s.dropped["not_in_subset"] += 1
-                        continue
-                    try:
-                        check_question_text(q)  # before any teacher call: training would refuse it
-                    except BadRecordError as e:
-                        s.dropped[e.reason] += 1
-                        continue
-                    if decontam is not None:
-                        why = decontam.reason(q)
-                        if why is not None:
-                            s.dropped[why] += 1
-                            continue
                     yield item
 
             ready: collections.deque = collections.deque()
@@ -418,82 +644,31 @@ def run_build(
                     if isinstance(it, Question):
                         yield it
                     else:
-                        ready.append(SampleResult(it.question, _released_completions(it)))
+                        ready.append(released_result(it))
 
             stream: Iterator[Question] = fresh(questions())
 
             if dry_run:
                 for q in stream:
-                    t = teachers[q.category]
-                    dry_requests[t.name] += len(store.missing(q, t, int(by_name[q.category].n)))
-                    if judge is not None:
-                        dry_requests[judge.name] += len(store.missing(q, judge, int(f_cfg.judge.n)))
-                    if student is not None:
-                        dry_requests[student.name] += len(store.missing(q, student, int(f_cfg.student_pass_rate.n)))
+                    for t, n in ((ends.teachers[q.category], int(recipe.teachers[q.category].n)),
+                                 (ends.judge, int(recipe.filters.judge.n)),
+                                 (ends.student, int(recipe.filters.student_pass_rate.n))):
+                        if t is not None:
+                            dry_requests[t.name] += len(store.missing(q, t, n))
                     stats[(key, q.category)].questions_kept += 1
                 for r in ready:
                     stats[(key, r.question.category)].questions_kept += 1
-                _log_conflicts(key, same, log)
+                _log_conflicts(key, same.conflicts, log)
                 read_bar.close()
                 continue
 
-            # Stage 2: optional judge and student filters (each a sampled endpoint like the teacher).
-            if judge is not None:
-                describe("judge", f_cfg.judge.endpoint, [])
-                stream = _judge_stage(stream, judge, store, f_cfg, stats, key, concurrency, accounting, note_usage)
-            if student is not None:
-                describe("student", f_cfg.student_pass_rate.endpoint, [])
-                stream = _student_stage(stream, student, store, f_cfg, stats, key, concurrency, accounting, note_usage)
-
-            # Stage 3: teacher sampling, then teacher pass rate and rejection sampling.
-            ns = {c: int(by_name[c].n) for c in by_name}
+            # Stages 2 and 3: filters, teacher sampling, rejection sampling.
             sample_bar = _bar(progress, f"sample {key}", 1)
-            results = sample_questions(
-                teachers,
-                stream,
-                store,
-                n=ns,
-                concurrency=concurrency,
-                accounting=accounting,
-                max_rounds=int(recipe.max_rounds),
-            )
-            seen_categories: set[str] = set()
-            for res in _with_ready(results, ready):
-                sample_bar.update(1)
-                q = res.question
-                s = stats[(key, q.category)]
-                if res.completions and res.completions[0].prompt_version != "released":
-                    seen_categories.add(q.category)
-                    note_usage(by_name[q.category], res.completions)
-                if res.error is not None:
-                    s.dropped["teacher_error"] += 1
-                    continue
-                if f_cfg.teacher_pass_rate.enabled:
-                    n_ok = flt.count_correct(q, res.completions)
-                    if not flt.pass_rate_keep(n_ok, int(f_cfg.teacher_pass_rate.lo), int(f_cfg.teacher_pass_rate.hi)):
-                        s.dropped["teacher_pass_rate"] += 1
-                        continue
-                rej = flt.rejection_sample(
-                    q,
-                    res.completions,
-                    k=int(recipe.traces_per_question),
-                    response_format=recipe.response_format[q.category],
-                    seed=seed,
-                )
-                s.samples += rej.n_sampled
-                s.samples_correct += rej.n_correct
-                s.dropped_samples.update(rej.dropped)
-                if not rej.traces:
-                    s.dropped["no_accepted_trace"] += 1
-                    continue
-                s.questions_kept += 1
-                s.traces_kept += len(rej.traces)
-                for t in rej.traces:
-                    writer.add(t, source=key)
-                    tokens.add((key, q.category), t.response)
-            for c in seen_categories:
-                describe("teacher", by_name[c], [c])
-            _log_conflicts(key, same, log)
+            for t in sample_and_accept(
+                recipe, ends, store, key, stream, ready, tally, tokens, accounting, lambda b=sample_bar: b.update(1)
+            ):
+                writer.add(t, source=key)
+            _log_conflicts(key, same.conflicts, log)
             read_bar.close()
             sample_bar.close()
         tokens.flush()
@@ -505,45 +680,22 @@ def run_build(
         store.close()
 
     read_reports = {k: r.to_dict() for k, r in sorted(reads.items())}
+    report = decontam.report() if decontam is not None else None
     manifest = None
     if writer is not None:
-        files = writer.close()
-        for name, u in usage.items():
-            if name in teacher_info:
-                teacher_info[name]["usage"] = {
-                    "prompt_tokens": int(u["prompt_tokens"]),
-                    "completion_tokens": int(u["completion_tokens"]),
-                    "cost_usd": round(float(u["cost_usd"]), 6),
-                }
-        manifest = build_manifest(
-            recipe_name=recipe.name,
-            recipe=config.recipe,
-            seed=seed,
-            stats=stats,
-            files=files,
-            out_dir=out_dir,
-            teachers=teacher_info,
-            shard_index=shard_index if num_shards > 1 else None,
+        manifest = finish_manifest(
+            config, tally, writer.close(), out_dir, read_reports, report, shard_index=shard_index,
             num_shards=num_shards,
-            reads=read_reports,
         )
-        if decontam is not None:  # per benchmark: what was checked and what each match removed
-            manifest["decontamination"] = decontam.report()
-        if num_shards > 1:
-            write_json(partial_manifest_path(out_dir, shard_index, num_shards), manifest)
-        else:
-            write_manifest(out_dir, manifest)  # last; then deletes the shard files it does not list
-    table = file_table(read_reports) + "\n\n" + summary_table(stats, dry_requests if dry_run else None, accounting)
-    if decontam is not None:
-        table += "\n\n" + decontamination_table(decontam.report())
+    table = build_table(read_reports, stats, dry_requests if dry_run else None, accounting, report)
     log(table)
     return BuildResult(manifest, stats, accounting, dict(dry_requests), table, read_reports)
 
 
-def _log_conflicts(key: str, same: SameKey, log: Callable[[str], None]) -> None:
+def _log_conflicts(key: str, conflicts: Sequence[tuple[str, str, str, str]], log: Callable[[str], None]) -> None:
     """Names the first questions that the release repeats with another answer (counted `conflicting_duplicate`)."""
-    if same.conflicts:
-        pairs = "; ".join(f"{a} ({x}) and {b} ({y})" for a, x, b, y in same.conflicts)
+    if conflicts:
+        pairs = "; ".join(f"{a} ({x}) and {b} ({y})" for a, x, b, y in conflicts)
         log(
             f"{key}: the same question (text, options, images) appears with different answers; the first is kept: "
             f"{pairs}"
@@ -560,12 +712,12 @@ def _with_ready(results: Iterator[SampleResult], ready: collections.deque) -> It
         yield ready.popleft()
 
 
-def _judge_stage(stream, judge, store, f_cfg, stats, key, concurrency, accounting, note_usage):  # noqa: ANN001
+def _judge_stage(stream, judge, store, f_cfg, tally, key, concurrency, accounting):  # noqa: ANN001
     """Keeps questions whose judged difficulty is within [lo, hi]."""
     n = int(f_cfg.judge.n)
     for res in sample_questions(judge, stream, store, n=n, concurrency=concurrency, accounting=accounting):
-        note_usage(f_cfg.judge.endpoint, res.completions)
-        s = stats[(key, res.question.category)]
+        tally.note_usage(res.completions)
+        s = tally.stats[(key, res.question.category)]
         score = flt.judge_score(res.completions)
         if res.error is not None:
             s.dropped["judge_error"] += 1
@@ -577,12 +729,12 @@ def _judge_stage(stream, judge, store, f_cfg, stats, key, concurrency, accountin
             yield res.question
 
 
-def _student_stage(stream, student, store, f_cfg, stats, key, concurrency, accounting, note_usage):  # noqa: ANN001
+def _student_stage(stream, student, store, f_cfg, tally, key, concurrency, accounting):  # noqa: ANN001
     """Keeps questions the student solves lo..hi times of n."""
     cfg = f_cfg.student_pass_rate
     for res in sample_questions(student, stream, store, n=int(cfg.n), concurrency=concurrency, accounting=accounting):
-        note_usage(cfg.endpoint, res.completions)
-        s = stats[(key, res.question.category)]
+        tally.note_usage(res.completions)
+        s = tally.stats[(key, res.question.category)]
         if res.error is not None:
             s.dropped["student_error"] += 1
         elif not flt.pass_rate_keep(flt.count_correct(res.question, res.completions), int(cfg.lo), int(cfg.hi)):

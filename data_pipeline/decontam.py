@@ -189,6 +189,12 @@ class BenchmarkIndex:
         return int(distances[i]), self._dhash_names[i]
 
 
+def dedup_key(q: Question, image_keys: Sequence[str]) -> bytes:
+    """What `duplicate_exact` compares: normalised text, the set of option texts, the images' pixel keys."""
+    options = sorted(normalize(t) for t in q.options.values())
+    return hashlib.sha256("\x1f".join([normalize(q.question), *options, "|".join(image_keys)]).encode()).digest()
+
+
 class Deduplicator:
     """Exact and MinHash-LSH near-duplicate detection over a stream; remembers what it keeps."""
 
@@ -221,8 +227,7 @@ class Deduplicator:
             (every classification question) is not a duplicate.
         """
         images = "|".join(image_keys)
-        options = sorted(normalize(t) for t in q.options.values())
-        exact_key = hashlib.sha256("\x1f".join([normalize(q.question), *options, images]).encode()).digest()
+        exact_key = dedup_key(q, image_keys)
         if self.config.dedup_exact and exact_key in self._exact:
             return "duplicate_exact"
         bands: list[tuple[str, int, bytes]] = []
@@ -292,20 +297,37 @@ class Decontaminator:
 
     def reason(self, q: Question) -> str | None:
         """Why `q` must be dropped, or None to keep it (kept questions enter the dedup index); drops are counted."""
-        why, benchmark = self._check(q)
+        why, benchmark, keys = self._benchmark_check(q)
+        if why is None and (self.config.dedup_exact or self.config.near_jaccard is not None):
+            why = self.dedup.check(q, keys)
+        self.count(why, benchmark)
+        return why
+
+    def screen(self, q: Question) -> tuple[str | None, list[str]]:
+        """The benchmark checks of `reason` without the within-training dedup (a distributed build dedups by
+        grouping on `dedup_key(q, image_keys)` instead): (reason or None, the image keys); drops are counted."""
+        why, benchmark, keys = self._benchmark_check(q)
+        self.count(why, benchmark)
+        return why, keys
+
+    def count(self, why: str | None, benchmark: str | None = None) -> None:
+        """Counts one dropped question (nothing when `why` is None) in `report`."""
         if why is not None:
             self.counts[why] += 1
             if benchmark is not None:
                 self.removed[benchmark][BENCHMARK_MATCHES[why]] += 1
-        return why
 
-    def _check(self, q: Question) -> tuple[str | None, str | None]:
-        """(reason, the benchmark matched or None)."""
+    def reset_counts(self) -> None:
+        """Zeroes what `report` counts (the index stays): a worker reports each batch of questions apart."""
+        self.counts, self.removed, self.stats = Counter(), defaultdict(Counter), Counter()
+
+    def _benchmark_check(self, q: Question) -> tuple[str | None, str | None, list[str]]:
+        """(reason, the benchmark matched or None, the image keys of `q` for dedup)."""
         self.stats["questions"] += 1
         benchmark = self.index.ngram_match(q) if self.index.ngrams else None
         if benchmark is not None:
-            return "benchmark_ngram", benchmark
-        keys = []
+            return "benchmark_ngram", benchmark, []
+        keys: list[str] = []
         for im in q.images:
             if not im.data:
                 # Path-only refs cannot be hashed here; count them so a manifest shows the gap.
@@ -315,17 +337,15 @@ class Decontaminator:
             try:
                 pixels = imglib.pixel_hash(im.data)
                 if self.config.image_exact and pixels in self.index.pixel_hashes:
-                    return "benchmark_image_exact", self.index.pixel_hashes[pixels]
+                    return "benchmark_image_exact", self.index.pixel_hashes[pixels], []
                 if self.config.image_hamming is not None:
                     nearest = self.index.nearest_image(imglib.dhash(im.data))
                     if nearest is not None and nearest[0] <= self.config.image_hamming:
-                        return "benchmark_image_near", nearest[1]
+                        return "benchmark_image_near", nearest[1], []
             except (OSError, ValueError, BadRecordError):
-                return "corrupt_image", None
+                return "corrupt_image", None, []
             keys.append(pixels)
-        if self.config.dedup_exact or self.config.near_jaccard is not None:
-            return self.dedup.check(q, keys), None
-        return None, None
+        return None, None, keys
 
     def filter(self, questions: Iterable[Question]) -> Iterator[Question]:
         """Yields the questions to keep; `counts` gains one entry per dropped question."""
