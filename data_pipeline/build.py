@@ -6,6 +6,9 @@
     # A big build as 64 independent jobs (a SLURM array, say), then one merge:
     python -m data_pipeline.build --config=full_mix --num_shards=64 --shard_index=$SLURM_ARRAY_TASK_ID
     python -m data_pipeline.build --config=full_mix --num_shards=64 --merge
+    # The same build as an Apache Beam pipeline (`pip install .[beam]`; docs/beam_build.md for other runners):
+    python -m data_pipeline.build --config=full_mix --runner=DirectRunner \
+        --beam_args="--direct_num_workers=2 --direct_running_mode=multi_processing"
 
 `--config=NAME` and `--config.x.y=v` overrides are those of `python -m octomed_jax.train` (`configs.cli`), so
 a recipe name with the same overrides is the same recipe at both stages. The config's `plugins` are
@@ -912,6 +915,11 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     flags.DEFINE_bool("merge", False, "combine the partial manifests of a sharded build into manifest.json",
                       flag_values=flag_values)
     flags.DEFINE_bool("no_progress", False, "hide progress bars", flag_values=flag_values)
+    flags.DEFINE_string("runner", None, "run the build as an Apache Beam pipeline on this runner (DirectRunner, "
+                        "DataflowRunner, FlinkRunner, SparkRunner; docs/beam_build.md); default: in this process",
+                        flag_values=flag_values)
+    flags.DEFINE_string("beam_args", "", "more Beam pipeline options, one shell-quoted string, e.g. "
+                        "\"--direct_num_workers=2 --direct_running_mode=multi_processing\"", flag_values=flag_values)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -934,6 +942,13 @@ def main(argv: Sequence[str]) -> None:
             print(file_table(m["sources"]))
             print(summary_table(ManifestStats.from_dict(m["sources"]), None, Accounting()))
             print(f"wrote {os.path.join(out, MANIFEST)} from {m['num_shards']} partial manifests")
+            return
+        if f.runner:
+            if f.dry_run or f.num_shards > 1:
+                raise RecipeError("--runner builds everything in one pipeline: drop --dry_run and --num_shards")
+            from data_pipeline.beam_build import run_beam_build
+
+            run_beam_build(config, out_dir=out, source_root=f.source_root, runner=f.runner, beam_args=f.beam_args)
             return
         run_build(
             config,

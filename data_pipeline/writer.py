@@ -289,9 +289,12 @@ class TraceWriter:
     def add(self, trace: AcceptedTrace, *, source: str | None = None) -> None:
         """Queues one trace (any order) under `source` (default: its question's source)."""
         q = trace.question
-        source = source or q.source
+        self.add_record(source or q.source, q.key, trace.sample_index, trace.to_bytes())
+
+    def add_record(self, source: str, question_key: str, sample_index: int, data: bytes) -> None:
+        """Queues one encoded trace (`AcceptedTrace.to_bytes`) under `source`, sorted by (key, sample index)."""
         self._sources.add(source)
-        self._pending.append((source, q.key, trace.sample_index, trace.to_bytes()))
+        self._pending.append((source, question_key, sample_index, data))
         if len(self._pending) >= self._batch:
             self._flush()
 
