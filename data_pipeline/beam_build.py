@@ -5,9 +5,9 @@
 
 Each stage is a named transform over plain-data elements (dicts, tuples, bytes: no pickled records):
 
-    ReadSources      one element per source -> (content key, (ordinal, source, item)); rows that are no
+    ReadSources      one element per source -> ((source, content key), (ordinal, source, item)); rows that are no
                      question are counted
-    MergeCopies      GroupByKey on the content key: the first copy is kept (`decontam.SameKey`'s rules)
+    MergeCopies      GroupByKey on (source, content key): the first copy is kept (`decontam.SameKey`'s rules)
     Screen           seeded subset, question text, benchmark decontamination (`Decontaminator.screen`, the
                      benchmark index built once per worker), keyed by `decontam.dedup_key`
     DedupExact       GroupByKey on that key: the first kept, the rest `duplicate_exact`
@@ -101,7 +101,7 @@ class _Stage(beam.DoFn):
 
 
 class ReadSource(_Stage):
-    """(source index, source key) -> (content key, (ordinal, source, item)) per question; output `reads`:
+    """(source index, source key) -> ((source, content key), (ordinal, source, item)) per question; output `reads`:
     (source, its `ReadReport`); rows that are no question are counted and dropped."""
 
     def process(self, element: tuple[int, str]) -> Iterator[Any]:
@@ -119,15 +119,15 @@ class ReadSource(_Stage):
                 continue
             q = _question(item)
             self.tally.stats[(key, q.category)].questions_in += 1
-            yield q.key, ((index, row), key, to_element(item))
+            yield (key, q.key), ((index, row), key, to_element(item))  # copies are merged within a source
         yield beam.pvalue.TaggedOutput(READS, (key, reader.report.to_dict()))
 
 
 class MergeCopies(_Stage):
-    """(content key, copies) -> the first copy; the others counted `duplicate_question` or
+    """((source, content key), copies) -> the first copy; the others counted `duplicate_question` or
     `conflicting_duplicate` (`decontam.SameKey`, fed in the in-process build's order)."""
 
-    def process(self, element: tuple[str, Iterable[Element]]) -> Iterator[Element]:
+    def process(self, element: tuple[tuple[str, str], Iterable[Element]]) -> Iterator[Element]:
         same, kept = SameKey(), None
         for ordinal, source, e in sorted(element[1], key=lambda v: v[0]):
             q = _question(from_element(e))
