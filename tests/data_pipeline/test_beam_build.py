@@ -129,3 +129,20 @@ def test_killed_run_then_rerun_requests_no_completion_twice(built, tmp_path):
     for src in ("medqa", "pmc_vqa"):  # the same shards as the uninterrupted in-process build
         name = f"{src}/{src}.array_record-00000-of-00001"
         assert open(dest / name, "rb").read() == open(out / "local" / name, "rb").read()
+
+
+def test_tfds_dataset_of_the_build_reads_back_without_tensorflow(built, tmp_path):
+    import grain
+    import tensorflow_datasets as tfds
+
+    from data_pipeline.tfds_dataset import prepare
+
+    out = built[2] / "beam"
+    builder = prepare(str(out), str(tmp_path))
+    assert {s: v.num_examples for s, v in builder.info.splits.items()} == {"medqa": 40, "pmc_vqa": 16}
+    ds = tfds.data_source("octomed_recipe/test_recipe", data_dir=str(tmp_path), split="medqa")
+    shard = grain.sources.ArrayRecordDataSource([str(out / "medqa/medqa.array_record-00000-of-00001")])
+    assert sorted(ds[i]["trace"] for i in range(len(ds))) == sorted(shard[i] for i in range(len(shard)))
+    again = tfds.builder_from_directory(builder.data_dir).as_data_source()["pmc_vqa"]
+    assert len(again) == 16 and {again[i]["teacher"] for i in range(16)} == {b"gpt-4o"}  # Text: bytes without TF
+    assert "tensorflow" not in sys.modules
