@@ -22,8 +22,11 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import flags
+from etils import epath
 
 from data_pipeline.records import AcceptedTrace
+from data_pipeline.storage import ManifestError, StorageError
 from data_pipeline.writer import MANIFEST, VerifyMode, read_json, verify_source
 
 FEATURES = tfds.features.FeaturesDict(
@@ -38,12 +41,17 @@ FEATURES = tfds.features.FeaturesDict(
 )
 
 
-class OctomedRecipe(tfds.core.GeneratorBasedBuilder):
-    """The accepted traces of one built recipe; one split per source."""
+class OctomedRecipe(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """The accepted traces of one built recipe; one split per source.
+
+    Not in TFDS's registry (importing this module twice, as `python -m` does, would register it twice):
+    `tfds.data_source` and `tfds.builder` find the written dataset under `data_dir` from its files.
+    """
 
     VERSION = tfds.core.Version("1.0.0")
     # Nothing is downloaded: no checksums file to look up beside the code (which needs importlib_resources).
     code_path = None
+    pkg_dir_path = epath.Path(os.path.dirname(os.path.abspath(__file__)))  # not looked up by module (`python -m`)
     RELEASE_NOTES = {"1.0.0": "AcceptedTrace records (schema_version 1) of a data_pipeline.build output."}
 
     def __init__(self, *, recipe_dir: str, check: VerifyMode = "sha256", **kwargs: Any):
@@ -104,15 +112,25 @@ def prepare(recipe_dir: str, data_dir: str, *, check: VerifyMode = "sha256") -> 
     return builder
 
 
-def main(argv: Sequence[str]) -> None:
-    """`python -m data_pipeline.tfds_dataset --recipe_dir=DIR --data_dir=DIR`."""
-    from absl import flags
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """The CLI's flags."""
+    flags.DEFINE_string("recipe_dir", None, "a build's output folder", flag_values=flag_values, required=True)
+    flags.DEFINE_string("data_dir", None, "the TFDS data folder", flag_values=flag_values, required=True)
+    flags.DEFINE_enum("check", "sha256", ["sha256", "size"], "how shards are checked", flag_values=flag_values)
 
+
+def main(argv: Sequence[str]) -> None:
+    """`python -m data_pipeline.tfds_dataset --recipe_dir=DIR --data_dir=DIR [--check=size]`.
+
+    Exits (SystemExit) with a message naming the file when the recipe folder is not a finished build.
+    """
     f = flags.FlagValues()
-    flags.DEFINE_string("recipe_dir", None, "a build's output folder", flag_values=f, required=True)
-    flags.DEFINE_string("data_dir", None, "the TFDS data folder", flag_values=f, required=True)
-    flags.DEFINE_enum("check", "sha256", ["sha256", "size"], "how shards are checked", flag_values=f)
+    define_flags(f)
     f(list(argv))
+    try:
+        builder = prepare(f.recipe_dir, f.data_dir, check=f.check)
+    except (ManifestError, StorageError) as e:
+        sys.exit(f"tfds_dataset: {e}")
     builder = prepare(f.recipe_dir, f.data_dir, check=f.check)
     print(f"wrote {builder.data_dir}: " + ", ".join(f"{s} {v.num_examples}" for s, v in builder.info.splits.items()))
 
