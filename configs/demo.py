@@ -39,6 +39,7 @@ def demo_sources(num_train: int, num_test: int) -> ml_collections.ConfigDict:
 
 
 def get_config() -> ml_collections.ConfigDict:
+    from octomed_demo.vocabulary import TOKENIZER_DIR
     from octomed_demo.world import teacher_settings
 
     config = base.get_config()
@@ -59,10 +60,10 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.model.update(preset="demo", dtype="float32", param_dtype="float32", scan_layers=True, remat_policy="none")
     config.mesh.update(data=1, fsdp=-1, tensor=1)
-    # Where a CPU step goes: ~80% in the 151,936-token head (forward, rematerialised forward, backward) over
-    # every loss position of the step, the rest in the model and the optimizer (the embedding table). So the
-    # head sees only up to 160 positions per row (`max_loss_tokens`: a row of 512 holds ~5 examples of ~30
-    # loss tokens), and rows stay long: shorter rows pay the per-step part for fewer examples.
+    # The world's own compact tokenizer (`octomed_demo.vocabulary`, ~600 tokens): with Qwen's 151,936-token
+    # vocabulary the output head took ~80% of a CPU step. Rows stay long: shorter rows pay the per-step part
+    # (optimizer, dispatch) for fewer examples.
+    config.data.tokenizer_path = TOKENIZER_DIR
     config.data.update(seq_len=512, max_patches=512, rows_per_host=4, epochs=1000, seed=0, num_workers=0)
     config.optim.update(learning_rate=5e-3, warmup_ratio=0.05, final_lr_ratio=0.05, weight_decay=0.0, eps=1e-8)
     # log_every=1: the report's loss curve and token count come from metrics.jsonl, across restarts too.

@@ -98,13 +98,14 @@ def init_student(config: ml_collections.ConfigDict, path: str) -> str:
     import jax
     from flax import nnx
 
-    from octomed_jax.contract import model_config_from
+    from octomed_jax.contract import model_config_from, tokenizer_special_ids
     from octomed_jax.hf import save_hf
-    from octomed_jax.models.qwen2_5_vl import init_model
+    from octomed_jax.models.families import init_model
 
     if os.path.exists(os.path.join(path, "config.json")):
         return path
-    model = init_model(model_config_from(config), seed=config.train.seed)
+    special_ids = tokenizer_special_ids(config.data.get("tokenizer_path") or None)
+    model = init_model(model_config_from(config, special_ids), seed=config.train.seed)
     state = nnx.state(model.language_model, nnx.Param)
     flat = dict(nnx.to_flat_state(state))
     key = jax.random.key(config.train.seed + 1)
@@ -113,7 +114,7 @@ def init_student(config: ml_collections.ConfigDict, path: str) -> str:
             var.set_value(0.02 * jax.random.normal(jax.random.fold_in(key, i), var.get_value().shape,
                                                    var.get_value().dtype))
     nnx.update(model.language_model, nnx.from_flat_state(flat))
-    save_hf(model, path)
+    save_hf(model, path, special_ids=special_ids)
     return path
 
 
@@ -216,10 +217,11 @@ def hf_check(hf_dir: str, question: Question, max_pixels: int, max_new_tokens: i
 
     from data_pipeline.answers import extract_answer
     from data_pipeline.formats import render_question
+    from octomed_jax.checkpoint import load_contract
     from octomed_jax.data.tokenizer import load_tokenizer
     from octomed_jax.generation.prompts import question_prompt
 
-    tokenizer = load_tokenizer(hf_dir)
+    tokenizer = load_tokenizer(hf_dir, special_ids=load_contract(hf_dir).special_ids)
     model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32).eval()
     prompt = question_prompt(tokenizer, question, max_pixels=max_pixels)  # our template, our image processing
     ids = torch.tensor(prompt.token_ids[None].astype(np.int64))

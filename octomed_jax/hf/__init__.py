@@ -224,7 +224,7 @@ def save_hf(
     if not is_writer:
         return
     torch_dtype = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[out_dtype.name]
-    _write_json(os.path.join(path, "config.json"), to_hf_dict(cfg, torch_dtype=torch_dtype))
+    _write_json(os.path.join(path, "config.json"), to_hf_dict(cfg, torch_dtype=torch_dtype, special_ids=special_ids))
     _write_json(
         os.path.join(path, "generation_config.json"),
         {"bos_token_id": special_ids.endoftext, "eos_token_id": list(special_ids.stop_ids),
