@@ -146,3 +146,26 @@ def test_tfds_dataset_of_the_build_reads_back_without_tensorflow(built, tmp_path
     again = tfds.builder_from_directory(builder.data_dir).as_data_source()["pmc_vqa"]
     assert len(again) == 16 and {again[i]["teacher"] for i in range(16)} == {b"gpt-4o"}  # Text: bytes without TF
     assert "tensorflow" not in sys.modules
+
+
+def test_dedup_exact_alone_keeps_the_first_in_build_order(built):
+    """One transform on its own: whatever order a group arrives in, the smallest ordinal is kept."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from data_pipeline.beam_build import DUPLICATES, TALLY, DedupExact
+    from data_pipeline.records import Question
+
+    cfg = with_copy_source(make_config(built[0], "http://127.0.0.1:9/v1")).to_dict()
+    q = {"question": Question(id="x", source="medqa", category="text", question="Same?", options={"A": "a", "B": "b"},
+                              answer="A").to_dict()}
+    group = [((1, 5), "medqa_copy", q), ((0, 7), "medqa", q), ((1, 0), "medqa_copy", q)]
+    with TestPipeline() as p:
+        out = p | beam.Create([(b"k", group)]) | beam.ParDo(DedupExact(cfg, built[0])).with_outputs(
+            TALLY, DUPLICATES, main="kept"
+        )
+        assert_that(out.kept, equal_to([group[1]]), label="kept")
+        assert_that(out[DUPLICATES], equal_to([2]), label="duplicates")
+        dropped = out[TALLY] | beam.Map(lambda d: d["stats"]["medqa_copy"]["total"]["dropped"])
+        assert_that(dropped, equal_to([{"duplicate_exact": 2}]), label="tally")
