@@ -14,6 +14,7 @@ ENTRY_POINTS = {
     "octomed_jax.export": "define_flags",
     "octomed_jax.plan": "_define_flags",
     "data_pipeline.build": "define_flags",
+    "data_pipeline.tfds_dataset": "define_flags",
     "octomed_demo.__main__": "define_flags",
 }
 
