@@ -27,7 +27,7 @@ from flax import nnx
 from octomed_jax.data.global_batch import abstract_train_batch
 from octomed_jax.models import attention
 from octomed_jax.models.config import ModelConfig, get_preset
-from octomed_jax.models.qwen2_5_vl import abstract_model, init_model
+from octomed_jax.models.families import abstract_model, init_model
 from octomed_jax.training.metrics import device_peak_flops, train_flops
 from octomed_jax.training.optimizer import OptimConfig, make_optimizer
 from octomed_jax.training.step import LossConfig, train_step
@@ -57,7 +57,7 @@ def make_batch(args: argparse.Namespace) -> Any:
         "segment_ids": np.broadcast_to(segment, (rows, seq)),
         "positions": np.broadcast_to(positions, (3, rows, seq)),
     }
-    abstract = abstract_train_batch(rows, seq, 0, 0)
+    abstract = abstract_train_batch(rows, seq, 0)
     return jax.tree.map(lambda s, name: jnp.asarray(arrays[name], s.dtype)[None],  # one micro-batch
                         abstract, _field_names(abstract))
 

@@ -1,6 +1,6 @@
-"""Forward + backward time of our Qwen2.5-VL against transformers on the same small model and batch (CPU).
+"""Forward + backward time of our model against transformers on the same small model and batch (CPU).
 
-  python benchmarks/bench_model.py [--layers=4 --width=128 --batch=4 --seq=256 --steps=5]
+  python benchmarks/bench_model.py [--family=qwen2_5_vl|qwen3_vl --layers=4 --width=128 --batch=4 --seq=256]
 
 Both sides load the same weights (ours through `load_hf` from the folder transformers saved), run
 the same batch (text plus one image per row), take the mean token cross-entropy over all positions
@@ -17,12 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import torch
-from common import same_model_both_sides, small_config
+from common import FAMILY_MODELS, same_model_both_sides, small_config
 from flax import nnx
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
+    p.add_argument("--family", choices=sorted(FAMILY_MODELS), default="qwen2_5_vl")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--batch", type=int, default=4)
@@ -30,7 +31,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     args = p.parse_args()
 
-    cfg = small_config(args.layers, args.width)
+    cfg = small_config(args.layers, args.width, args.family)
     hf, ours = same_model_both_sides(cfg)
 
     rng = np.random.RandomState(0)
@@ -74,7 +75,7 @@ def main() -> None:
         loss.backward()
 
     hf_s = time_it(torch_step)
-    print(f"model: {args.layers} layers, width {args.width}, vocab {cfg.text.vocab_size}, vision depth "
+    print(f"model: {args.family}, {args.layers} layers, width {args.width}, vocab {cfg.text.vocab_size}, vision depth "
           f"{cfg.vision.depth}; batch {args.batch} x {args.seq} tokens, one {grid} image per row")
     print(f"ours (jax.jit, fp32):  {ours_s * 1e3:8.1f} ms/step  {tokens / ours_s:8.0f} tokens/s")
     print(f"transformers (torch):  {hf_s * 1e3:8.1f} ms/step  {tokens / hf_s:8.0f} tokens/s")

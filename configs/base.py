@@ -193,7 +193,9 @@ def add_training_defaults(config: ml_collections.ConfigDict) -> None:
     """
     config.init_from = ""  # a Hugging Face Qwen2.5-VL folder; "" = random initialisation
     config.model = ml_collections.ConfigDict(
-        dict(preset="7b", dtype="bfloat16", param_dtype="float32", scan_layers=True, remat_policy="nothing_saveable",
+        # family: `qwen2_5_vl` or `qwen3_vl`; the preset must be one of the family's (models/config.py PRESETS)
+        dict(family="qwen2_5_vl", preset="7b", dtype="bfloat16", param_dtype="float32", scan_layers=True,
+             remat_policy="nothing_saveable",
              # "auto": splash on TPU, Pallas flash with segment ids on GPU, XLA on CPU (models/attention.py);
              # attention_block_*: the flash kernels' tiles (forward and backward), multiples of 128
              attention_impl="auto", attention_block_q=512, attention_block_kv=512)

@@ -29,7 +29,8 @@ from jax.sharding import Mesh
 from octomed_jax import sharding as sharding_lib
 from octomed_jax.contract import CONTRACT_FILE, ContractError, Preprocessing, RunContract
 from octomed_jax.hf import CheckpointError
-from octomed_jax.models.qwen2_5_vl import Qwen25VL, abstract_model
+from octomed_jax.models.families import abstract_model
+from octomed_jax.models.qwen2_5_vl import Qwen25VL
 
 PARAMS_DIR = "params"
 STATE_ITEM = "state"  # the items of a training step (training.checkpointing writes them)

@@ -25,9 +25,9 @@ from typing import Any
 import ml_collections
 
 from octomed_jax.data.config import DataConfig, ErrorBudget
-from octomed_jax.data.images import MIN_PIXELS, OCTOMED_MAX_PIXELS, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from octomed_jax.data.images import MIN_PIXELS, OCTOMED_MAX_PIXELS, family_options
 from octomed_jax.data.tokenizer import QWEN_SPECIAL_IDS, SpecialIds
-from octomed_jax.models.config import FAMILIES, ModelConfig, get_preset
+from octomed_jax.models.config import FAMILIES, PRESETS, ModelConfig, get_preset
 from octomed_jax.training.optimizer import OptimConfig
 from octomed_jax.training.step import LossConfig
 
@@ -44,13 +44,12 @@ class ContractError(ValueError):
 class Preprocessing:
     """How an image becomes patches: transformers' Qwen2-VL image processor with these bounds.
 
-    Patch, temporal patch and merge sizes are the vision tower's (`ModelConfig.vision`), not repeated here.
+    Patch, temporal patch and merge sizes are the vision tower's (`ModelConfig.vision`), not repeated here;
+    the normalisation is the family's (`data.images.family_options`: CLIP for Qwen2.5-VL, 0.5 for Qwen3-VL).
 
     Attributes:
       min_pixels: smallest resized image area.
       max_pixels: largest resized image area (OctoMed: 262,144 = 512 x 512).
-
-    The normalisation (CLIP mean and std) is the family's, fixed in `data.images`.
     """
 
     min_pixels: int = MIN_PIXELS
@@ -61,24 +60,24 @@ class Preprocessing:
             raise ContractError(f"preprocessing: need 0 < min_pixels ({self.min_pixels}) <= max_pixels "
                                 f"({self.max_pixels})")
 
+    def image_options(self, model: ModelConfig) -> dict[str, Any]:
+        """`data.images.preprocess_image`'s keyword arguments: these bounds and the model family's parameters."""
+        return {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels, **family_options(model)}
+
     def processor_config(self, model: ModelConfig) -> dict[str, Any]:
         """`preprocessor_config.json` for transformers' Qwen2-VL image processor, equal to our preprocessing."""
-        v = model.vision
+        options = self.image_options(model)
         return {
             "image_processor_type": "Qwen2VLImageProcessor",
-            "processor_class": "Qwen2_5_VLProcessor",
+            "processor_class": {"qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}[model.family],
             "do_resize": True,
             "do_rescale": True,
             "rescale_factor": 1 / 255,
             "do_normalize": True,
             "do_convert_rgb": True,
-            "image_mean": list(OPENAI_CLIP_MEAN),
-            "image_std": list(OPENAI_CLIP_STD),
-            "min_pixels": self.min_pixels,
-            "max_pixels": self.max_pixels,
-            "patch_size": v.patch_size,
-            "temporal_patch_size": v.temporal_patch_size,
-            "merge_size": v.spatial_merge_size,
+            **options,
+            "image_mean": list(options["image_mean"]),
+            "image_std": list(options["image_std"]),
         }
 
 
@@ -333,8 +332,15 @@ class RunContract:
 
 
 def model_config_from(config: ml_collections.ConfigDict) -> ModelConfig:
-    """The student's ModelConfig from `config.model` (its preset and compute settings)."""
+    """The student's ModelConfig from `config.model`: its preset, of the family `model.family`, and compute
+    settings."""
     m = config.model
+    preset = get_preset(m.preset)
+    family = m.get("family", preset.family)
+    if family != preset.family:
+        presets = sorted(name for name, p in PRESETS.items() if p.family == family)
+        raise ContractError(f"model.preset {m.preset!r} is a {preset.family} preset but model.family is {family!r}: "
+                            f"set --config.model.preset to one of {presets}")
     return get_preset(m.preset, dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers,
                       remat_policy=m.remat_policy, attention_impl=m.get("attention_impl", "xla"),
                       attention_block_q=m.get("attention_block_q", 512),

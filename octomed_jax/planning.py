@@ -40,7 +40,7 @@ from octomed_jax.contract import RunContract, model_config_from
 from octomed_jax.data.global_batch import abstract_train_batch
 from octomed_jax.models import attention
 from octomed_jax.models.config import ModelConfig
-from octomed_jax.models.qwen2_5_vl import abstract_model
+from octomed_jax.models.families import abstract_model
 from octomed_jax.training.metrics import PEAK_FLOPS, train_flops
 from octomed_jax.training.optimizer import make_optimizer
 from octomed_jax.training.step import LossConfig, train_step
@@ -215,8 +215,7 @@ def attention_flops(model_cfg: ModelConfig, seq_len: int, max_patches: int, impl
     flash = _FLASH_MATMULS["forward"] * (2 if recompute else 1) + _FLASH_MATMULS["backward"]
     dense = _MODEL_MATMULS + (2 if recompute else 0)  # the XLA path: forward (again under remat) and backward
     text_dim, vis_dim = t.num_attention_heads * t.head_dim, v.num_heads * v.head_dim
-    full_blocks = len(v.fullatt_block_indexes) if max_patches else 0
-    windowed_blocks = v.depth - full_blocks if max_patches else 0
+    full_blocks, windowed_blocks = _vision_blocks(model_cfg) if max_patches else (0, 0)
 
     def square(n: int, dim: int, causal: bool) -> tuple[float, float]:  # (kernel, executed) of one attention
         if impl in FLASH_KERNELS:
@@ -236,6 +235,15 @@ def attention_flops(model_cfg: ModelConfig, seq_len: int, max_patches: int, impl
         "executed": (t.num_hidden_layers * text_exec + full_blocks * vis_exec
                      + windowed_blocks * dense * 2 * max_patches * 3 * window * vis_dim),
     }
+
+
+def _vision_blocks(model_cfg: ModelConfig) -> tuple[int, int]:
+    """(full, windowed) vision blocks: Qwen3-VL's all attend within their image; Qwen2.5-VL's attend within
+    windows but for `fullatt_block_indexes`."""
+    v = model_cfg.vision
+    if model_cfg.family == "qwen3_vl":
+        return v.depth, 0
+    return len(v.fullatt_block_indexes), v.depth - len(v.fullatt_block_indexes)
 
 
 def _saved_per_token_per_layer(width: int, qkv: int, ff: int, heads: int, seq: int, policy: str) -> float:
@@ -302,7 +310,7 @@ def estimate_memory(
         ff = v.intermediate_size // tensor
         full = layer_working_set(patches, v.hidden_size, ff, square(patches, vis_heads))
         windowed = layer_working_set(patches, v.hidden_size, ff, scores(patches, vis_heads, 3 * v.window_patches))
-        working = max(working, full, windowed)
+        working = max(working, full, windowed if _vision_blocks(model_cfg)[1] else 0.0)
     layer_params = 2 * t.hidden_size * (t.hidden_size + kv_dim) + 3 * t.hidden_size * t.intermediate_size
     gathered = 2 * layer_params / tensor * act  # this layer's and the prefetched next layer's weights
     logits_chunk = 3 * config.train.loss_chunk * t.vocab_size / tensor * 4
@@ -345,8 +353,8 @@ def compile_step(
       {"state", "batch" (abstract trees with shardings), "compiled" (or None), "lower_seconds", "compile_seconds"}.
     """
     graphdef, state = abstract_train_state(config, model_cfg, mesh, rules)
-    micro = abstract_train_batch(rows_per_micro, config.data.seq_len, config.data.max_patches,
-                                 model_cfg.vision.patch_dim, mesh, rules)
+    micro = abstract_train_batch(rows_per_micro, config.data.seq_len, config.data.max_patches, model_cfg.vision,
+                                 mesh, rules)
     batch = with_micro_axis(micro, micro_steps)
 
     def step(state: Any, batch: Any) -> tuple[Any, Any]:
@@ -381,10 +389,12 @@ def _required_temp(message: str) -> float | None:
     return float(match.group(1)) * 1024 ** ("KMGT".index(match.group(2)) + 1)  # XLA prints binary units
 
 
-def _with_depth(model_cfg: ModelConfig, text_layers: int, vision_blocks: int) -> ModelConfig:
-    """The same widths with fewer layers, unrolled (so that the compiler's cost analysis sees every layer)."""
+def _with_depth(model_cfg: ModelConfig, text_layers: int, vision_blocks: int, deepstack: int = 0) -> ModelConfig:
+    """The same widths with fewer layers (and `deepstack` DeepStack mergers, Qwen3-VL), unrolled (so that the
+    compiler's cost analysis sees every layer)."""
     text = dataclasses.replace(model_cfg.text, num_hidden_layers=text_layers)
-    vision = dataclasses.replace(model_cfg.vision, depth=vision_blocks, fullatt_block_indexes=(0,))
+    vision = dataclasses.replace(model_cfg.vision, depth=vision_blocks, fullatt_block_indexes=(0,),
+                                 deepstack_visual_indexes=(0,) * deepstack)
     return model_cfg.replace(text=text, vision=vision, scan_layers=False)
 
 
@@ -397,18 +407,21 @@ def layered_cost(
     XLA's cost analysis counts a while loop's body once, whatever its trip count, so the compiled step
     (a scan over micro-batches, over layers and over loss chunks) reports a fraction of its work. This
     compiles the step for one micro-batch, one loss chunk and 1+1, 2+1 and 1+2 (text layers + vision
-    blocks), all unrolled, and extrapolates: micro_steps x (base + (L-1) text layer + (V-1) vision block).
+    blocks), all unrolled, and extrapolates: micro_steps x (base + (L-1) text layer + (V-1) vision block);
+    Qwen3-VL's base has no DeepStack merger, and one more compile (1+1 with one) adds D x its cost.
     The optimizer update is counted once per micro-batch (small: a few passes over the parameters).
     """
     t, v = model_cfg.text, model_cfg.vision
     one_chunk = dataclasses.replace(loss_config_for_plan(config), chunk=rows_per_micro * config.data.seq_len)
     costs = {}
     t0 = time.perf_counter()
-    for key, (layers, blocks) in {"base": (1, 1), "text2": (2, 1), "vision2": (1, 2)}.items():
-        if key == "vision2" and not config.data.max_patches:
+    deepstack = len(v.deepstack_visual_indexes) if config.data.max_patches else 0
+    variants = {"base": (1, 1, 0), "text2": (2, 1, 0), "vision2": (1, 2, 0), "deepstack": (1, 1, 1)}
+    for key, (layers, blocks, mergers) in variants.items():
+        if (key == "vision2" and not config.data.max_patches) or (key == "deepstack" and not deepstack):
             costs[key] = costs["base"]
             continue
-        small = _with_depth(model_cfg, layers, blocks)
+        small = _with_depth(model_cfg, layers, blocks, mergers)
         costs[key] = _cost(compile_step(config, small, mesh, rules, rows_per_micro, 1, one_chunk)["compiled"])
 
     def total(name: str) -> float | None:
@@ -416,7 +429,9 @@ def layered_cost(
             return None
         base, d_text = costs["base"][name], costs["text2"][name] - costs["base"][name]
         d_vision = costs["vision2"][name] - costs["base"][name]
-        return micro_steps * (base + (t.num_hidden_layers - 1) * d_text + (v.depth - 1) * d_vision)
+        d_deepstack = costs["deepstack"][name] - costs["base"][name]
+        return micro_steps * (base + (t.num_hidden_layers - 1) * d_text + (v.depth - 1) * d_vision
+                              + deepstack * d_deepstack)
 
     return {
         "flops": total("flops"),

@@ -118,7 +118,8 @@ def _length_key(cfg: DataConfig, model_cfg: ModelConfig, source: str) -> dict[st
     files = [[os.path.basename(f.path), f.records, f.size, f.sha256] for f in listed_files(cfg.data_dir, source)]
     fields = {k: getattr(cfg, k) for k in LENGTH_FIELDS}
     return {"version": VERSION, "source": source, "files": files, **fields,
-            "merge_size": model_cfg.vision.spatial_merge_size, "image_token_id": model_cfg.image_token_id}
+            "merge_size": model_cfg.vision.spatial_merge_size, "image_token_id": model_cfg.image_token_id,
+            "patch_size": model_cfg.vision.patch_size}  # Qwen3-VL's 16-pixel patches give other lengths
 
 
 def _cache_dirs(cfg: DataConfig, workdir: str | None) -> list[str]:

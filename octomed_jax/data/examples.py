@@ -23,7 +23,7 @@ import numpy as np
 from octomed_jax.data import template
 from octomed_jax.data import tokenizer as tok
 from octomed_jax.data.config import DataConfig
-from octomed_jax.data.images import ImageError, num_image_tokens, preprocess_image
+from octomed_jax.data.images import ImageError, family_options, num_image_tokens, preprocess_image
 
 if TYPE_CHECKING:
     from octomed_jax.models.config import ModelConfig
@@ -189,7 +189,8 @@ class ExampleDecoder:
                 except OSError as e:
                     raise _Skip("missing_image", f"image {k}: {e}") from e
             try:
-                p, g = preprocess_image(data, min_pixels=self.cfg.min_pixels, max_pixels=self.cfg.max_pixels)
+                p, g = preprocess_image(data, min_pixels=self.cfg.min_pixels, max_pixels=self.cfg.max_pixels,
+                                        **family_options(self.model_cfg))  # the family's patches and norm
             except ImageError as e:
                 raise _Skip(e.reason, f"image {k}: {e}") from e
             except Exception as e:  # PIL raises unrelated types on odd files; one image must not stop a run

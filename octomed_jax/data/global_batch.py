@@ -18,9 +18,13 @@ from flax import struct
 from jax.sharding import Mesh
 
 from octomed_jax import sharding as sharding_lib
-from octomed_jax.models.qwen2_5_vl import ModelInputs, VisionInputs
+from octomed_jax.models.config import VisionConfig
+from octomed_jax.models.families import vision_inputs_class
+from octomed_jax.models.positions import row_layout
+from octomed_jax.models.qwen2_5_vl import ModelInputs
 
-_VISION_FIELDS = ("pixel_values", "window_index", "rotary_positions", "image_segment_ids", "window_segment_ids")
+_TEXT_FIELDS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
+_QWEN2_5_VISION = VisionConfig()  # the default tower (Qwen2.5-VL's fields)
 
 
 @struct.dataclass
@@ -57,8 +61,9 @@ def _model_layout(batch: Mapping[str, np.ndarray], lead: int = 0) -> dict[str, n
 
 def _assemble(arrays: Mapping[str, Any]) -> TrainBatch:
     vision = None
-    if "pixel_values" in arrays:
-        vision = VisionInputs(**{k: arrays[k] for k in _VISION_FIELDS})
+    if "pixel_values" in arrays:  # the vision keys name the family (`positions.row_layout`)
+        cls = vision_inputs_class(k for k in arrays if k not in _TEXT_FIELDS)
+        vision = cls(**{k: arrays[k] for k in cls.__dataclass_fields__})
     return TrainBatch(
         inputs=ModelInputs(
             input_ids=arrays["input_ids"],
@@ -125,30 +130,39 @@ def to_local_batch(batch: Mapping[str, np.ndarray]) -> TrainBatch:
 
 
 def train_batch_shardings(
-    mesh: Mesh, rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES, *, with_vision: bool = True
+    mesh: Mesh,
+    rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES,
+    *,
+    with_vision: bool = True,
+    vcfg: VisionConfig = _QWEN2_5_VISION,
 ) -> TrainBatch:
-    """The `NamedSharding` of every field of a `TrainBatch` (for `jax.jit(in_shardings=...)`)."""
-    ndims = {
-        "input_ids": 2,
-        "targets": 2,
-        "loss_mask": 2,
-        "segment_ids": 2,
-        "positions": 3,
-        "pixel_values": 3,
-        "window_index": 2,
-        "rotary_positions": 3,
-        "image_segment_ids": 2,
-        "window_segment_ids": 2,
+    """The `NamedSharding` of every field of a `TrainBatch` (for `jax.jit(in_shardings=...)`); the vision
+    fields are those of `vcfg`'s family."""
+    shapes = _shapes(1, 1, vcfg.merge_unit if with_vision else 0, vcfg)
+    return _assemble({n: sharding_lib.batch_sharding(mesh, rules, len(shapes[n][0]), _batch_axis(n)) for n in shapes})
+
+
+def _shapes(b: int, n: int, p: int, vcfg: VisionConfig) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """(shape, dtype) of every field of a batch of `b` rows, `n` tokens and `p` patches (0: no vision fields)."""
+    shapes: dict[str, tuple[tuple[int, ...], Any]] = {
+        "input_ids": ((b, n), jnp.int32),
+        "targets": ((b, n), jnp.int32),
+        "loss_mask": ((b, n), jnp.float32),
+        "segment_ids": ((b, n), jnp.int32),
+        "positions": ((3, b, n), jnp.int32),
     }
-    names = [n for n in ndims if with_vision or n not in _VISION_FIELDS]
-    return _assemble({n: sharding_lib.batch_sharding(mesh, rules, ndims[n], _batch_axis(n)) for n in names})
+    if p:
+        shapes["pixel_values"] = ((b, p, vcfg.patch_dim), jnp.float32)
+        for name, value in row_layout(np.zeros((0, 3)), vcfg, p).items():
+            shapes[name] = ((b, *value.shape), value.dtype)
+    return shapes
 
 
 def abstract_train_batch(
     global_batch_size: int,
     seq_len: int,
     max_patches: int,
-    patch_dim: int,
+    vcfg: VisionConfig = _QWEN2_5_VISION,
     mesh: Mesh | None = None,
     rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES,
 ) -> TrainBatch:
@@ -158,26 +172,11 @@ def abstract_train_batch(
       global_batch_size: rows in the global batch.
       seq_len: tokens per row.
       max_patches: patches per row (0: text only).
-      patch_dim: values per patch (`VisionConfig.patch_dim`, 1176).
+      vcfg: the vision tower (patch size, and the family's layout fields).
       mesh: the mesh, for shardings.
       rules: logical-to-mesh rules.
     """
-    b, n, p = global_batch_size, seq_len, max_patches
-    shapes: dict[str, tuple[tuple[int, ...], Any]] = {
-        "input_ids": ((b, n), jnp.int32),
-        "targets": ((b, n), jnp.int32),
-        "loss_mask": ((b, n), jnp.float32),
-        "segment_ids": ((b, n), jnp.int32),
-        "positions": ((3, b, n), jnp.int32),
-    }
-    if p:
-        shapes |= {
-            "pixel_values": ((b, p, patch_dim), jnp.float32),
-            "window_index": ((b, p // 4), jnp.int32),
-            "rotary_positions": ((b, p, 2), jnp.int32),
-            "image_segment_ids": ((b, p), jnp.int32),
-            "window_segment_ids": ((b, p), jnp.int32),
-        }
+    shapes = _shapes(global_batch_size, seq_len, max_patches, vcfg)
 
     def struct_of(name: str) -> jax.ShapeDtypeStruct:
         shape, dtype = shapes[name]

@@ -1,4 +1,7 @@
-"""Qwen2.5-VL image preprocessing in NumPy/PIL, equal to transformers' `Qwen2VLImageProcessor`.
+"""Qwen2.5-VL and Qwen3-VL image preprocessing in NumPy/PIL, equal to transformers' `Qwen2VLImageProcessor`.
+
+Both families use that processor; they differ in its parameters (`family_options`): Qwen2.5-VL 14-pixel
+patches and the OpenAI CLIP mean and std, Qwen3-VL 16-pixel patches and mean = std = 0.5.
 
 The steps and their order follow the PIL backend of transformers 5.x
 (`models/qwen2_vl/image_processing_pil_qwen2_vl.py`), so that a model trained on these patches sees
@@ -7,7 +10,7 @@ at serving time (transformers, vLLM) the pixels it was trained on:
 1. convert to 8-bit RGB, compositing transparency onto white (transformers' `convert_to_rgb`);
 2. `smart_resize` the size to multiples of `patch_size * merge_size` within [min_pixels, max_pixels];
 3. resize with PIL bicubic on the uint8 image;
-4. rescale by 1/255 (in float64, then float32) and normalise with the OpenAI CLIP mean and std (float32);
+4. rescale by 1/255 (in float64, then float32) and normalise with the family's mean and std (float32);
 5. patchify to `[grid_h * grid_w, 3 * temporal_patch_size * patch_size * patch_size]`, the single frame
    repeated `temporal_patch_size` times, patches ordered by merge window (the vision merger groups
    `merge_size x merge_size` consecutive patches).
@@ -21,12 +24,17 @@ grayscale; images that are already 8-bit are processed exactly as transformers d
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import PIL.Image
 
 from data_pipeline import images as source_images
 from data_pipeline.records import BadRecordError
+
+if TYPE_CHECKING:
+    from octomed_jax.models.config import ModelConfig
 
 # Qwen2.5-VL processor defaults (preprocessor_config.json of the Hub checkpoints).
 PATCH_SIZE = 14
@@ -40,6 +48,14 @@ OCTOMED_MAX_PIXELS = 262_144
 # transformers.image_utils.OPENAI_CLIP_MEAN / OPENAI_CLIP_STD.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# Qwen3-VL's preprocessor_config.json: 16-pixel patches, mean = std = 0.5, area within [2^16, 2^24] pixels.
+QWEN3_VL_MIN_PIXELS = 65_536
+QWEN3_VL_MAX_PIXELS = 16_777_216
+# Each family's normalisation (image_mean, image_std of its preprocessor_config.json).
+FAMILY_NORMALIZATION = {
+    "qwen2_5_vl": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
+    "qwen3_vl": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
 
 # PIL modes holding more than 8 bits per sample: PIL's convert("RGB") would clip them at 255.
 _HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
@@ -63,6 +79,15 @@ class ImageError(ValueError):
     def of(cls, error: BadRecordError) -> ImageError:
         """The same problem as the build's check reported it."""
         return cls(str(error), error.reason)
+
+
+def family_options(model: ModelConfig) -> dict[str, Any]:
+    """`preprocess_image`'s keyword arguments that the model fixes: its vision tower's patch, temporal patch and
+    merge sizes and its family's normalisation (the run contract writes them to `preprocessor_config.json`)."""
+    v = model.vision
+    mean, std = FAMILY_NORMALIZATION[model.family]
+    return {"patch_size": v.patch_size, "temporal_patch_size": v.temporal_patch_size,
+            "merge_size": v.spatial_merge_size, "image_mean": mean, "image_std": std}
 
 
 def smart_resize(
@@ -284,8 +309,12 @@ def preprocess_image(
     patch_size: int = PATCH_SIZE,
     temporal_patch_size: int = TEMPORAL_PATCH_SIZE,
     merge_size: int = MERGE_SIZE,
+    image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
+    image_std: Sequence[float] = OPENAI_CLIP_STD,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Turns one image into Qwen2.5-VL vision-tower input, as `Qwen2VLImageProcessor` does.
+    """Turns one image into vision-tower input, as `Qwen2VLImageProcessor` does with these parameters.
+
+    The defaults are Qwen2.5-VL's; `family_options(model)` gives any family's sizes and normalisation.
 
     Args:
       image: a PIL image of any mode (L, P, RGBA, LA, CMYK, I;16, ...), encoded image bytes, or a
@@ -295,6 +324,7 @@ def preprocess_image(
       patch_size: vision patch size.
       temporal_patch_size: frames per 3-D patch; a still image is repeated to fill them.
       merge_size: spatial merge of the vision merger; resized sides are multiples of patch*merge.
+      image_mean, image_std: per-channel normalisation of the [0, 1] pixels.
 
     Returns:
       patches: float32 [grid_h * grid_w, 3 * temporal_patch_size * patch_size**2].
@@ -312,8 +342,8 @@ def preprocess_image(
     resized = np.asarray(PIL.Image.fromarray(rgb).resize((resized_w, resized_h), resample=PIL.Image.Resampling.BICUBIC))
     # Same dtypes as transformers: rescale in float64 then cast, normalise in float32.
     pixels = (resized.astype(np.float64) * (1 / 255)).astype(np.float32)
-    mean = np.asarray(OPENAI_CLIP_MEAN, dtype=np.float32)
-    std = np.asarray(OPENAI_CLIP_STD, dtype=np.float32)
+    mean = np.asarray(image_mean, dtype=np.float32)
+    std = np.asarray(image_std, dtype=np.float32)
     pixels = ((pixels - mean) / std).transpose(2, 0, 1)
     patches = patchify(pixels, patch_size=patch_size, temporal_patch_size=temporal_patch_size, merge_size=merge_size)
     grid_thw = np.array([1, resized_h // patch_size, resized_w // patch_size], dtype=np.int64)

@@ -10,7 +10,7 @@ Grain's own packers know no patch budget, hence this one.
 `pack_rows` turns rows of `Example`s into the arrays of one batch, every row padded to the same shapes
 so the train step compiles once: tokens, shifted targets and loss mask, segment ids (1..k per example,
 0 padding), each example's own M-RoPE positions, and the row's images (in the order their tokens appear)
-with their vision-tower layout (`positions.vision_layout`).
+with their vision-tower layout (`positions.row_layout`: the family's fields).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ T = TypeVar("T")
 
 # Keys of a packed batch (numpy, leading batch axis) and their per-row shapes.
 TEXT_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
-VISION_KEYS = ("pixel_values", "window_index", "rotary_positions", "image_segment_ids", "window_segment_ids")
+# Vision keys (with images): "pixel_values" and the family's layout fields (`positions.row_layout`).
 
 
 @dataclasses.dataclass
@@ -179,8 +179,10 @@ class PackingStats:
         return cls(**{f.name: int(d[f.name]) for f in dataclasses.fields(cls) if f.name in d})
 
 
-def empty_batch(batch_size: int, seq_len: int, max_patches: int, patch_dim: int) -> dict[str, np.ndarray]:
-    """An all-padding batch of the packed shapes (vision keys only when `max_patches` > 0)."""
+def empty_batch(batch_size: int, seq_len: int, max_patches: int, vcfg: VisionConfig) -> dict[str, np.ndarray]:
+    """An all-padding batch of the packed shapes (vision keys, those of `vcfg`'s family, when `max_patches` > 0)."""
+    from octomed_jax.models.positions import row_layout  # lazy: keeps `import octomed_jax.data` light
+
     b = batch_size
     out = {
         "input_ids": np.full((b, seq_len), PAD_ID, np.int32),
@@ -190,14 +192,9 @@ def empty_batch(batch_size: int, seq_len: int, max_patches: int, patch_dim: int)
         "positions": np.zeros((b, 3, seq_len), np.int32),
     }
     if max_patches:
-        units = max_patches // 4
-        out |= {
-            "pixel_values": np.zeros((b, max_patches, patch_dim), np.float32),
-            "window_index": np.broadcast_to(np.arange(units, dtype=np.int32), (b, units)).copy(),
-            "rotary_positions": np.zeros((b, max_patches, 2), np.int32),
-            "image_segment_ids": np.zeros((b, max_patches), np.int32),
-            "window_segment_ids": np.zeros((b, max_patches), np.int32),
-        }
+        out["pixel_values"] = np.zeros((b, max_patches, vcfg.patch_dim), np.float32)
+        for key, value in row_layout(np.zeros((0, 3)), vcfg, max_patches).items():  # one row of padding
+            out[key] = np.broadcast_to(value, (b, *value.shape)).copy()
     return out
 
 
@@ -210,21 +207,22 @@ def pack_rows(
       rows: per row, its examples in order (as the packer emitted them).
       seq_len: token budget.
       max_patches: patch budget (0: text only, no vision keys).
-      vcfg: the vision tower's config (window size, merge size) for `vision_layout`.
+      vcfg: the vision tower's config (its family's layout: `positions.row_layout`).
 
     Returns:
       numpy arrays with a leading batch axis of len(rows):
         input_ids int32 [B, L] (padding `<|endoftext|>`), targets int32 [B, L], loss_mask float32 [B, L],
         segment_ids int32 [B, L] (1..k, 0 padding), positions int32 [B, 3, L] (per example, 0 padding);
-        with images: pixel_values float32 [B, P, patch_dim], window_index int32 [B, P/4],
-        rotary_positions int32 [B, P, 2], image_segment_ids int32 [B, P], window_segment_ids int32 [B, P].
+        with images: pixel_values float32 [B, P, patch_dim] and the layout fields (Qwen2.5-VL: window_index
+        int32 [B, P/4], rotary_positions int32 [B, P, 2], image_segment_ids, window_segment_ids int32 [B, P];
+        Qwen3-VL: rotary_positions, image_segment_ids, pos_index int32 [B, P, 4], pos_weight float32 [B, P, 4]).
 
     Raises:
       ValueError: a row over a budget.
     """
-    from octomed_jax.models.positions import vision_layout  # lazy: keeps `import octomed_jax.data` light
+    from octomed_jax.models.positions import row_layout  # lazy: keeps `import octomed_jax.data` light
 
-    out = empty_batch(len(rows), seq_len, max_patches, vcfg.patch_dim)
+    out = empty_batch(len(rows), seq_len, max_patches, vcfg)
     for b, row in enumerate(rows):
         n = sum(len(e) for e in row)
         p = sum(e.num_patches for e in row)
@@ -242,8 +240,7 @@ def pack_rows(
         if max_patches and p:
             # Features fill the row's image tokens in order: images listed in the order of the examples.
             grids = np.concatenate([e.image_grid_thw for e in row])
-            layout = vision_layout(grids, vcfg, pad_to=max_patches)
             np.concatenate([e.pixel_values for e in row if e.num_patches], out=out["pixel_values"][b, :p])
-            for key in VISION_KEYS[1:]:
-                out[key][b] = getattr(layout, key)
+            for key, value in row_layout(grids, vcfg, max_patches).items():
+                out[key][b] = value
     return out

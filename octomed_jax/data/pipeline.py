@@ -371,7 +371,7 @@ class PackedBatchIterator(grain.DatasetIterator):
 
     def empty_batch(self) -> dict[str, np.ndarray]:
         """A batch of empty rows (what a data shard gives once it has run out while others have not)."""
-        return empty_batch(self._cfg.batch_size, self._cfg.seq_len, self._cfg.max_patches, self._vcfg.patch_dim)
+        return empty_batch(self._cfg.batch_size, self._cfg.seq_len, self._cfg.max_patches, self._vcfg)
 
     # -- state ---------------------------------------------------------------------------------------------
 

@@ -69,10 +69,10 @@ class EvalResult:
 
 def _prompt(tokenizer: PreTrainedTokenizerFast, question: Question, contract: RunContract) -> Any:
     """The question's prompt as the run's contract builds it (`question_prompt`)."""
-    prompting, preprocessing = contract.prompting, contract.preprocessing
+    prompting = contract.prompting
     return question_prompt(
         tokenizer, question, system_prompt=prompting.system_prompt, instruction=prompting.instruction,
-        min_pixels=preprocessing.min_pixels, max_pixels=preprocessing.max_pixels,
+        **contract.preprocessing.image_options(contract.model),  # the bounds and the family's parameters
     )
 
 

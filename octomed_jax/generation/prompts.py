@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from octomed_jax.data.images import MIN_PIXELS, OCTOMED_MAX_PIXELS, ImageInput, preprocess_image
+from octomed_jax.data.images import MERGE_SIZE, MIN_PIXELS, OCTOMED_MAX_PIXELS, ImageInput, preprocess_image
 from octomed_jax.data.template import encode_chat, messages_for_question
 from octomed_jax.generation.sampler import Prompt
 
@@ -24,6 +24,7 @@ def encode_prompt(
     *,
     min_pixels: int = MIN_PIXELS,
     max_pixels: int = OCTOMED_MAX_PIXELS,
+    **family: Any,
 ) -> Prompt:
     """A generation prompt: the template with `<|im_start|>assistant\\n` appended, images preprocessed.
 
@@ -33,14 +34,16 @@ def encode_prompt(
       images: the images in order (PIL images, encoded bytes or arrays).
       min_pixels: smallest resized image area.
       max_pixels: largest resized image area (OctoMed: 512 x 512).
+      **family: the model family's image parameters (`data.images.family_options`; none: Qwen2.5-VL's).
 
     Raises:
       TemplateError: bad roles or content, or an image count that differs from the image items.
       ImageError: an image that cannot be decoded.
     """
-    processed = [preprocess_image(im, min_pixels=min_pixels, max_pixels=max_pixels) for im in images]
+    processed = [preprocess_image(im, min_pixels=min_pixels, max_pixels=max_pixels, **family) for im in images]
     grids = [g for _, g in processed]
-    encoded = encode_chat(tokenizer, messages, image_grids=grids, add_generation_prompt=True)
+    encoded = encode_chat(tokenizer, messages, image_grids=grids, add_generation_prompt=True,
+                          merge_size=family.get("merge_size", MERGE_SIZE))
     if not processed:
         return Prompt(encoded.token_ids)
     return Prompt(encoded.token_ids, np.concatenate([p for p, _ in processed]), encoded.image_grid_thw)
@@ -54,8 +57,10 @@ def question_prompt(
     instruction: str | None = None,
     min_pixels: int = MIN_PIXELS,
     max_pixels: int = OCTOMED_MAX_PIXELS,
+    **family: Any,
 ) -> Prompt:
-    """The prompt of a multiple-choice question, exactly as training shows it (`messages_for_question`)."""
+    """The prompt of a multiple-choice question, exactly as training shows it (`messages_for_question`);
+    `family` as in `encode_prompt`."""
     images = []
     for ref in question.images:
         if ref.data is None:
@@ -64,7 +69,7 @@ def question_prompt(
             )
         images.append(ref.data)
     messages = messages_for_question(question, system_prompt, instruction=instruction)
-    return encode_prompt(tokenizer, messages, images, min_pixels=min_pixels, max_pixels=max_pixels)
+    return encode_prompt(tokenizer, messages, images, min_pixels=min_pixels, max_pixels=max_pixels, **family)
 
 
 __all__ = ["encode_prompt", "question_prompt"]

@@ -34,6 +34,7 @@ from jax.sharding import Mesh, NamedSharding
 from octomed_jax import sharding as sharding_lib
 from octomed_jax.data.tokenizer import QWEN_SPECIAL_IDS
 from octomed_jax.models import positions as pos_lib
+from octomed_jax.models.families import VISION_INPUT_CLASSES
 from octomed_jax.models.qwen2_5_vl import ModelInputs, Qwen25VL, VisionInputs
 from octomed_jax.models.text import KVCache
 
@@ -427,7 +428,7 @@ class Sampler:
         vision = None
         if grid is not None:
             n_patches = int(np.prod(grid, axis=-1).sum())
-            vision = VisionInputs.build(
+            vision = VISION_INPUT_CLASSES[self.cfg.family].build(  # the model family's vision layout
                 np.concatenate(pixels), grid, self.cfg, pad_to=bucket(n_patches, self.min_patch_bucket)
             )
 

@@ -3,14 +3,34 @@ builds a model from a config (HF interop, training, checkpoints)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from flax import nnx
 
+from octomed_jax.models import qwen2_5_vl, qwen3_vl
 from octomed_jax.models.config import ModelConfig
 from octomed_jax.models.qwen2_5_vl import Qwen25VL
 from octomed_jax.models.qwen3_vl import Qwen3VL
 
 # Qwen3VL subclasses Qwen25VL: every family answers Qwen25VL's interface (`forward`, `hidden_states`, ...).
 MODEL_CLASSES: dict[str, type[Qwen25VL]] = {"qwen2_5_vl": Qwen25VL, "qwen3_vl": Qwen3VL}
+
+
+# Each family's vision inputs: its fields are the vision keys of a packed batch (`positions.row_layout`).
+VISION_INPUT_CLASSES: dict[str, type] = {"qwen2_5_vl": qwen2_5_vl.VisionInputs, "qwen3_vl": qwen3_vl.VisionInputs}
+
+
+def vision_inputs_class(fields: Iterable[str]) -> type:
+    """The `VisionInputs` class whose fields are exactly `fields` (a batch's vision keys name its family).
+
+    Raises:
+      ValueError: no family has these fields.
+    """
+    names = set(fields)
+    for cls in VISION_INPUT_CLASSES.values():
+        if set(cls.__dataclass_fields__) == names:
+            return cls
+    raise ValueError(f"vision fields {sorted(names)} match no family's VisionInputs ({sorted(VISION_INPUT_CLASSES)})")
 
 
 def model_class(cfg: ModelConfig) -> type[Qwen25VL]:

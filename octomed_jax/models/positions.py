@@ -171,7 +171,7 @@ class InterpolatedLayout:
 
     Attributes:
       rotary_positions: int32 [patches, 2]: (h, w) of each patch.
-      segment_ids: int32 [patches]: one id per image frame (attention stays within it); 0 on padding.
+      image_segment_ids: int32 [patches]: one id per image frame (attention stays within it); 0 on padding.
       pos_index: int32 [patches, 4]: the four rows of the learned `side x side` position table that
         bilinear interpolation (align_corners=True) to the image's grid reads for each patch.
       pos_weight: float32 [patches, 4]: their weights (0 on padding).
@@ -179,7 +179,7 @@ class InterpolatedLayout:
     """
 
     rotary_positions: np.ndarray
-    segment_ids: np.ndarray
+    image_segment_ids: np.ndarray
     pos_index: np.ndarray
     pos_weight: np.ndarray
     num_patches: int
@@ -235,8 +235,19 @@ def interpolated_layout(grid_thw: np.ndarray, vcfg: VisionConfig, pad_to: int | 
 
     return InterpolatedLayout(
         rotary_positions=padded(rot, (2,), np.int32),
-        segment_ids=padded(seg, (), np.int32),
+        image_segment_ids=padded(seg, (), np.int32),
         pos_index=padded(index, (4,), np.int32),
         pos_weight=padded(weight, (4,), np.float32),
         num_patches=num_patches,
     )
+
+
+def row_layout(grid_thw: np.ndarray, vcfg: VisionConfig, pad_to: int) -> dict[str, np.ndarray]:
+    """One vision row's index arrays by `VisionInputs` field name, for the tower `vcfg` describes.
+
+    A tower with a learned position table (Qwen3-VL) takes `interpolated_layout`, a windowed one (Qwen2.5-VL)
+    `vision_layout`; the packed data path and the abstract batches read the family's fields from here.
+    """
+    make = interpolated_layout if vcfg.num_position_embeddings else vision_layout
+    layout = make(np.asarray(grid_thw, np.int64).reshape(-1, 3), vcfg, pad_to=pad_to)
+    return {f.name: getattr(layout, f.name) for f in dataclasses.fields(layout) if f.name != "num_patches"}

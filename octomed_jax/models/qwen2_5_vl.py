@@ -90,43 +90,71 @@ class ModelInputs:
     vision: VisionInputs | None = None
 
 
+def place_features(features: jax.Array, is_image: jax.Array) -> jax.Array:
+    """Features [rows, units, d] gathered to the image tokens of `is_image` [batch, seq] -> [batch, seq, d].
+
+    One row for the whole batch: the k-th image token, row-major, takes feature k (as transformers does); one
+    row per token row: the k-th image token of a row takes its row's feature k. Other tokens get an arbitrary
+    feature (mask them).
+    """
+    if features.shape[0] == 1:
+        rank = jnp.cumsum(is_image.reshape(-1)).reshape(is_image.shape) - 1
+        return features[0][jnp.clip(rank, 0, features.shape[1] - 1)]
+    rank = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, features.shape[1] - 1)
+    return jnp.take_along_axis(features, rank[..., None], axis=1)
+
+
 class Qwen25VL(nnx.Module):
-    """Qwen2.5-VL: `visual` (vision tower and merger) and `language_model`."""
+    """Qwen2.5-VL: `visual` (vision tower and merger) and `language_model`.
+
+    A family subclass (`qwen3_vl.Qwen3VL`) overrides `image_features` and `rotary`; the rest is shared.
+    """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        if cfg.family != "qwen2_5_vl":
+            raise ValueError(f"Qwen25VL needs model.family='qwen2_5_vl', got {cfg.family!r}: build models through "
+                             "octomed_jax.models.families (model_class, init_model)")
         self.cfg = cfg
         self.visual = VisionTower(cfg, rngs)
         self.language_model = TextModel(cfg, rngs)
 
-    def embed(self, inputs: ModelInputs) -> jax.Array:
-        """Token embeddings with image features scattered into the `<|image_pad|>` positions."""
+    def image_features(self, v: VisionInputs) -> tuple[jax.Array, jax.Array | None]:
+        """Merged image features [rows, units, embed], and per-layer features [n, rows, units, embed] added to
+        the first n language layers (None: Qwen2.5-VL has none)."""
+        return self.visual(
+            v.pixel_values, v.window_index, v.rotary_positions, v.image_segment_ids, v.window_segment_ids
+        ), None
+
+    def rotary(self, positions: jax.Array, dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
+        """M-RoPE cos/sin [batch, seq, head_dim] of positions [3, batch, seq]."""
+        t = self.cfg.text
+        cos, sin = mrope_cos_sin(positions, t.head_dim, t.rope_theta, t.mrope_section)
+        return cos.astype(dtype), sin.astype(dtype)
+
+    def embed(self, inputs: ModelInputs) -> tuple[jax.Array, jax.Array | None]:
+        """Token embeddings with image features scattered into the `<|image_pad|>` positions, and the
+        per-layer additions [n, batch, seq, embed] (zero off the image tokens; None without any)."""
         x = self.language_model.embed_tokens(inputs.input_ids)
         if inputs.vision is None:
-            return x
-        v = inputs.vision
-        features = self.visual(
-            v.pixel_values, v.window_index, v.rotary_positions, v.image_segment_ids, v.window_segment_ids
-        ).astype(x.dtype)
+            return x, None
+        features, per_layer = self.image_features(inputs.vision)
         is_image = inputs.input_ids == self.cfg.image_token_id
-        if features.shape[0] == 1:  # one list for the batch: the k-th image token, row-major, takes feature k
-            rank = jnp.cumsum(is_image.reshape(-1)).reshape(is_image.shape) - 1
-            gathered = features[0][jnp.clip(rank, 0, features.shape[1] - 1)]
-        else:  # one vision row per token row
-            rank = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, features.shape[1] - 1)
-            gathered = jnp.take_along_axis(features, rank[..., None], axis=1)
-        return jnp.where(is_image[..., None], gathered, x)
+        x = jnp.where(is_image[..., None], place_features(features.astype(x.dtype), is_image), x)
+        if per_layer is None or per_layer.shape[0] == 0:
+            return x, None
+        place = lambda f: jnp.where(is_image[..., None], place_features(f, is_image), 0)  # noqa: E731
+        return x, jax.vmap(place)(per_layer.astype(x.dtype))
 
-    def embed_with_rotary(self, inputs: ModelInputs) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Input embeddings (image features scattered in) and the M-RoPE cos/sin of their positions."""
-        t = self.cfg.text
-        x = self.embed(inputs)
-        cos, sin = mrope_cos_sin(inputs.positions, t.head_dim, t.rope_theta, t.mrope_section)
-        return x, cos.astype(x.dtype), sin.astype(x.dtype)
+    def embed_with_rotary(self, inputs: ModelInputs) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
+        """Input embeddings (image features scattered in), the rotary cos/sin of their positions, and the
+        per-layer additions (`embed`)."""
+        x, layer_adds = self.embed(inputs)
+        return x, *self.rotary(inputs.positions, x.dtype), layer_adds
 
     def hidden_states(self, inputs: ModelInputs) -> jax.Array:
         """Final-norm hidden states [batch, seq, embed]; the loss projects only where it needs to."""
-        x, cos, sin = self.embed_with_rotary(inputs)
-        return self.language_model(x, cos, sin, inputs.segment_ids)
+        x, cos, sin, layer_adds = self.embed_with_rotary(inputs)
+        return self.language_model(x, cos, sin, inputs.segment_ids, layer_adds)
 
     def forward(self, inputs: ModelInputs) -> jax.Array:
         """Logits [batch, seq, vocab] (jit-friendly: every input precomputed)."""
@@ -148,9 +176,9 @@ class Qwen25VL(nnx.Module):
         Returns:
           Final-norm hidden states [batch, seq, embed] (project with `language_model.logits`) and the cache.
         """
-        x, cos, sin = self.embed_with_rotary(inputs)
+        x, cos, sin, layer_adds = self.embed_with_rotary(inputs)
         mask = attention_mask(inputs.segment_ids, kv_segment_ids, causal=True, q_offset=index)
-        return self.language_model.decode_step(x, cos, sin, mask, cache, index)
+        return self.language_model.decode_step(x, cos, sin, mask, cache, index, layer_adds)
 
     def __call__(
         self,
@@ -197,15 +225,17 @@ class Qwen25VL(nnx.Module):
 
 
 def init_model(cfg: ModelConfig, seed: int = 0) -> Qwen25VL:
-    """A randomly initialised model on the default device (sharded creation: `sharding.create_model`)."""
-    with nnx.use_eager_sharding(False):
-        return Qwen25VL(cfg, rngs=nnx.Rngs(seed))
+    """`families.init_model`: a random model of `cfg.family` (kept here for callers that import it from here)."""
+    from octomed_jax.models import families  # lazy: families imports this module
+
+    return families.init_model(cfg, seed)
 
 
 def abstract_model(cfg: ModelConfig) -> Qwen25VL:
-    """The model's structure with `jax.ShapeDtypeStruct` leaves: no memory allocated."""
-    with nnx.use_eager_sharding(False):
-        return nnx.eval_shape(lambda: Qwen25VL(cfg, rngs=nnx.Rngs(0)))
+    """`families.abstract_model`: the structure of a `cfg.family` model, no memory allocated."""
+    from octomed_jax.models import families
+
+    return families.abstract_model(cfg)
 
 
-__all__ = ["KVCache", "ModelInputs", "Qwen25VL", "VisionInputs", "abstract_model", "init_model"]
+__all__ = ["KVCache", "ModelInputs", "Qwen25VL", "VisionInputs", "abstract_model", "init_model", "place_features"]

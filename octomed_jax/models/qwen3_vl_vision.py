@@ -121,7 +121,7 @@ class VisionTower(nnx.Module):
         Args:
           pixel_values: [rows, patches, patch_dim] flattened patches, padding at the end of a row.
           rotary_positions, segment_ids, pos_index, pos_weight: the arrays of `positions.interpolated_layout`
-            for each row's images, with the same padding.
+            (`image_segment_ids` as `segment_ids`) for each row's images, with the same padding.
 
         Returns:
           features [rows, patches / merge_unit, out_hidden] and deepstack [len(deepstack_visual_indexes), rows,

@@ -42,14 +42,16 @@ class KVCache:
 
 
 class Attention(nnx.Module):
+    qkv_bias = True  # Qwen2's q/k/v projections have biases (Qwen3's: none)
+
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         t = cfg.text
         self.num_heads, self.num_kv_heads, self.head_dim = t.num_attention_heads, t.num_key_value_heads, t.head_dim
         self.cfg = cfg
         q_dim, kv_dim = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.q_proj = dense(t.hidden_size, q_dim, ("embed", "heads"), cfg, rngs, use_bias=True)
-        self.k_proj = dense(t.hidden_size, kv_dim, ("embed", "kv_heads"), cfg, rngs, use_bias=True)
-        self.v_proj = dense(t.hidden_size, kv_dim, ("embed", "kv_heads"), cfg, rngs, use_bias=True)
+        self.q_proj = dense(t.hidden_size, q_dim, ("embed", "heads"), cfg, rngs, use_bias=self.qkv_bias)
+        self.k_proj = dense(t.hidden_size, kv_dim, ("embed", "kv_heads"), cfg, rngs, use_bias=self.qkv_bias)
+        self.v_proj = dense(t.hidden_size, kv_dim, ("embed", "kv_heads"), cfg, rngs, use_bias=self.qkv_bias)
         self.o_proj = dense(q_dim, t.hidden_size, ("heads", "embed"), cfg, rngs, use_bias=False)
 
     def project_kv(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -81,10 +83,12 @@ class Attention(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
+    attention_class: type[Attention] = Attention  # a family's attention (Qwen3: q/k norms)
+
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         t = cfg.text
         self.input_layernorm = RMSNorm(t.hidden_size, t.rms_norm_eps, cfg)
-        self.self_attn = Attention(cfg, rngs)
+        self.self_attn = self.attention_class(cfg, rngs)
         self.post_attention_layernorm = RMSNorm(t.hidden_size, t.rms_norm_eps, cfg)
         self.mlp = GatedMLP(t.hidden_size, t.intermediate_size, cfg, rngs, use_bias=False)
 
@@ -93,8 +97,18 @@ class DecoderLayer(nnx.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+def _add_to_layer(x: jax.Array, i: jax.Array, layer_adds: jax.Array | None) -> jax.Array:
+    """Layer i's output plus `layer_adds[i]` for i < n (Qwen3-VL's DeepStack features); x alone when None."""
+    if layer_adds is None:
+        return x
+    n = layer_adds.shape[0]
+    return x + jnp.where(i < n, layer_adds[jnp.minimum(i, n - 1)], 0).astype(x.dtype)
+
+
 class TextModel(nnx.Module):
     """Token embedding, the stacked decoder layers, the final norm and the vocabulary projection."""
+
+    layer_class: type[DecoderLayer] = DecoderLayer  # a family's decoder layer
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         t = cfg.text
@@ -107,20 +121,25 @@ class TextModel(nnx.Module):
             embedding_init=nnx.with_partitioning(jax.nn.initializers.normal(0.02), ("vocab", "embed")),
             rngs=rngs,
         )
-        self.layers = stacking.stack(lambda r: DecoderLayer(cfg, r), t.num_hidden_layers, rngs)
+        self.layers = stacking.stack(lambda r: self.layer_class(cfg, r), t.num_hidden_layers, rngs)
         self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps, cfg)
         if not t.tie_word_embeddings:
             self.lm_head = dense(t.hidden_size, t.vocab_size, ("embed", "vocab"), cfg, rngs, use_bias=False)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array, layer_adds: jax.Array | None = None
+    ) -> jax.Array:
         """Final hidden states [batch, seq, embed] from input embeddings [batch, seq, embed].
 
         Tokens attend causally within their segment (`segment_ids` [batch, seq]: packed examples 1, 2, ...,
-        padding 0), through the kernel `model.attention_impl` names.
+        padding 0), through the kernel `model.attention_impl` names. `layer_adds` [n, batch, seq, embed]
+        (Qwen3-VL's DeepStack features, zero off the image tokens) is added to the output of layer i < n.
         """
-        body = lambda layer, x, _: layer(x, cos, sin, segment_ids)  # noqa: E731
-        x = stacking.run(self.layers, body, x, None, self.cfg)
-        return self.norm(x)
+        if layer_adds is None:
+            body = lambda layer, x, _: layer(x, cos, sin, segment_ids)  # noqa: E731
+            return self.norm(stacking.run(self.layers, body, x, None, self.cfg))
+        body = lambda layer, x, i: _add_to_layer(layer(x, cos, sin, segment_ids), i, layer_adds)  # noqa: E731
+        return self.norm(stacking.run(self.layers, body, x, jnp.arange(self.cfg.text.num_hidden_layers), self.cfg))
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Vocabulary logits for hidden states [..., embed] (tied or untied head)."""
@@ -130,13 +149,21 @@ class TextModel(nnx.Module):
         return self.lm_head(hidden)
 
     def decode_step(
-        self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, cache: KVCache, index: jax.Array | int
+        self,
+        x: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        mask: jax.Array,
+        cache: KVCache,
+        index: jax.Array | int,
+        layer_adds: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache]:
         """Runs `x` [batch, seq, embed] (a prompt or one new token per row) against a key-value cache.
 
         The keys/values of `x` are written into `cache` at slots `index .. index + seq - 1` (the same slots
         for every row: prompts are left-padded), then every layer attends over the whole cache under
         `mask` [batch, 1, seq, cache_length]. The cache is a carry of the layer scan, updated in place.
+        `layer_adds` as in `__call__` (a prefill with Qwen3-VL images).
 
         Returns:
           Final-norm hidden states [batch, seq, embed] and the updated cache.
@@ -152,7 +179,7 @@ class TextModel(nnx.Module):
             cv = jax.lax.dynamic_update_slice(cv, v_new[None].astype(cv.dtype), start)
             h = h + attn.attend_cache(normed, cos, sin, mask, (ck[i], cv[i]))
             h = h + layer.mlp(layer.post_attention_layernorm(h))
-            return h, ck, cv
+            return _add_to_layer(h, i, layer_adds), ck, cv
 
         layer_ids = jnp.arange(self.cfg.text.num_hidden_layers)
         x, k, v = stacking.run(self.layers, body, (x, cache.k, cache.v), layer_ids, self.cfg)

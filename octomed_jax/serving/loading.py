@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+from octomed_jax.data.images import family_options
 from octomed_jax.serving.openai_api import ServeConfig
 
 if TYPE_CHECKING:
@@ -25,11 +26,13 @@ class ServingModel:
 
     def serve_config(self, **limits: Any) -> ServeConfig:
         """A `ServeConfig` whose prompting and preprocessing are the run's: its default system prompt, its
-        pixel bounds and its stop ids; `limits` set the rest (request sizes, batching, ...)."""
+        pixel bounds, its family's image parameters and its stop ids; `limits` set the rest (request sizes,
+        batching, ...)."""
         return ServeConfig(
             system_prompt=self.contract.prompting.system_prompt,
             min_pixels=self.contract.preprocessing.min_pixels,
             max_pixels=self.contract.preprocessing.max_pixels,
+            image_family=tuple(family_options(self.contract.model).items()),
             stop_ids=self.contract.special_ids.stop_ids,
             **limits,
         )

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from octomed_jax.data.images import MIN_PIXELS, OCTOMED_MAX_PIXELS, image_grid_thw
+from octomed_jax.data.images import MERGE_SIZE, MIN_PIXELS, OCTOMED_MAX_PIXELS, PATCH_SIZE, image_grid_thw
 from octomed_jax.generation.sampler import DEFAULT_STOP_IDS
 
 if TYPE_CHECKING:
@@ -47,6 +47,8 @@ class ServeConfig:
       max_text_chars: most characters of text per request, checked before the template runs (a prompt of
         `max_prompt_tokens` tokens is far shorter in practice).
       min_pixels, max_pixels: the resized image area's bounds (the run contract's; OctoMed: at most 512 x 512).
+      image_family: the model family's image parameters (`data.images.family_options`: patch sizes and
+        normalisation), as (name, value) pairs; empty: Qwen2.5-VL's.
       system_prompt: the system message put first when a request carries none; None leaves it to the chat
         template (Qwen's default "You are a helpful assistant.").
       stop_ids: token ids that end a completion (the run contract's special ids).
@@ -81,6 +83,7 @@ class ServeConfig:
     max_text_chars: int = 1_000_000
     min_pixels: int = MIN_PIXELS
     max_pixels: int = OCTOMED_MAX_PIXELS
+    image_family: tuple[tuple[str, Any], ...] = ()
     system_prompt: str | None = None
     stop_ids: tuple[int, ...] = DEFAULT_STOP_IDS
     max_prompt_tokens: int = 16_384
@@ -229,7 +232,10 @@ def _checked_images(urls: Sequence[tuple[str, str]], cfg: ServeConfig) -> list[b
                 "image_too_large",
             )
         try:
-            grid = image_grid_thw(height, width, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+            family = dict(cfg.image_family)
+            grid = image_grid_thw(height, width, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
+                                  patch_size=family.get("patch_size", PATCH_SIZE),
+                                  merge_size=family.get("merge_size", MERGE_SIZE))
         except ValueError as e:
             raise RequestError(f"{where}: {e}", param=where, code="invalid_image") from e
         pixels += width * height
@@ -371,7 +377,8 @@ def parse_request(
     )
     messages, images = parse_messages(req.get("messages"), cfg)
     try:
-        prompt = encode_prompt(tokenizer, messages, images, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+        prompt = encode_prompt(tokenizer, messages, images, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
+                               **dict(cfg.image_family))
     except (TemplateError, ImageError) as e:
         raise RequestError(str(e), param="messages") from e
     if len(prompt.token_ids) > cfg.max_prompt_tokens:

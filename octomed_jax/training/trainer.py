@@ -30,6 +30,7 @@ from octomed_jax.data import built_sources
 from octomed_jax.data.epochs import DataPlan, count_plan
 from octomed_jax.data.global_batch import to_global_micro_batches
 from octomed_jax.data.shards import ShardedIterator
+from octomed_jax.models.families import model_class
 from octomed_jax.models.qwen2_5_vl import Qwen25VL
 from octomed_jax.training import checkpointing
 from octomed_jax.training.metrics import MetricsWriter, device_peak_flops, train_flops
@@ -211,13 +212,14 @@ def build_model(config: ml_collections.ConfigDict, contract: RunContract, mesh: 
         model = load_hf(config.init_from, dtype=m.param_dtype, compute_dtype=m.dtype, mesh=mesh, rules=rules,
                         scan_layers=m.scan_layers, remat_policy=m.remat_policy, attention_impl=m.attention_impl,
                         attention_block_q=m.attention_block_q, attention_block_kv=m.attention_block_kv)
-        if (model.cfg.text, model.cfg.vision) != (m.text, m.vision):
+        if (model.cfg.family, model.cfg.text, model.cfg.vision) != (m.family, m.text, m.vision):
             raise SetupError(
-                f"init_from {config.init_from}: its config.json describes another model than "
-                f"model.preset={config.model.preset!r}; set --config.model.preset to match the checkpoint"
+                f"init_from {config.init_from}: its config.json describes another model ({model.cfg.family}) than "
+                f"model.preset={config.model.preset!r} (model.family={m.family!r}); set --config.model.preset "
+                "and --config.model.family to match the checkpoint"
             )
         return model
-    return sharding_lib.create_model(lambda: Qwen25VL(m, rngs=nnx.Rngs(contract.train.seed)), mesh, rules)
+    return sharding_lib.create_model(lambda: model_class(m)(m, rngs=nnx.Rngs(contract.train.seed)), mesh, rules)
 
 
 def flatten_eval_metrics(metrics: dict[str, Any]) -> dict[str, float]:

@@ -20,6 +20,7 @@ from octomed_jax.data import (  # noqa: E402
     to_global_batch,
     train_batch_shardings,
 )
+from octomed_jax.models.config import VisionConfig  # noqa: E402
 from octomed_jax.sharding import make_mesh  # noqa: E402
 
 BATCH = ("data", "fsdp")
@@ -52,7 +53,7 @@ def test_global_batch_shardings_and_values():
     declared = train_batch_shardings(mesh)
     for got, want in zip(jax.tree.leaves(batch), jax.tree.leaves(declared), strict=True):
         assert got.sharding == want
-    abstract = abstract_train_batch(4, 64, 64, 1176, mesh)
+    abstract = abstract_train_batch(4, 64, 64, VisionConfig(), mesh)
     for got, want in zip(jax.tree.leaves(batch), jax.tree.leaves(abstract), strict=True):
         assert (got.shape, got.dtype, got.sharding) == (want.shape, want.dtype, want.sharding)
 

@@ -3,7 +3,6 @@
 import jax
 import numpy as np
 import pytest
-import torch
 from gen_helpers import helpers
 
 from octomed_jax import sharding as sharding_lib
@@ -15,25 +14,7 @@ NEVER = (151999,)  # a stop id the random model does not produce within the budg
 
 
 def hf_generate(hf, prompts):
-    """Greedy transformers `generate` on a left-padded batch (its own convention), new tokens only."""
-    length = max(len(p.token_ids) for p in prompts)
-    ids = np.zeros((len(prompts), length), np.int64)
-    mask = np.zeros_like(ids)
-    for r, p in enumerate(prompts):
-        ids[r, length - len(p.token_ids) :] = p.token_ids
-        mask[r, length - len(p.token_ids) :] = 1
-    kwargs = {
-        "input_ids": torch.tensor(ids),
-        "attention_mask": torch.tensor(mask),
-        "mm_token_type_ids": torch.tensor((ids == helpers.IMAGE).astype(np.int64)),
-    }
-    images = [p for p in prompts if p.image_grid_thw is not None]
-    if images:
-        kwargs["pixel_values"] = torch.tensor(np.concatenate([p.pixel_values for p in images]))
-        kwargs["image_grid_thw"] = torch.tensor(np.concatenate([p.image_grid_thw for p in images]))
-    with torch.no_grad():
-        out = hf.generate(**kwargs, do_sample=False, max_new_tokens=BUDGET, eos_token_id=NEVER[0], pad_token_id=0)
-    return out[:, length:].numpy().tolist()
+    return helpers.hf_generate(hf, prompts, BUDGET, NEVER[0])
 
 
 def image_prompt(cfg, grids, text_lens, start, seed):

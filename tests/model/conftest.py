@@ -1,4 +1,5 @@
-"""A tiny random transformers Qwen2.5-VL, saved to disk, and our model loaded from it."""
+"""Tiny random transformers models of each family, the Qwen2.5-VL one saved to disk and our model loaded from it;
+prompt, pixel, logits and greedy-generation helpers shared by tests/model and tests/generation."""
 
 import numpy as np
 import pytest
@@ -12,15 +13,26 @@ from octomed_jax.models.config import ModelConfig, get_preset, to_hf_dict  # noq
 IMAGE = 151655
 
 
-def hf_model(cfg: ModelConfig, seed: int = 0):
-    """A random transformers model of `cfg`, with norms and biases perturbed so that none is trivial."""
+HF_CLASSES = {"qwen2_5_vl": ("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration"),
+              "qwen3_vl": ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration")}
+
+
+def hf_model(cfg: ModelConfig, seed: int = 0, scale: float | None = None):
+    """A random transformers model of `cfg`'s family.
+
+    `scale` None: norms and biases perturbed by 0.1 so that none is trivial; a number: every weight drawn
+    at that scale (norm weights around 1), so that images move the logits well beyond the tolerances.
+    """
     d = to_hf_dict(cfg)
-    hcfg = transformers.Qwen2_5_VLConfig(**{k: v for k, v in d.items() if k not in ("architectures", "model_type")})
+    config_class, model_class = (getattr(transformers, name) for name in HF_CLASSES[cfg.family])
+    hcfg = config_class(**{k: v for k, v in d.items() if k not in ("architectures", "model_type")})
     torch.manual_seed(seed)
-    model = transformers.Qwen2_5_VLForConditionalGeneration(hcfg).eval()
+    model = model_class(hcfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("bias") or "norm" in name or "ln_q" in name:
+            if scale is not None:
+                p.copy_(torch.randn_like(p) * scale + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+            elif name.endswith("bias") or "norm" in name or "ln_q" in name:
                 p.add_(torch.randn_like(p) * 0.1)
     return model
 
@@ -50,6 +62,29 @@ def hf_logits(model, ids, px=None, grids=None, attention_mask=None, position_ids
         kwargs["position_ids"] = torch.tensor(position_ids, dtype=torch.long)
     with torch.no_grad():
         return model(**kwargs).logits.numpy()
+
+
+def hf_generate(model, prompts, max_new_tokens: int, eos_token_id: int) -> list[list[int]]:
+    """Greedy transformers `generate` on a left-padded batch of `Prompt`s (its own convention), new tokens only."""
+    length = max(len(p.token_ids) for p in prompts)
+    ids = np.zeros((len(prompts), length), np.int64)
+    mask = np.zeros_like(ids)
+    for r, p in enumerate(prompts):
+        ids[r, length - len(p.token_ids) :] = p.token_ids
+        mask[r, length - len(p.token_ids) :] = 1
+    kwargs = {
+        "input_ids": torch.tensor(ids),
+        "attention_mask": torch.tensor(mask),
+        "mm_token_type_ids": torch.tensor((ids == IMAGE).astype(np.int64)),
+    }
+    images = [p for p in prompts if p.image_grid_thw is not None]
+    if images:
+        kwargs["pixel_values"] = torch.tensor(np.concatenate([p.pixel_values for p in images]))
+        kwargs["image_grid_thw"] = torch.tensor(np.concatenate([p.image_grid_thw for p in images]))
+    with torch.no_grad():
+        out = model.generate(**kwargs, do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
+                             pad_token_id=0)
+    return out[:, length:].numpy().tolist()
 
 
 @pytest.fixture(scope="session")

@@ -8,13 +8,14 @@ HF -> ours -> HF loads in transformers with no missing or unexpected keys, equal
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import IMAGE, hf_logits, image_prompt, pixels, torch, transformers
+from conftest import IMAGE, hf_generate, hf_logits, hf_model, image_prompt, pixels, torch, transformers
 from safetensors.numpy import load_file
 
 from octomed_jax.contract import ContractError, RunContract
+from octomed_jax.generation import Prompt, Sampler, SamplingParams
 from octomed_jax.hf import load_hf, save_hf
 from octomed_jax.models import positions
-from octomed_jax.models.config import from_hf_dict, get_preset, to_hf_dict
+from octomed_jax.models.config import from_hf_dict, get_preset
 from octomed_jax.models.qwen2_5_vl import ModelInputs
 from octomed_jax.models.qwen3_vl import Qwen3VL, VisionInputs
 
@@ -33,13 +34,7 @@ def cfg():
 @pytest.fixture(scope="module")
 def hf_checkpoint(tmp_path_factory, cfg):
     """(transformers model, its folder): weights at 0.1 so images move the logits; norms and biases perturbed."""
-    d = to_hf_dict(cfg)
-    hcfg = transformers.Qwen3VLConfig(**{k: v for k, v in d.items() if k not in ("architectures", "model_type")})
-    torch.manual_seed(0)
-    model = transformers.Qwen3VLForConditionalGeneration(hcfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(torch.randn_like(p) * 0.1 + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+    model = hf_model(cfg, scale=0.1)
     path = tmp_path_factory.mktemp("hf_qwen3_vl")
     model.save_pretrained(path)
     return model, str(path)
@@ -122,6 +117,19 @@ def test_packed_rows_equal_each_examples_own(ours, cfg):
     assert max_diff(packed[1, :lb], own["b"]) <= TOL
 
 
+def test_greedy_decoding_equals_transformers(ours, hf_checkpoint, cfg):
+    """KV-cache decoding, DeepStack added in the prefill: a left-padded batch of an image prompt and a text
+    prompt, greedy, equals transformers `generate` token for token."""
+    grids = np.array([[1, 8, 12]])
+    prompts = [Prompt(image_prompt(grids, [5, 7]), pixels(grids, cfg.vision.patch_dim, seed=4), grids),
+               Prompt(np.random.RandomState(2).randint(0, 150000, size=9))]
+    never = 151999  # a stop id the random model does not produce within the budget
+    got = Sampler(ours, stop_token_ids=(never,)).generate(prompts, SamplingParams(max_new_tokens=8))
+    want = hf_generate(hf_checkpoint[0], prompts, 8, never)
+    assert [c[0].token_ids for c in got] == want
+    assert len(set(want[0])) > 1  # not one repeated token
+
+
 def test_vision_tower(ours, hf_checkpoint, cfg):
     """Merged features and each DeepStack merger's features, two images in one row."""
     grids = [[1, 10, 6], [1, 4, 8]]
@@ -129,7 +137,7 @@ def test_vision_tower(ours, hf_checkpoint, cfg):
     with torch.no_grad():
         out = hf_checkpoint[0].model.visual(torch.tensor(px), grid_thw=torch.tensor(grids))
     v = VisionInputs.build(px, np.array(grids), cfg)
-    features, deepstack = ours.visual(v.pixel_values, v.rotary_positions, v.segment_ids, v.pos_index, v.pos_weight)
+    features, deepstack = ours.image_features(v)
     assert max_diff(features[0], out.pooler_output.numpy()) <= TOL
     assert deepstack.shape[0] == len(out.deepstack_features) == 2
     for got, ref in zip(deepstack, out.deepstack_features, strict=True):
