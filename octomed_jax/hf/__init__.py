@@ -103,7 +103,10 @@ def load_hf(
 
     abstract = abstract_model(cfg)
     graphdef, abstract_state = nnx.split(abstract)
-    shardings = sharding_lib.state_shardings(abstract_state, mesh, rules) if mesh is not None else None
+    shardings = None  # our parameter path (as `_param_maps` writes it: list indices as strings) -> sharding
+    if mesh is not None:
+        flat_shardings = nnx.to_flat_state(sharding_lib.state_shardings(abstract_state, mesh, rules))
+        shardings = {tuple(str(k) for k in key): _value(leaf) for key, leaf in flat_shardings}
     param_dtype = cfg.jnp_param_dtype
     patch_shape = _patch_shape(cfg)
     expected_names: set[str] = set()
@@ -141,7 +144,7 @@ def load_hf(
         if shardings is None:
             value = jnp.asarray(slice_of(tuple(slice(None) for _ in shape)))
         else:
-            sharding = _lookup(shardings, p)
+            sharding = shardings[p]
             value = jax.make_array_from_callback(shape, sharding, slice_of)
         flat.append((p, leaf.replace(value)))
 
@@ -160,10 +163,8 @@ def _patch_shape(cfg: ModelConfig) -> tuple[int, ...]:
     return (v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
 
 
-def _lookup(tree: Any, path: tuple[str, ...]) -> Any:
-    for p in path:
-        tree = tree[p]
-    return tree.get_value() if isinstance(tree, nnx.Variable) else tree
+def _value(leaf: Any) -> Any:
+    return leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf
 
 
 def _to_host(x: jax.Array) -> np.ndarray:

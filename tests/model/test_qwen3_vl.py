@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import IMAGE, hf_generate, hf_logits, hf_model, image_prompt, pixels, torch, transformers
+from flax import nnx
 from safetensors.numpy import load_file
 
 from octomed_jax.contract import ContractError, RunContract
@@ -18,6 +19,7 @@ from octomed_jax.models import positions
 from octomed_jax.models.config import from_hf_dict, get_preset
 from octomed_jax.models.qwen2_5_vl import ModelInputs
 from octomed_jax.models.qwen3_vl import Qwen3VL, VisionInputs
+from octomed_jax.sharding import make_mesh
 
 TOL = 1e-4
 
@@ -158,6 +160,17 @@ def test_hf_round_trip(ours, hf_checkpoint, tmp_path):
     ids = image_prompt(grids, [3, 2])[None]
     px = pixels(grids, ours.cfg.vision.patch_dim, seed=5)
     assert max_diff(hf_logits(back.eval(), ids, px, grids), hf_logits(hf, ids, px, grids)) == 0.0
+
+
+def test_mesh_load_equals_single_device(ours, hf_checkpoint):
+    """Sharded loading onto a mesh (each device reads its slice) gives the same parameters, the list-indexed
+    DeepStack mergers included (their paths hold list indices)."""
+    sharded = load_hf(hf_checkpoint[1], mesh=make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
+    want = dict(nnx.to_flat_state(nnx.state(ours, nnx.Param)))
+    got = dict(nnx.to_flat_state(nnx.state(sharded, nnx.Param)))
+    assert sorted(map(str, got)) == sorted(map(str, want)) and any("deepstack" in str(k) for k in got)
+    for path, leaf in got.items():
+        np.testing.assert_array_equal(np.asarray(leaf.get_value()), np.asarray(want[path].get_value()), str(path))
 
 
 def test_image_token_count_checked(ours, cfg):
