@@ -45,7 +45,9 @@ class DataConfig:
     """Everything the training input pipeline reads.
 
     Attributes:
-      data_dir: the build output of `data_pipeline.build` (`<data_dir>/<source>/<source>.array_record-*`).
+      data_dir: the build output of `data_pipeline.build` (`<data_dir>/<source>/<source>.array_record-*`), or
+        a TFDS dataset folder of one (`python -m data_pipeline.tfds_dataset`: the folder of its
+        `dataset_info.json`, one split per source; `pipeline.data_format`).
       sources: source name -> weight: how many times each of its traces appears per epoch (1.0 once, 2.0
         twice, 0.5 a seeded half, the same half every epoch). The trainer's default is every built source at
         its recipe weight (`pipeline.built_sources`).
@@ -74,7 +76,8 @@ class DataConfig:
       image_root: folder that relative `ImageRef.path`s resolve against (images without embedded bytes).
       verify_files: how the shards are checked against `manifest.json` before reading: "sha256" (sizes
         and checksums: every byte is read once per process at start) or "size" (sizes only, instant).
-        Either way a missing or unlisted shard file is an error.
+        Either way a missing or unlisted shard file is an error. A TFDS dataset records no checksum: its
+        files are checked for presence and record counts whatever this says (`pipeline.tfds_split_files`).
     """
 
     data_dir: str

@@ -5,8 +5,10 @@ the data folder is read-only):
 
 1. Lengths (`record_lengths`): every record of a source decoded once by the real `ExampleDecoder`, kept
    as its packed length (tokens after the overlong policy), its vision patches, or skipped. Keyed by the
-   manifest's entries of the source's shards (path, records, size, SHA-256) and the fields that change a
-   length (`LENGTH_FIELDS`, the vision merge size, the image token id).
+   manifest's entries of the source's shards (path, records, size, SHA-256), or for a TFDS dataset folder by
+   its split's files (name, records, size, modification time: TFDS records no checksum; a copy that does not
+   keep modification times is counted again), and the fields that change a length (`LENGTH_FIELDS`, the
+   vision merge size, the image token id).
 2. Plan (`count_plan`): the real `RowPacker` replayed over each data shard's stream, the very keys training
    decodes (`pipeline.StreamKeys`, vectorised) with the lengths looked up instead: rows per shard, optimizer steps,
    the step by which each epoch has been trained, and the realised mixture. Keyed additionally by the
@@ -39,10 +41,13 @@ from octomed_jax.data.packing import RowPacker
 from octomed_jax.data.pipeline import (
     ShardSource,
     StreamKeys,
+    TfdsSource,
     WeightedRecords,
     _absl_flags_parsed,
+    data_format,
     open_sources,
     source_seed,
+    tfds_split_files,
 )
 
 if TYPE_CHECKING:
@@ -115,11 +120,19 @@ def _digest(obj: Any) -> str:
 
 
 def _length_key(cfg: DataConfig, model_cfg: ModelConfig, source: str) -> dict[str, Any]:
-    files = [[os.path.basename(f.path), f.records, f.size, f.sha256] for f in listed_files(cfg.data_dir, source)]
     fields = {k: getattr(cfg, k) for k in LENGTH_FIELDS}
-    return {"version": VERSION, "source": source, "files": files, **fields,
+    return {"version": VERSION, "source": source, "files": _files_key(cfg.data_dir, source), **fields,
             "merge_size": model_cfg.vision.spatial_merge_size, "image_token_id": model_cfg.image_token_id,
             "patch_size": model_cfg.vision.patch_size}  # Qwen3-VL's 16-pixel patches give other lengths
+
+
+def _files_key(data_dir: str, source: str) -> list[list[Any]]:
+    """The identity of a source's files: the manifest's (name, records, size, SHA-256) of each shard, or for a TFDS
+    split each file's (name, records, size, mtime) on disk."""
+    if data_format(data_dir) == "tfds":
+        stats = [(f, os.stat(f.path)) for f in tfds_split_files(data_dir, source)]
+        return [[os.path.basename(f.path), f.records, st.st_size, st.st_mtime_ns] for f, st in stats]
+    return [[os.path.basename(f.path), f.records, f.size, f.sha256] for f in listed_files(data_dir, source)]
 
 
 def _cache_dirs(cfg: DataConfig, workdir: str | None) -> list[str]:
@@ -161,7 +174,7 @@ class _Measure:
         return len(item), item.num_patches, ""
 
 
-def _measure(cfg: DataConfig, model_cfg: ModelConfig, source: str, records: ShardSource,
+def _measure(cfg: DataConfig, model_cfg: ModelConfig, source: str, records: ShardSource | TfdsSource,
              progress: bool) -> Lengths:
     ds: Any = grain.MapDataset.source(records).map_with_index(_Measure(ExampleDecoder(source, cfg, model_cfg)))
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads,
@@ -180,7 +193,7 @@ def _measure(cfg: DataConfig, model_cfg: ModelConfig, source: str, records: Shar
     return Lengths(tokens, patches, dict(sorted(skipped.items())))
 
 
-def record_lengths(cfg: DataConfig, model_cfg: ModelConfig, source: str, records: ShardSource, *,
+def record_lengths(cfg: DataConfig, model_cfg: ModelConfig, source: str, records: ShardSource | TfdsSource, *,
                    workdir: str | None = None, progress: bool = True) -> Lengths:
     """The packed length and patches of every record of `source` (cached; see the module docstring).
 

@@ -10,6 +10,12 @@ each record is decoded and tokenised by `ExampleDecoder` when read (lazily, with
 `octomed_jax.data.epochs` replays the same keys (`StreamKeys.arrays`, vectorised) with lengths only, to
 count the steps.
 
+`data_dir` may also be a TFDS dataset folder of a build (`python -m data_pipeline.tfds_dataset`:
+`<tfds data_dir>/octomed_recipe/<recipe>/<version>/`, recognised by its `dataset_info.json`; `data_format`).
+Each split is a source (`TfdsSource`), read in the shards' order, so the same config gives the same batches
+from either. TFDS records no checksum: its files are checked for presence and record counts only
+(`tfds_split_files`); the shards' SHA-256 were checked when the dataset was written.
+
 The shard's stream is read in order, optionally by `mp_prefetch` worker processes (worker w
 computes elements w, w+W, ...; Grain interleaves them back in order), then packed (`RowPacker`) and
 batched in the main process. Because packing runs after the workers and the decoder is one-to-one
@@ -23,13 +29,14 @@ from __future__ import annotations
 
 import bisect
 import collections
+import glob
 import itertools
 import logging
 import math
 import os
 import zlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import grain
 import numpy as np
@@ -104,28 +111,146 @@ class ShardSource:
         try:
             return self._source[index]
         except Exception as e:
-            k = bisect.bisect_right(self._starts, index) - 1
-            raise _shard_error(e, self._files[k].path, f"read record {index - self._starts[k]} of the shard") from e
+            path, record = self.where(index)
+            raise _shard_error(e, path, f"read record {record} of the shard") from e
+
+    def where(self, index: int) -> tuple[str, int]:
+        """(the shard file holding record `index`, the record's index in that file)."""
+        k = bisect.bisect_right(self._starts, index) - 1
+        return self._files[k].path, index - self._starts[k]
 
     def __repr__(self) -> str:
         return f"ShardSource({[f.path for f in self._files]})"
 
 
-def built_sources(data_dir: str) -> dict[str, float]:
-    """Every source with records in `<data_dir>/manifest.json`, at the weight its recipe gave it (manifest
-    `mixture.sources.<s>.weight`; 1.0 for a manifest without one).
+TFDS_INFO = "dataset_info.json"  # what makes a folder a TFDS dataset (`data_pipeline.tfds_dataset` writes one)
+DataFormat = Literal["shards", "tfds"]
+
+
+def data_format(data_dir: str) -> DataFormat:
+    """How `data_dir` holds its traces: "shards" (a `data_pipeline.build` output: `manifest.json`) or "tfds"
+    (a TFDS dataset folder of one: `dataset_info.json`).
+
+    A folder with neither is "shards" (reading it then fails naming its missing manifest), unless TFDS datasets lie
+    below it (a TFDS `data_dir` given instead of a dataset's folder).
 
     Raises:
-      ManifestError: the manifest lists no source with records.
+      ManifestError: the folder has neither file but TFDS datasets below it (names it and them).
     """
-    path = os.path.join(data_dir, MANIFEST)
-    manifest = read_json(path, "manifest")
-    mixed = manifest.get("mixture", {}).get("sources", {})
-    out = {
-        s: float(mixed.get(s, {}).get("weight", 1.0))
-        for s, entries in sorted(manifest["files"].items())
-        if sum(e["records"] for e in entries) > 0
-    }
+    if os.path.exists(os.path.join(data_dir, MANIFEST)):
+        return "shards"
+    if os.path.exists(os.path.join(data_dir, TFDS_INFO)):
+        return "tfds"
+    below = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(glob.escape(data_dir), "*", "*", "*", TFDS_INFO)))
+    if below:
+        raise ManifestError(
+            f"{data_dir}: neither {MANIFEST} (a `python -m data_pipeline.build` output) nor {TFDS_INFO} (a TFDS "
+            f"dataset's folder): point data.data_dir at one of the TFDS datasets below it: {below[:5]}"
+        )
+    return "shards"
+
+
+def _tfds_info(folder: str) -> Any:
+    """The `tfds.core.DatasetInfo` of a TFDS dataset folder (TensorFlow Datasets imported only here)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.builder_from_directory(folder).info
+    except Exception as e:
+        raise ManifestError(f"{os.path.join(folder, TFDS_INFO)}: cannot read the TFDS dataset ({e}); write it again "
+                            "with `python -m data_pipeline.tfds_dataset`") from e
+
+
+def tfds_split_files(folder: str, split: str) -> list[ShardFile]:
+    """The ArrayRecord files of `split` that `<folder>/dataset_info.json` lists, with their record counts.
+
+    What can be checked is: every listed file is there and no other file of the split is (problems reported at
+    once). TFDS records no checksum, and its `numBytes` counts serialized examples, not file bytes, so neither a
+    SHA-256 nor a size can be compared (`DataConfig.verify_files` does not apply); the record counts
+    (`shardLengths`) are compared when the files are opened (`ShardSource`).
+
+    Raises:
+      ManifestError: no such split, a listed file missing, or an unlisted file of the split (each named).
+    """
+    info = _tfds_info(folder)
+    where = os.path.join(folder, TFDS_INFO)
+    if split not in info.splits:
+        raise ManifestError(f"{where} has no split {split!r} (it has {sorted(info.splits)}): fix data.sources")
+    s = info.splits[split]
+    files = [ShardFile(os.fspath(p), int(n), None, None) for p, n in zip(s.filepaths, s.shard_lengths, strict=True)]
+    listed = {os.path.normpath(f.path) for f in files}
+    on_disk = {os.path.normpath(p) for p in glob.glob(os.path.join(glob.escape(folder), f"{info.name}-{split}.*"))}
+    problems = [f"{p}: listed in {where} but missing" for p in sorted(listed - on_disk)]
+    problems += [f"{p}: a file of split {split!r} that {where} does not list" for p in sorted(on_disk - listed)]
+    if problems:
+        raise ManifestError("; ".join(problems) + ": write the TFDS dataset again (`python -m "
+                            "data_pipeline.tfds_dataset`)")
+    return files
+
+
+class TfdsSource:
+    """One split of a TFDS dataset of a build, as a Grain data source of AcceptedTrace bytes in the shards' order.
+
+    Record i is `tfds.data_source(...)[split][j]["trace"]` for the example j of rank i by (question key, sample
+    index): TFDS stores a split ordered by a hash of its keys; the build's shards are sorted by (question key,
+    sample index), so this order makes the split read exactly as the source's shards do (the same weighted subsets,
+    permutations and rows). The order is read once when opened: every example's key fields, one pass over the split.
+    """
+
+    def __init__(self, folder: str, split: str):
+        """Opens the split's files (`tfds_split_files`, record counts checked) and reads its order.
+
+        Raises:
+          ManifestError: see `tfds_split_files`; StorageError: a file cannot be read (names it).
+        """
+        self._records = ShardSource(tfds_split_files(folder, split))
+        self._features = _tfds_info(folder).features
+        keys, samples = [], []
+        for i in range(len(self)):
+            example = self._example(i)
+            keys.append(example["question_key"])
+            samples.append(example["sample_index"])
+        self._order = np.lexsort((np.asarray(samples, np.int64), np.asarray(keys, np.bytes_)))
+
+    def _example(self, index: int) -> dict[str, Any]:
+        """Example `index` of the split in TFDS's order, decoded by its feature spec (as `tfds.data_source`)."""
+        data = self._records[index]
+        try:
+            return self._features.deserialize_example_np(data)
+        except Exception as e:
+            path, record = self._records.where(index)
+            raise StorageError(f"{path}: cannot decode example {record} ({e}): write the TFDS dataset again "
+                               "(`python -m data_pipeline.tfds_dataset`)", path) from e
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index: int) -> bytes:
+        return self._example(int(self._order[index]))["trace"]
+
+    def __repr__(self) -> str:
+        return f"TfdsSource({self._records!r})"
+
+
+def built_sources(data_dir: str) -> dict[str, float]:
+    """Every source with records in `<data_dir>/manifest.json`, at the weight its recipe gave it (manifest
+    `mixture.sources.<s>.weight`; 1.0 for a manifest without one). For a TFDS dataset folder: its splits with
+    examples, at the weights of the manifest's `mixture` that `data_pipeline.tfds_dataset` stored in its metadata.
+
+    Raises:
+      ManifestError: the manifest (or dataset) lists no source with records.
+    """
+    if data_format(data_dir) == "tfds":
+        info = _tfds_info(data_dir)
+        path, mixture = os.path.join(data_dir, TFDS_INFO), (info.metadata or {}).get("mixture", {})
+        records = {s: split.num_examples for s, split in info.splits.items()}
+    else:
+        path = os.path.join(data_dir, MANIFEST)
+        manifest = read_json(path, "manifest")
+        mixture = manifest.get("mixture", {})
+        records = {s: sum(e["records"] for e in entries) for s, entries in manifest["files"].items()}
+    mixed = mixture.get("sources", {})
+    out = {s: float(mixed.get(s, {}).get("weight", 1.0)) for s, n in sorted(records.items()) if n > 0}
     if not out:
         raise ManifestError(f"{path} lists no source with accepted traces: rebuild the data")
     return out
@@ -223,15 +348,18 @@ def stream_keys(cfg: DataConfig, sizes: Sequence[int], shard: int, num_shards: i
     return grain.MapDataset.source(StreamKeys(cfg, sizes, shard, num_shards))
 
 
-def open_sources(cfg: DataConfig) -> list[ShardSource]:
-    """Each source's listed shards (checked against the manifest first: `verify_source`), in config order."""
+def open_sources(cfg: DataConfig) -> list[ShardSource | TfdsSource]:
+    """Each source's records in config order: its listed shards (checked against the manifest first:
+    `verify_source`), or its split of a TFDS dataset folder (`TfdsSource`)."""
+    if data_format(cfg.data_dir) == "tfds":
+        return [TfdsSource(cfg.data_dir, s) for s in cfg.sources]
     return [ShardSource(verify_source(cfg.data_dir, s, cfg.verify_files)) for s in cfg.sources]
 
 
 class _Decode:
     """The map `(position, record) -> Example | Skipped` (picklable into Grain worker processes)."""
 
-    def __init__(self, records: Sequence[ShardSource], decoders: Sequence[ExampleDecoder]):
+    def __init__(self, records: Sequence[ShardSource | TfdsSource], decoders: Sequence[ExampleDecoder]):
         self.records = list(records)
         self.decoders = list(decoders)
 

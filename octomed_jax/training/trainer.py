@@ -145,11 +145,11 @@ def check_inputs(config: ml_collections.ConfigDict) -> None:
             f"with `python -m data_pipeline.build --config={config.recipe.name} --out=DIR` and pass "
             "--config.data.data_dir=DIR"
         )
-    elif not os.path.exists(os.path.join(data_dir, "manifest.json")):
+    elif not any(os.path.exists(os.path.join(data_dir, f)) for f in ("manifest.json", "dataset_info.json")):
         problems.append(
             f"no accepted traces at {data_dir} (manifest.json missing): build them with "
             f"`python -m data_pipeline.build --config={config.recipe.name} --out={data_dir}` "
-            "or set --config.data.data_dir"
+            "or set --config.data.data_dir (a build folder, or a TFDS dataset folder of one: its dataset_info.json)"
         )
     if config.init_from and not os.path.exists(os.path.join(config.init_from, "config.json")):
         problems.append(
@@ -267,7 +267,7 @@ def make_benchmark_eval(
 
     def evaluate(model: Qwen25VL, step: int) -> dict[str, float]:
         result = evaluate_model(model, questions, params, mesh=mesh, rules=rules, contract=contract,
-                                progress=jax.process_index() == 0)
+                                max_batch=e.get("max_batch", 32), progress=jax.process_index() == 0)
         flat = flatten_eval_metrics(result.metrics)
         logging.info("eval at step %d: %s", step, {k: v for k, v in flat.items() if k.startswith("accuracy/")})
         return flat
