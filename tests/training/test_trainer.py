@@ -37,8 +37,11 @@ def train_command(data_dir, workdir, *overrides):
             f"--workdir={workdir}", *overrides]
 
 
-def env(devices=8):
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+@pytest.fixture(scope="module")
+def env(child_env):
+    """`env(devices)`: a trainer's environment on `devices` fake CPU devices, sharing the session's compile cache."""
+    return lambda devices=8: child_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+                                       JAX_PLATFORMS="cpu")
 
 
 def losses(workdir):
@@ -52,9 +55,9 @@ def losses(workdir):
     return out
 
 
-def run_until(cmd, workdir, step, sig, timeout=300):
-    """Starts `cmd`, sends `sig` once `step` is logged, returns the exit code."""
-    proc = subprocess.Popen(cmd, env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def run_until(cmd, env, workdir, step, sig, timeout=300):
+    """Starts `cmd` in `env`, sends `sig` once `step` is logged, returns the exit code."""
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + timeout
     path = os.path.join(workdir, "metrics.jsonl")
     while time.time() < deadline and proc.poll() is None:
@@ -68,7 +71,7 @@ def run_until(cmd, workdir, step, sig, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(data_dir, tmp_path_factory):
+def uninterrupted(data_dir, env, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
     r = subprocess.run(train_command(data_dir, workdir), env=env(), cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -91,14 +94,14 @@ def test_run_outputs(uninterrupted):
     assert os.path.exists(os.path.join(uninterrupted, "hf", "chat_template.jinja"))
 
 
-def test_sigterm_and_sigkill_resume_to_the_same_losses(data_dir, uninterrupted, tmp_path):
+def test_sigterm_and_sigkill_resume_to_the_same_losses(data_dir, uninterrupted, env, tmp_path):
     workdir = str(tmp_path)
     cmd = train_command(data_dir, workdir)
-    code, err = run_until(cmd, workdir, step=3, sig=signal.SIGTERM)
+    code, err = run_until(cmd, env(), workdir, step=3, sig=signal.SIGTERM)
     assert code == 0, err[-3000:]  # preemption: saved and exited cleanly
     saved = max(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")))
     assert saved == max(losses(workdir))  # the checkpoint is at the last step trained
-    code, err = run_until(cmd, workdir, step=6, sig=signal.SIGKILL)
+    code, err = run_until(cmd, env(), workdir, step=6, sig=signal.SIGKILL)
     assert code == -signal.SIGKILL, err[-3000:]
     r = subprocess.run(cmd, env=env(), cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -107,7 +110,7 @@ def test_sigterm_and_sigkill_resume_to_the_same_losses(data_dir, uninterrupted, 
     np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=0, atol=1e-6)
 
 
-def test_two_processes_train_like_one(data_dir, tmp_path):
+def test_two_processes_train_like_one(data_dir, env, child_env, tmp_path):
     overrides = ["--config.train.num_steps=3", "--config.data.num_shards=2", "--config.mesh.data=1",
                  "--config.mesh.tensor=2", "--config.export.hf=False"]
     one = str(tmp_path / "one")
@@ -116,7 +119,8 @@ def test_two_processes_train_like_one(data_dir, tmp_path):
     two = str(tmp_path / "two")
     launcher = [sys.executable, os.path.join(ROOT, "launch", "local.py"), "--num_processes=2",
                 "--devices_per_process=2", f"--log_dir={tmp_path / 'logs'}", "--"]
-    r = subprocess.run(launcher + train_command(data_dir, two, *overrides), cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(launcher + train_command(data_dir, two, *overrides), env=child_env(), cwd=ROOT,
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:]
     a, b = losses(one), losses(two)
     assert sorted(a) == sorted(b) == [1, 2, 3]
@@ -153,7 +157,7 @@ def test_checkpoint_restores_onto_another_mesh(uninterrupted):
     assert kernel.addressable_shards[0].data.shape == (kernel.shape[0], kernel.shape[1] // 8, kernel.shape[2])
 
 
-def test_full_mix_without_data_or_weights_fails_at_once(tmp_path):
+def test_full_mix_without_data_or_weights_fails_at_once(env, tmp_path):
     r = subprocess.run([sys.executable, "-m", "octomed_jax.train", "--config=full_mix", f"--workdir={tmp_path}"],
                        env=env(1), cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
