@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 HERE = os.path.dirname(__file__)
 sys.path.insert(0, os.path.join(HERE, "..", "training"))
@@ -20,7 +21,7 @@ from data_pipeline.storage import ManifestError  # noqa: E402
 from data_pipeline.tfds_dataset import prepare  # noqa: E402
 from octomed_jax import sharding  # noqa: E402
 from octomed_jax.data.epochs import CACHE_DIR, count_plan  # noqa: E402
-from octomed_jax.data.pipeline import built_sources, data_format, make_iterator  # noqa: E402
+from octomed_jax.data.pipeline import TfdsSource, built_sources, data_format, make_iterator  # noqa: E402
 from octomed_jax.training.trainer import run_contract, train  # noqa: E402
 
 WEIGHTS = {"image_src": 0.5, "text_src": 1.5}  # fractional: seeded subsets, which depend on the records' order
@@ -45,6 +46,9 @@ def test_the_tfds_folder_gives_the_shards_batches(folders):
     shards, tfds_dir = folders
     assert (data_format(shards), data_format(tfds_dir)) == ("shards", "tfds")
     assert built_sources(tfds_dir) == built_sources(shards) == WEIGHTS
+    split = TfdsSource(tfds_dir, "image_src")
+    traces = tfds.builder_from_directory(tfds_dir).as_data_source()["image_src"]
+    assert sorted(split[i] for i in range(12)) == sorted(traces[j]["trace"] for j in range(len(traces)))
     want = list(make_iterator(data_config(shards, sources=WEIGHTS), MODEL_CFG, process_index=1, process_count=2))
     got = list(make_iterator(data_config(tfds_dir, sources=WEIGHTS), MODEL_CFG, process_index=1, process_count=2))
     assert len(got) == len(want) >= 5
@@ -68,6 +72,7 @@ def test_its_files_are_checked_and_the_folder_named(folders):
         os.remove(stray)
 
 
+@pytest.mark.slow
 def test_training_runs_on_it(folders, tmp_path):
     """Two steps of the tiny model, text only (no patch budget) on a data-parallel mesh: its cheapest compile."""
     shards, tfds_dir = folders
