@@ -28,14 +28,16 @@ def demo_command(workdir, *extra):
     return [sys.executable, "-m", "octomed_demo", f"--workdir={workdir}", *SHORT, *extra]  # --config=demo by default
 
 
-def demo_env():
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the demo runs on the real local devices
-    env["JAX_PLATFORMS"] = "cpu"
+@pytest.fixture(scope="module")
+def demo_env(child_env):
+    """The demo's environment: the real local devices (no fake device count), the session's compile cache."""
+    env = child_env(JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
     return env
 
 
-def run_demo(workdir, *extra):
-    proc = subprocess.run(demo_command(workdir, *extra), cwd=ROOT, env=demo_env(), capture_output=True, text=True,
+def run_demo(workdir, env, *extra):
+    proc = subprocess.run(demo_command(workdir, *extra), cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(os.path.join(workdir, "demo_report.json")) as f:
@@ -50,9 +52,9 @@ def trained_steps(workdir):
         return max((json.loads(line)["step"] for line in f if '"kind": "train"' in line), default=0)
 
 
-def interrupt_demo(workdir, *extra, step=2, timeout=600):
-    """Runs the demo and sends SIGTERM once `step` training steps are logged; returns the console output."""
-    proc = subprocess.Popen(demo_command(workdir, *extra), cwd=ROOT, env=demo_env(), stdout=subprocess.PIPE,
+def interrupt_demo(workdir, env, *extra, step=2, timeout=600):
+    """Runs the demo in `env` and sends SIGTERM once `step` training steps are logged; returns the console output."""
+    proc = subprocess.Popen(demo_command(workdir, *extra), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None and trained_steps(workdir) < step:
@@ -64,9 +66,9 @@ def interrupt_demo(workdir, *extra, step=2, timeout=600):
 
 
 @pytest.fixture(scope="module")
-def first(tmp_path_factory):
+def first(demo_env, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("demo") / "run")
-    report, stdout = run_demo(workdir)
+    report, stdout = run_demo(workdir, demo_env)
     return workdir, report, stdout
 
 
@@ -124,15 +126,15 @@ def test_hf_export_reloads_with_transformers_and_answers(first):
     assert os.path.exists(os.path.join(workdir, "hf", "config.json"))
 
 
-def test_interrupted_then_rerun_gives_the_report_of_an_uninterrupted_run(first, tmp_path):
+def test_interrupted_then_rerun_gives_the_report_of_an_uninterrupted_run(first, demo_env, tmp_path):
     _, report, _ = first
     workdir = str(tmp_path / "interrupted")
-    out = interrupt_demo(workdir, "--config.demo.hf_check=False")
+    out = interrupt_demo(workdir, demo_env, "--config.demo.hf_check=False")
     assert "interrupted at step" in out and "rerun the same command to resume" in out, out[-3000:]
     assert not os.path.exists(os.path.join(workdir, "demo_report.json"))
     before = os.path.join(workdir, "demo_eval", "step_0.json")
     mtime = os.path.getmtime(before)
-    again, _ = run_demo(workdir, "--config.demo.hf_check=False")
+    again, _ = run_demo(workdir, demo_env, "--config.demo.hf_check=False")
     assert os.path.getmtime(before) == mtime  # the eval before training is the first run's
     with open(os.path.join(workdir, "demo.log")) as f:
         assert "resumed from step" in f.read()
