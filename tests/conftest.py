@@ -1,6 +1,7 @@
 """Test setup: 8 fake CPU devices, set before JAX starts, so mesh tests run on any machine; `child_env` for tests
-that start Python subprocesses."""
+that start Python subprocesses; the longest modules first."""
 
+import collections
 import os
 from collections.abc import Callable
 
@@ -29,3 +30,15 @@ def child_env(tmp_path_factory) -> Callable[..., dict[str, str]]:
 
     return make
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules marked `slow(seconds=N)` run first, the longest first; the rest keep their order.
+
+    Under `-n 2 --dist=loadscope --no-loadscope-reorder` xdist hands modules to workers in this order, so the long
+    end-to-end modules start at once on both workers instead of one starting last and running alone (CI time).
+    """
+    seconds: dict[object, float] = collections.defaultdict(float)
+    for item in items:
+        mark = item.get_closest_marker("slow")
+        seconds[item.path] = max(seconds[item.path], mark.kwargs.get("seconds", 0) if mark else 0)
+    items.sort(key=lambda item: -seconds[item.path])

@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow(seconds=300)  # about its CI time: xdist starts it early (conftest.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHORT = [
     "--config.recipe.sources.demo_text.options.num_train=16",

@@ -25,6 +25,8 @@ from octomed_jax.data.shards import ShardedIterator  # noqa: E402
 from octomed_jax.training.prefetch import Prefetcher  # noqa: E402
 from octomed_jax.training.trainer import NonFiniteLossError, run_contract, train  # noqa: E402
 
+pytestmark = pytest.mark.slow(seconds=130)  # about its CI time: xdist starts it early (conftest.py)
+
 POISONED_AFTER = 2  # the params become NaN after step 2 is trained and saved: step 3 is the first bad step
 
 

@@ -21,6 +21,8 @@ sys.path.insert(0, HERE)
 import dataset  # noqa: E402
 import tiny_config  # noqa: E402
 
+pytestmark = pytest.mark.slow(seconds=180)  # about its CI time: xdist starts it early (conftest.py)
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 

@@ -13,6 +13,8 @@ from octomed_jax.models.qwen2_5_vl import Qwen25VL
 from octomed_jax.training.optimizer import make_optimizer
 from octomed_jax.training.step import LossConfig, jit_train_step
 
+pytestmark = pytest.mark.slow(seconds=380)  # about its CI time: xdist starts it early (conftest.py)
+
 CFG = get_preset("tiny_vocab")
 # Adam's eps well above the gradients' rounding error: with eps=1e-8 a parameter whose gradient is ~0
 # moves by lr * sign(rounding noise), which no reduction order can reproduce.

@@ -17,6 +17,8 @@ import tiny_config  # noqa: E402
 
 from octomed_jax import sharding  # noqa: E402
 
+pytestmark = pytest.mark.slow(seconds=210)  # about its CI time: xdist starts it early (conftest.py)
+
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):

@@ -24,6 +24,8 @@ from octomed_jax.models.qwen2_5_vl import Qwen25VL  # noqa: E402
 from octomed_jax.training import checkpointing  # noqa: E402
 from octomed_jax.training.optimizer import make_optimizer  # noqa: E402
 
+pytestmark = pytest.mark.slow(seconds=500)  # about its CI time: xdist starts it early (conftest.py)
+
 CONFIG = os.path.join(HERE, "tiny_config.py")
 
 
