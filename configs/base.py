@@ -253,7 +253,8 @@ def add_training_defaults(config: ml_collections.ConfigDict) -> None:
     # category); "" data_dir: none. Greedy by default (the paper's 0.6 / 0.95 x 5 seeds is for `evaluate`).
     config.eval = ml_collections.ConfigDict(
         # at_epoch_ends: also at the step each epoch ends (the traces ablation: after epoch 1 and epoch 3)
+        # max_batch: rows per compiled sampling call (each batch size rounded up to a power of two is one compile)
         dict(every=1000, at_start=False, at_epoch_ends=False, data_dir="", benchmarks="all", max_questions=100,
-             max_new_tokens=2048, temperature=0.0, top_p=1.0)
+             max_new_tokens=2048, temperature=0.0, top_p=1.0, max_batch=32)
     )
     config.export = ml_collections.ConfigDict(dict(hf=True, dtype="bfloat16"))

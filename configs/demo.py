@@ -73,7 +73,9 @@ def get_config() -> ml_collections.ConfigDict:
     # A killed demo resumes from the last 50 steps; its epochs are short (a few steps), so no save at each end.
     config.checkpoint.update(every=50, keep=1, async_save=False, at_epoch_ends=False)
     # The teacher's answers are at most ~40 tokens; an untrained student writes until max_new_tokens.
-    config.eval.update(every=0, at_start=True, max_questions=40, max_new_tokens=48, temperature=0.0, top_p=1.0)
+    # 40 questions per category in one sampling call each (max_batch 64): one compile per program, not two.
+    config.eval.update(every=0, at_start=True, max_questions=40, max_new_tokens=48, temperature=0.0, top_p=1.0,
+                       max_batch=64)
     config.export.update(hf=True, dtype="float32")
     config.demo = ml_collections.ConfigDict(
         dict(

@@ -150,7 +150,8 @@ def make_eval_hook(config: ml_collections.ConfigDict, questions: list[Question],
 
     def evaluate(model: Any, step: int) -> dict[str, float]:
         t0 = time.perf_counter()
-        result = evaluate_model(model, questions, params, mesh=mesh, rules=rules, contract=contract, progress=True)
+        result = evaluate_model(model, questions, params, mesh=mesh, rules=rules, contract=contract,
+                                max_batch=e.max_batch, progress=True)
         os.makedirs(os.path.join(workdir, EVAL_DIR), exist_ok=True)
         write_json(result.metrics, eval_path(workdir, step))
         phase = "eval_before" if step == 0 else "eval_after"

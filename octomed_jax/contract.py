@@ -169,6 +169,12 @@ class RunContract:
         if self.model.image_token_id != self.special_ids.image_pad:
             raise ContractError(f"model.image_token_id {self.model.image_token_id} != special_ids.image_pad "
                                 f"{self.special_ids.image_pad}")
+        vocab = self.model.text.vocab_size
+        too_big = {k: v for k, v in dataclasses.asdict(self.special_ids).items() if v is not None and v >= vocab}
+        if too_big:
+            raise ContractError(f"special ids {too_big} do not fit the model's vocabulary ({vocab} rows): the "
+                                f"tokenizer (data.tokenizer_path {self.prompting.tokenizer_path!r}) and the model "
+                                f"preset disagree")
 
     def replace(self, **changes: Any) -> RunContract:
         return dataclasses.replace(self, **changes)
@@ -270,8 +276,9 @@ class RunContract:
           mesh_shape: the mesh the run uses (-1 resolved); default the config's `mesh` as written.
           epoch_end_steps: the counted step of each epoch's end (`TrainSettings.epoch_end_steps`).
         """
-        model = model_config_from(config)
         d, images = config.data, config.recipe.images
+        special_ids = tokenizer_special_ids(d.get("tokenizer_path") or None)
+        model = model_config_from(config, special_ids)
         preprocessing = Preprocessing(max_pixels=int(images.max_pixels))
         prompting = Prompting(system_prompt=d.system_prompt or None, instruction=d.get("instruction") or None,
                               tokenizer_path=d.get("tokenizer_path") or None)
@@ -318,7 +325,7 @@ class RunContract:
             model=model,
             preprocessing=preprocessing,
             prompting=prompting,
-            special_ids=QWEN_SPECIAL_IDS,
+            special_ids=special_ids,
             data=data,
             optim=OptimConfig.from_config(config.optim),
             train=train,
@@ -331,9 +338,29 @@ class RunContract:
         return cls(recipe=recipe, model=model, **{"family": model.family, **parts})
 
 
-def model_config_from(config: ml_collections.ConfigDict) -> ModelConfig:
-    """The student's ModelConfig from `config.model`: its preset, of the family `model.family`, and compute
-    settings."""
+def tokenizer_special_ids(tokenizer_path: str | None) -> SpecialIds:
+    """The special ids of a run's tokenizer: Qwen's for the default files (nothing loaded), else read from it.
+
+    Raises:
+      ContractError: the tokenizer cannot be loaded or lacks a special token (naming the folder).
+    """
+    if tokenizer_path is None:
+        return QWEN_SPECIAL_IDS
+    from octomed_jax.data.tokenizer import TokenizerError, load_tokenizer
+
+    try:
+        return SpecialIds.from_tokenizer(load_tokenizer(tokenizer_path, special_ids=None))
+    except (TokenizerError, OSError) as e:
+        raise ContractError(f"data.tokenizer_path {tokenizer_path!r}: {e}") from e
+
+
+def model_config_from(config: ml_collections.ConfigDict, special_ids: SpecialIds = QWEN_SPECIAL_IDS) -> ModelConfig:
+    """The student's ModelConfig from `config.model` (its preset, of the family `model.family`, and compute settings).
+
+    Args:
+      config: a config from `configs/`.
+      special_ids: the tokenizer's ids (`tokenizer_special_ids`): the model's image and vision ids follow them.
+    """
     m = config.model
     preset = get_preset(m.preset)
     family = m.get("family", preset.family)
@@ -344,7 +371,9 @@ def model_config_from(config: ml_collections.ConfigDict) -> ModelConfig:
     return get_preset(m.preset, dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers,
                       remat_policy=m.remat_policy, attention_impl=m.get("attention_impl", "xla"),
                       attention_block_q=m.get("attention_block_q", 512),
-                      attention_block_kv=m.get("attention_block_kv", 512))
+                      attention_block_kv=m.get("attention_block_kv", 512),
+                      image_token_id=special_ids.image_pad, video_token_id=special_ids.video_pad,
+                      vision_start_token_id=special_ids.vision_start, vision_end_token_id=special_ids.vision_end)
 
 
 def _rule_target(target: Any) -> Any:
@@ -401,4 +430,5 @@ __all__ = [
     "RunContract",
     "TrainSettings",
     "model_config_from",
+    "tokenizer_special_ids",
 ]

@@ -28,7 +28,8 @@ from octomed_jax.data.images import ImageError, family_options, num_image_tokens
 if TYPE_CHECKING:
     from octomed_jax.models.config import ModelConfig
 
-# Filler for positions without a target (the last token of an example) and for padding.
+# Filler for positions without a target (the last token of an example) and for padding, with Qwen's
+# tokenizer; another tokenizer's is its own `<|endoftext|>` (`special_ids_for(path).pad`).
 PAD_ID = tok.ENDOFTEXT_ID
 
 # Reasons a record is not trained on. Errors count against the error budget; drops are the config's
@@ -53,7 +54,7 @@ class Example:
       source: the source it was read from.
       index: its record index within that source's shards (before shuffling).
       input_ids: int32 [L].
-      targets: int32 [L]; targets[t] = input_ids[t + 1], `PAD_ID` at the last position.
+      targets: int32 [L]; targets[t] = input_ids[t + 1], the padding id at the last position.
       loss_mask: bool [L]; True where targets[t] is an assistant token.
       positions: int32 [3, L], M-RoPE (t, h, w) positions of the example alone.
       pixel_values: float32 [patches, 1176], the example's images in order (patches = 0 for text).
@@ -107,19 +108,30 @@ class _Skip(Exception):
 
 
 # One tokenizer per process and path: loading it takes ~0.3 s and workers decode thousands of records.
-_TOKENIZERS: dict[str | None, Any] = {}
+_TOKENIZERS: dict[str | None, tuple[Any, tok.SpecialIds]] = {}
 _TOKENIZER_LOCK = threading.Lock()
 
 
-def _tokenizer(path: str | None) -> Any:
+def _tokenizer_and_ids(path: str | None) -> tuple[Any, tok.SpecialIds]:
     with _TOKENIZER_LOCK:
         if path not in _TOKENIZERS:
-            _TOKENIZERS[path] = tok.load_tokenizer(path)
+            # The run contract read the same folder's ids when the run started (`RunContract.from_config`).
+            tokenizer = tok.load_tokenizer(path, special_ids=None)
+            _TOKENIZERS[path] = (tokenizer, tok.SpecialIds.from_tokenizer(tokenizer))
         return _TOKENIZERS[path]
 
 
+def _tokenizer(path: str | None) -> Any:
+    return _tokenizer_and_ids(path)[0]
+
+
+def special_ids_for(tokenizer_path: str | None) -> tok.SpecialIds:
+    """The special ids of the data's tokenizer (`DataConfig.tokenizer_path`; None: Qwen's files)."""
+    return _tokenizer_and_ids(tokenizer_path)[1]
+
+
 def truncate_reasoning(
-    token_ids: np.ndarray, loss_mask: np.ndarray, max_len: int
+    token_ids: np.ndarray, loss_mask: np.ndarray, max_len: int, special_ids: tok.SpecialIds = tok.QWEN_SPECIAL_IDS
 ) -> tuple[np.ndarray, np.ndarray, int] | None:
     """Cuts the end of the reasoning inside `<think>...</think>` so the example has `max_len` tokens.
 
@@ -129,6 +141,7 @@ def truncate_reasoning(
       token_ids: int [L] of the chat (unshifted).
       loss_mask: bool [L] of the chat (unshifted).
       max_len: the length to reach.
+      special_ids: the tokenizer's ids (its `<think>` pair).
 
     Returns:
       (token_ids, loss_mask, tokens_cut), or None when the example has no single-token `<think>` /
@@ -137,11 +150,13 @@ def truncate_reasoning(
     excess = len(token_ids) - max_len
     if excess <= 0:
         return token_ids, loss_mask, 0
-    starts = np.flatnonzero((token_ids == tok.THINK_START_ID) & loss_mask)
+    if special_ids.think_start is None or special_ids.think_end is None:
+        return None
+    starts = np.flatnonzero((token_ids == special_ids.think_start) & loss_mask)
     if not len(starts):
         return None
     start = int(starts[0])
-    ends = np.flatnonzero(token_ids[start:] == tok.THINK_END_ID)
+    ends = np.flatnonzero(token_ids[start:] == special_ids.think_end)
     if not len(ends):
         return None
     end = start + int(ends[0])
@@ -219,17 +234,20 @@ class ExampleDecoder:
 
         try:
             messages = template.messages_for_trace(trace, system_prompt=cfg.system_prompt, instruction=cfg.instruction)
-            chat = template.encode_chat(_tokenizer(cfg.tokenizer_path), messages, image_grids=grids, merge_size=merge)
+            tokenizer, ids = _tokenizer_and_ids(cfg.tokenizer_path)
+            chat = template.encode_chat(tokenizer, messages, image_grids=grids, merge_size=merge)
         except template.TemplateError as e:
             raise _Skip("template_error", str(e)) from e
 
-        ids, mask, cut = chat.token_ids, chat.loss_mask, 0
-        if len(ids) > cfg.seq_len:
-            truncated = truncate_reasoning(ids, mask, cfg.seq_len) if cfg.overlong == "truncate_reasoning" else None
+        token_ids, mask, cut = chat.token_ids, chat.loss_mask, 0
+        if len(token_ids) > cfg.seq_len:
+            truncated = (truncate_reasoning(token_ids, mask, cfg.seq_len, ids)
+                         if cfg.overlong == "truncate_reasoning" else None)
             if truncated is None:
-                raise _Skip("overlong", f"{len(ids)} tokens > seq_len {cfg.seq_len}")
-            ids, mask, cut = truncated
-        return make_example(self.source, index, ids, mask, patches, grids, self.model_cfg, truncated=cut)
+                raise _Skip("overlong", f"{len(token_ids)} tokens > seq_len {cfg.seq_len}")
+            token_ids, mask, cut = truncated
+        return make_example(self.source, index, token_ids, mask, patches, grids, self.model_cfg, truncated=cut,
+                            pad_id=ids.pad)
 
 
 def make_example(
@@ -242,6 +260,7 @@ def make_example(
     model_cfg: ModelConfig,
     *,
     truncated: int = 0,
+    pad_id: int = PAD_ID,
 ) -> Example:
     """An `Example` from a tokenised chat: targets and mask shifted by one, positions from `rope_index`.
 
@@ -254,6 +273,7 @@ def make_example(
       image_grid_thw: per image, int [3].
       model_cfg: the student's config.
       truncated: reasoning tokens already cut.
+      pad_id: the tokenizer's padding id, the target of the last position.
 
     Returns:
       The example.
@@ -268,7 +288,7 @@ def make_example(
         raise ValueError(f"{source}[{index}]: image tokens do not match the grids {grids.tolist()}")
     targets = np.empty_like(ids)
     targets[:-1] = ids[1:]
-    targets[-1:] = PAD_ID
+    targets[-1:] = pad_id
     shifted = np.zeros(len(ids), np.bool_)
     shifted[:-1] = np.asarray(loss_mask, np.bool_)[1:]
     positions, _ = rope_index(ids[None], grids if len(grids) else None, None, model_cfg)

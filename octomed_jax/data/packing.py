@@ -179,14 +179,20 @@ class PackingStats:
         return cls(**{f.name: int(d[f.name]) for f in dataclasses.fields(cls) if f.name in d})
 
 
-def empty_batch(batch_size: int, seq_len: int, max_patches: int, vcfg: VisionConfig) -> dict[str, np.ndarray]:
-    """An all-padding batch of the packed shapes (vision keys, those of `vcfg`'s family, when `max_patches` > 0)."""
+def empty_batch(
+    batch_size: int, seq_len: int, max_patches: int, vcfg: VisionConfig, *, pad_id: int = PAD_ID
+) -> dict[str, np.ndarray]:
+    """An all-padding batch of the packed shapes (vision keys, those of `vcfg`'s family, when `max_patches` > 0).
+
+    `pad_id` is the tokenizer's `<|endoftext|>` (`examples.special_ids_for`): padding must be a valid row of the
+    embedding, whatever the vocabulary's size.
+    """
     from octomed_jax.models.positions import row_layout  # lazy: keeps `import octomed_jax.data` light
 
     b = batch_size
     out = {
-        "input_ids": np.full((b, seq_len), PAD_ID, np.int32),
-        "targets": np.full((b, seq_len), PAD_ID, np.int32),
+        "input_ids": np.full((b, seq_len), pad_id, np.int32),
+        "targets": np.full((b, seq_len), pad_id, np.int32),
         "loss_mask": np.zeros((b, seq_len), np.float32),
         "segment_ids": np.zeros((b, seq_len), np.int32),
         "positions": np.zeros((b, 3, seq_len), np.int32),
@@ -199,7 +205,7 @@ def empty_batch(batch_size: int, seq_len: int, max_patches: int, vcfg: VisionCon
 
 
 def pack_rows(
-    rows: Sequence[Sequence[Example]], seq_len: int, max_patches: int, vcfg: VisionConfig
+    rows: Sequence[Sequence[Example]], seq_len: int, max_patches: int, vcfg: VisionConfig, *, pad_id: int = PAD_ID
 ) -> dict[str, np.ndarray]:
     """The arrays of a batch of packed rows, each row padded to `seq_len` tokens and `max_patches` patches.
 
@@ -208,10 +214,11 @@ def pack_rows(
       seq_len: token budget.
       max_patches: patch budget (0: text only, no vision keys).
       vcfg: the vision tower's config (its family's layout: `positions.row_layout`).
+      pad_id: the padding token (the tokenizer's `<|endoftext|>`).
 
     Returns:
       numpy arrays with a leading batch axis of len(rows):
-        input_ids int32 [B, L] (padding `<|endoftext|>`), targets int32 [B, L], loss_mask float32 [B, L],
+        input_ids int32 [B, L] (padding `pad_id`), targets int32 [B, L], loss_mask float32 [B, L],
         segment_ids int32 [B, L] (1..k, 0 padding), positions int32 [B, 3, L] (per example, 0 padding);
         with images: pixel_values float32 [B, P, patch_dim] and the layout fields (Qwen2.5-VL: window_index
         int32 [B, P/4], rotary_positions int32 [B, P, 2], image_segment_ids, window_segment_ids int32 [B, P];
@@ -222,7 +229,7 @@ def pack_rows(
     """
     from octomed_jax.models.positions import row_layout  # lazy: keeps `import octomed_jax.data` light
 
-    out = empty_batch(len(rows), seq_len, max_patches, vcfg)
+    out = empty_batch(len(rows), seq_len, max_patches, vcfg, pad_id=pad_id)
     for b, row in enumerate(rows):
         n = sum(len(e) for e in row)
         p = sum(e.num_patches for e in row)

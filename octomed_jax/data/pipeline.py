@@ -44,7 +44,7 @@ import numpy as np
 from data_pipeline.storage import ManifestError, StorageError, as_storage_error
 from data_pipeline.writer import MANIFEST, ShardFile, read_json, verify_source, weighted_count
 from octomed_jax.data.config import DataConfig
-from octomed_jax.data.examples import Example, ExampleDecoder, Skipped
+from octomed_jax.data.examples import Example, ExampleDecoder, Skipped, special_ids_for
 from octomed_jax.data.packing import PackingStats, RowPacker, empty_batch, pack_rows
 
 if TYPE_CHECKING:
@@ -432,6 +432,7 @@ class PackedBatchIterator(grain.DatasetIterator):
         self._examples = examples
         self._cfg = cfg
         self._vcfg = model_cfg.vision
+        self._pad_id = special_ids_for(cfg.tokenizer_path).pad
         self._process = process
         self._fingerprint = {**cfg.fingerprint(), "process": list(process), "stream_length": len(examples)}
         self._reset()
@@ -517,11 +518,12 @@ class PackedBatchIterator(grain.DatasetIterator):
             self.stats.add_row(row)
         # The last batch is padded with empty rows (no loss tokens): every example is trained on.
         examples += [[] for _ in range(self._cfg.batch_size - len(examples))]
-        return pack_rows(examples, self._cfg.seq_len, self._cfg.max_patches, self._vcfg)
+        return pack_rows(examples, self._cfg.seq_len, self._cfg.max_patches, self._vcfg, pad_id=self._pad_id)
 
     def empty_batch(self) -> dict[str, np.ndarray]:
         """A batch of empty rows (what a data shard gives once it has run out while others have not)."""
-        return empty_batch(self._cfg.batch_size, self._cfg.seq_len, self._cfg.max_patches, self._vcfg)
+        return empty_batch(self._cfg.batch_size, self._cfg.seq_len, self._cfg.max_patches, self._vcfg,
+                           pad_id=self._pad_id)
 
     # -- state ---------------------------------------------------------------------------------------------
 

@@ -201,9 +201,10 @@ def evaluate_model(
     if tokenizer is None:
         from octomed_jax.data.tokenizer import load_tokenizer
 
-        tokenizer = load_tokenizer(contract.prompting.tokenizer_path)
+        tokenizer = load_tokenizer(contract.prompting.tokenizer_path, special_ids=contract.special_ids)
     if sampler is None:
-        sampler = Sampler(model, mesh=mesh, rules=rules, max_batch=max_batch)
+        sampler = Sampler(model, mesh=mesh, rules=rules, max_batch=max_batch,
+                          stop_token_ids=contract.special_ids.stop_ids)
     groups: dict[str, list[Question]] = {}
     for q in questions:
         groups.setdefault(q.source, []).append(q)

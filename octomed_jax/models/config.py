@@ -12,7 +12,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from octomed_jax.data.tokenizer import QWEN_SPECIAL_IDS
+from octomed_jax.data.tokenizer import QWEN_SPECIAL_IDS, SpecialIds
 
 IMAGE_TOKEN_ID = QWEN_SPECIAL_IDS.image_pad
 VIDEO_TOKEN_ID = QWEN_SPECIAL_IDS.video_pad
@@ -210,10 +210,10 @@ PRESETS: dict[str, ModelConfig] = {
         dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, fullatt_block_indexes=(1, 3),
              window_size=56),
     ),
-    # The demo student (`configs/demo.py`): Qwen2.5-VL-shaped, the full vocabulary (the real tokenizer's
-    # ids), tied embeddings so the 151,936 x width table is counted once; small enough to train on a CPU.
+    # The demo student (`configs/demo.py`): Qwen2.5-VL-shaped, small enough to train on a CPU, with the demo's
+    # compact tokenizer (`octomed_demo.vocabulary`: at most 1,024 tokens, its own special ids).
     "demo": _preset(
-        dict(vocab_size=151936, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+        dict(vocab_size=1024, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
              num_attention_heads=4, num_key_value_heads=2, mrope_section=(4, 6, 6), tie_word_embeddings=True),
         dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, fullatt_block_indexes=(1,),
              window_size=56),
@@ -329,8 +329,13 @@ def from_hf_dict(d: dict[str, Any], **overrides: Any) -> ModelConfig:
     )
 
 
-def to_hf_dict(cfg: ModelConfig, *, torch_dtype: str = "float32") -> dict[str, Any]:
-    """A config.json for transformers' `Qwen2_5_VLForConditionalGeneration` or `Qwen3VLForConditionalGeneration`."""
+def to_hf_dict(
+    cfg: ModelConfig, *, torch_dtype: str = "float32", special_ids: SpecialIds = QWEN_SPECIAL_IDS
+) -> dict[str, Any]:
+    """A config.json for transformers' `Qwen2_5_VLForConditionalGeneration` or `Qwen3VLForConditionalGeneration`.
+
+    `special_ids` are the run's tokenizer's (bos and eos); the image ids are the model's own.
+    """
     t, v = cfg.text, cfg.vision
     qwen3 = cfg.family == "qwen3_vl"
     rope = {"rope_type": "default", "rope_theta": t.rope_theta, "mrope_section": list(t.mrope_section)}
@@ -347,8 +352,8 @@ def to_hf_dict(cfg: ModelConfig, *, torch_dtype: str = "float32") -> dict[str, A
         "max_position_embeddings": t.max_position_embeddings,
         "rope_parameters": {**rope, "mrope_interleaved": True} if qwen3 else rope,
         "tie_word_embeddings": t.tie_word_embeddings,
-        "bos_token_id": QWEN_SPECIAL_IDS.endoftext,
-        "eos_token_id": QWEN_SPECIAL_IDS.im_end,
+        "bos_token_id": special_ids.endoftext,
+        "eos_token_id": special_ids.im_end,
         "dtype": torch_dtype,
     }
     vision_config = {

@@ -57,7 +57,8 @@ def load_for_serving(
     from octomed_jax.data.tokenizer import load_tokenizer
 
     model, contract = load_run(checkpoint, mesh=mesh, **({"dtype": dtype} if dtype else {}))
-    return ServingModel(model, load_tokenizer(tokenizer_path or contract.prompting.tokenizer_path), contract)
+    return ServingModel(model, load_tokenizer(tokenizer_path or contract.prompting.tokenizer_path,
+                                                special_ids=contract.special_ids), contract)
 
 
 __all__ = ["ServingModel", "load_for_serving"]
