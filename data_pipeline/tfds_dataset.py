@@ -131,7 +131,6 @@ def main(argv: Sequence[str]) -> None:
         builder = prepare(f.recipe_dir, f.data_dir, check=f.check)
     except (ManifestError, StorageError) as e:
         sys.exit(f"tfds_dataset: {e}")
-    builder = prepare(f.recipe_dir, f.data_dir, check=f.check)
     print(f"wrote {builder.data_dir}: " + ", ".join(f"{s} {v.num_examples}" for s, v in builder.info.splits.items()))
 
 
