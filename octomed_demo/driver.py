@@ -206,8 +206,10 @@ def export(model: Any, workdir: str, end_step: int, dtype: str | None) -> str:
     return out
 
 
-def hf_check(hf_dir: str, question: Question, max_pixels: int, max_new_tokens: int) -> dict[str, Any] | None:
-    """Reloads the HF export with transformers and answers `question` greedily; None without torch."""
+def hf_check(hf_dir: str, question: Question, max_new_tokens: int) -> dict[str, Any] | None:
+    """Reloads the HF export with transformers (its family's class) and answers `question` greedily; None
+    without torch. The prompt is built as training built it: the export's contract gives the tokenizer's ids,
+    the pixel bounds and the family's image parameters."""
     try:
         import torch
         import transformers
@@ -222,9 +224,13 @@ def hf_check(hf_dir: str, question: Question, max_pixels: int, max_new_tokens: i
     from octomed_jax.data.tokenizer import load_tokenizer
     from octomed_jax.generation.prompts import question_prompt
 
-    tokenizer = load_tokenizer(hf_dir, special_ids=load_contract(hf_dir).special_ids)
-    model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32).eval()
-    prompt = question_prompt(tokenizer, question, max_pixels=max_pixels)  # our template, our image processing
+    contract = load_contract(hf_dir)
+    tokenizer = load_tokenizer(hf_dir, special_ids=contract.special_ids)
+    # The class from config.json's model_type (Qwen2.5-VL or Qwen3-VL); no remote code.
+    model = transformers.AutoModelForImageTextToText.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    prompt = question_prompt(tokenizer, question, system_prompt=contract.prompting.system_prompt,
+                             instruction=contract.prompting.instruction,
+                             **contract.preprocessing.image_options(contract.model))
     ids = torch.tensor(prompt.token_ids[None].astype(np.int64))
     inputs: dict[str, Any] = {
         "input_ids": ids,
@@ -386,7 +392,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             bar.update(1)
             if config.demo.hf_check:
                 mm = [q for q in questions if q.category == "mm_reasoning"] or questions
-                check = hf_check(hf_dir, mm[0], config.recipe.images.max_pixels, config.eval.max_new_tokens)
+                check = hf_check(hf_dir, mm[0], config.eval.max_new_tokens)
                 bar.update(1)
         timings["export"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
