@@ -218,22 +218,28 @@ class Deduplicator:
         perm = (base[:, None] * self._a[None, :] + self._b[None, :]) % _MERSENNE
         return (perm & np.uint64(0xFFFFFFFF)).min(axis=0).astype(np.uint32)
 
-    def check(self, q: Question, image_keys: Sequence[str]) -> str | None:
-        """The duplicate reason for `q`, or None (then `q` is remembered as kept).
+    def features(self, q: Question, image_keys: Sequence[str]) -> tuple[bytes, str, np.ndarray | None]:
+        """What `decide` compares of `q`: (its `dedup_key`, its image keys joined, its MinHash signature or None
+        when near-duplicate removal is off). Independent of every other question, so a distributed build
+        computes them on the workers and gathers them for `decide`.
 
         Args:
           q: a training question.
           image_keys: one key per image of `q` (pixel hashes), so that the same stem over different images
             (every classification question) is not a duplicate.
         """
-        images = "|".join(image_keys)
-        exact_key = dedup_key(q, image_keys)
+        signature = None if self.config.near_jaccard is None else self._signature(question_text(q))
+        return dedup_key(q, image_keys), "|".join(image_keys), signature
+
+    def decide(self, exact_key: bytes, images: str, signature: np.ndarray | None) -> str | None:
+        """The duplicate reason for a question's `features`, or None (then they are remembered as kept).
+
+        Greedy in call order: the outcome depends on the order questions are decided in (the build's order).
+        """
         if self.config.dedup_exact and exact_key in self._exact:
             return "duplicate_exact"
         bands: list[tuple[str, int, bytes]] = []
-        signature = None
-        if self.config.near_jaccard is not None:
-            signature = self._signature(question_text(q))
+        if signature is not None:
             rows = self.config.num_perm // self.config.bands
             bands = [(images, b, signature[b * rows : (b + 1) * rows].tobytes()) for b in range(self.config.bands)]
             candidates = {i for key in bands for i in self._buckets.get(key, ())}
@@ -246,6 +252,10 @@ class Deduplicator:
             for key in bands:
                 self._buckets[key].append(len(self._signatures) - 1)
         return None
+
+    def check(self, q: Question, image_keys: Sequence[str]) -> str | None:
+        """The duplicate reason for `q`, or None (then `q` is remembered as kept): `decide` on its `features`."""
+        return self.decide(*self.features(q, image_keys))
 
 
 class SameKey:

@@ -21,7 +21,7 @@ from fake_openai import FakeOpenAI  # noqa: E402
 from test_build import LONG, answer_fn, labels_by_key, make_config, write_sources  # noqa: E402
 
 from data_pipeline.beam_build import run_beam_build  # noqa: E402
-from data_pipeline.build import RecipeError, run_build  # noqa: E402
+from data_pipeline.build import run_build  # noqa: E402
 from data_pipeline.store import CompletionStore  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -83,11 +83,33 @@ def test_copies_duplicates_and_contamination_across_sources_removed_once(built):
     assert m["files"]["medqa_copy"][0]["records"] == 0
 
 
-def test_near_duplicates_are_refused_naming_the_field(built):
-    cfg = with_copy_source(make_config(built[0], "http://127.0.0.1:9/v1"))
-    cfg.recipe.decontamination.near_jaccard = 0.8
-    with pytest.raises(RecipeError, match=r"recipe\.decontamination\.near_jaccard = 0\.8"):
-        run_beam_build(cfg, out_dir="/nonexistent", log_fn=lambda s: None)
+def test_near_duplicates_removed_in_build_order_as_in_process(tmp_path):
+    """A near copy of the first question (its first word changed) and an exact twin of that copy (upper case):
+    in build order both are near duplicates of the first (the twin's exact match was itself dropped), the
+    in-process decisions that only a global step in build order reproduces."""
+    stem = LONG + " and sweating for an hour after climbing the stairs at home; which drug is indicated now?"
+    near = "One" + stem[1:]
+    opts = {"A": "aspirin", "B": "heparin", "C": "warfarin", "D": "alteplase", "E": "nothing"}
+    os.makedirs(tmp_path / "src/medqa")
+    with open(tmp_path / "src/medqa/train.jsonl", "w") as f:
+        for q in (stem, near, near.upper(), "Case 9: which drug is indicated now?"):
+            f.write(json.dumps({"question": q, "options": opts, "answer": "aspirin", "answer_idx": "A"}) + "\n")
+    with FakeOpenAI(answer_fn=lambda qkey, s: "A") as srv:
+        cfg = make_config(str(tmp_path / "src"), srv.base_url)
+        cfg.recipe.sources = ml_collections.ConfigDict({"medqa": cfg.recipe.sources.medqa.to_dict()})
+        cfg.recipe.decontamination.near_jaccard = 0.8
+        local = run_build(cfg, out_dir=str(tmp_path / "local"), progress=False, log=lambda s: None)
+        srv.served.clear()
+        beam = run_beam_build(cfg, out_dir=str(tmp_path / "beam"), log_fn=lambda s: None,
+                              beam_args="--direct_num_workers=2 --direct_running_mode=multi_threading")
+        served = dict(srv.served)
+    assert beam.manifest == local.manifest
+    for name in ("manifest.json", "medqa/medqa.array_record-00000-of-00001"):
+        assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "beam" / name).read_bytes(), name
+    d, text = beam.manifest["decontamination"], beam.manifest["sources"]["medqa"]["categories"]["text"]
+    assert (d["near_duplicate"], d["duplicate_exact"]) == (2, 0)
+    assert text["questions_in"] == 4 and text["questions_kept"] == 2 and text["dropped"] == {"duplicate_near": 2}
+    assert len(served) == 2 * 8 and set(served.values()) == {1}  # duplicates dropped before sampling
 
 
 def test_killed_run_then_rerun_requests_no_completion_twice(built, tmp_path):
@@ -166,6 +188,6 @@ def test_dedup_exact_alone_keeps_the_first_in_build_order(built):
             TALLY, DUPLICATES, main="kept"
         )
         assert_that(out.kept, equal_to([group[1]]), label="kept")
-        assert_that(out[DUPLICATES], equal_to([2]), label="duplicates")
+        assert_that(out[DUPLICATES], equal_to([("duplicate_exact", 2)]), label="duplicates")
         dropped = out[TALLY] | beam.Map(lambda d: d["stats"]["medqa_copy"]["total"]["dropped"])
         assert_that(dropped, equal_to([{"duplicate_exact": 2}]), label="tally")
