@@ -10,7 +10,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)  # `launch` is a folder of scripts, not an installed package
 
-from launch import jobset, slurm, tpu_pod  # noqa: E402
+from launch import beam_build, jobset, slurm, tpu_pod  # noqa: E402
 
 OVERRIDES = ["--config.mesh.tensor=2", "--config.train.num_steps=100"]
 TRAIN = ["python", "-m", "octomed_jax.train", "--config=full_mix", *OVERRIDES]
@@ -148,3 +148,23 @@ def test_jobset_needs_a_topology_or_hosts():
         jobset.render("full_mix", [], platform="tpu", image="i", accelerator="tpu-v5p-slice")
     with pytest.raises(ValueError, match="hosts"):
         jobset.render("full_mix", [], platform="gpu", image="i", accelerator="nvidia-h100-80gb")
+
+
+def test_beam_build_commands_parse_as_the_runners_options():
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, PortableOptions
+
+    common = ["--config=full_mix", "--out=/mnt/out", "--source_root=/mnt/src"]
+    args, overrides = beam_build.parse_args(["dataflow", *common, "--project=p1", "--region=r1", "--bucket=b1",
+                                             "--image=img:1", "--", "--config.recipe.seed=3"])
+    argv = beam_build.build_argv("dataflow", args, overrides)
+    assert argv[:3] == ["python", "-m", "data_pipeline.build"] and argv[-1] == "--config.recipe.seed=3"
+    assert "--runner=DataflowRunner" in argv and "--out=/mnt/out" in argv
+    options = PipelineOptions(shlex.split(next(a for a in argv if a.startswith("--beam_args="))[len("--beam_args="):]))
+    gcp = options.view_as(GoogleCloudOptions)
+    assert (gcp.project, gcp.region, gcp.temp_location) == ("p1", "r1", "gs://b1/tmp")
+    args, _ = beam_build.parse_args(["flink", *common, "--flink_master=h:8081", "--flink_version=1.19"])
+    flink = PipelineOptions(shlex.split(beam_build.build_argv("flink", args)[-1][len("--beam_args="):]))
+    assert flink.view_as(PortableOptions).environment_config == '{"command": "/opt/beam/boot"}'
+    args, _ = beam_build.parse_args(["spark", *common, "--spark_master_url=spark://h:7077"])
+    with pytest.raises(SystemExit, match="the spark runner needs --image"):
+        beam_build.build_argv("spark", args)
