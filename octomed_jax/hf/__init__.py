@@ -1,4 +1,4 @@
-"""Hugging Face interop: `load_hf` reads a Qwen2.5-VL or Qwen3-VL checkpoint folder, `save_hf` writes one.
+"""Hugging Face interop: `load_hf` reads a Qwen2.5-VL, Qwen3-VL or InternVL checkpoint folder, `save_hf` writes one.
 
 The family is config.json's `model_type` (`models.config.FAMILIES`); the model class is the family's
 (`models.families`).
@@ -6,9 +6,9 @@ The family is config.json's `model_type` (`models.config.FAMILIES`); the model c
 `load_hf` reads config.json and safetensors (one file or shards with an index; the legacy key layout
 or transformers 5.x's `model.language_model.*`). Given a mesh, every parameter is built with
 `jax.make_array_from_callback`, so each host reads from the files (`safe_open(...).get_slice`) only the
-slices of the tensors that land on its own devices. `save_hf` writes the legacy layout for Qwen2.5-VL and
-the `model.language_model.*` layout for Qwen3-VL (as their Hub checkpoints), which
-`Qwen2_5_VLForConditionalGeneration` / `Qwen3VLForConditionalGeneration.from_pretrained` load with no missing
+slices of the tensors that land on its own devices. `save_hf` writes the legacy layout for Qwen2.5-VL,
+the `model.language_model.*` layout for Qwen3-VL and the llava layout for InternVL (as their Hub checkpoints),
+which each family's transformers class (`...ForConditionalGeneration.from_pretrained`) loads with no missing
 or unexpected keys.
 """
 
@@ -158,8 +158,11 @@ def load_hf(
 
 
 def _patch_shape(cfg: ModelConfig) -> tuple[int, ...]:
-    """The trailing axes of the HF patch embedding (Conv3d) weight: channels, time, height, width."""
+    """The trailing axes of the HF patch embedding (Conv3d) weight: channels, time, height, width (InternVL's
+    Conv2d: no time axis)."""
     v = cfg.vision
+    if cfg.family == "internvl":
+        return (v.in_channels, v.patch_size, v.patch_size)
     return (v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
 
 

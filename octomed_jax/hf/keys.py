@@ -7,6 +7,9 @@ layout that Hub checkpoints use (`model.layers.N.*`, `visual.*`, `lm_head.*`); t
 `model.language_model.*` / `model.visual.*` layout of transformers 5.x in memory is read too, and is the
 layout Qwen3-VL checkpoints are written in (`to_family_layout`). Qwen3-VL's extra modules (q/k norms, the
 position table, LayerNorm biases, the DeepStack mergers `deepstack_merger_list.N`) map by the same rules.
+InternVL's `vision_tower.*` and `multi_modal_projector.*` carry transformers' own module names; its checkpoints
+are written in the llava layout transformers saves (`language_model.model.*`, `language_model.lm_head.*`) and
+read in that one or the in-memory one (`model.language_model.*`, `model.vision_tower.*`, ...).
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ Kind = Literal["copy", "linear", "conv"]
 # Our module names that differ from transformers' (within vision blocks and the merger).
 _RENAMES = {"qkv": "attn.qkv", "proj": "attn.proj", "mlp_in": "mlp.0", "mlp_out": "mlp.2"}
 _LEAVES = {"kernel": "weight", "bias": "bias", "scale": "weight", "embedding": "weight"}
+_INTERNVL_TOWERS = ("vision_tower", "multi_modal_projector")
+# File-name prefixes -> ours (`to_legacy`): transformers 5.x in memory, then InternVL's llava layout on disk.
+_LEGACY_PREFIXES = (("model.language_model.", "model."), ("model.visual.", "visual."),
+                    ("model.vision_tower.", "vision_tower."),
+                    ("model.multi_modal_projector.", "multi_modal_projector."),
+                    ("language_model.model.", "model."), ("language_model.lm_head.", "lm_head."))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +60,8 @@ def tensor_map(path: tuple[str, ...], shape: tuple[int, ...]) -> TensorMap:
     tower, *rest = path
     leaf = rest[-1]
     num_layers = None
+    if tower in _INTERNVL_TOWERS:
+        return _internvl_map(path, shape)
     if tower == "language_model":
         prefix = "model"
         if rest[0] == "lm_head":
@@ -72,17 +83,36 @@ def tensor_map(path: tuple[str, ...], shape: tuple[int, ...]) -> TensorMap:
     return TensorMap(tuple(path), name, num_layers, "linear" if leaf == "kernel" else "copy")
 
 
+def _internvl_map(path: tuple[str, ...], shape: tuple[int, ...]) -> TensorMap:
+    """InternVL's vision tower and projector: transformers' names, but for our stacked `vision_tower.layers`
+    (its `encoder.layer.N`) and the patch embedding matmul (its Conv2d `patch_embeddings.projection`)."""
+    *modules, leaf = path
+    num_layers = None
+    if modules[:2] == ["vision_tower", "layers"]:
+        modules, num_layers = ["vision_tower", "encoder", "layer", "{i}", *modules[2:]], shape[0]
+    if modules[-1] == "patch_embeddings":
+        modules.append("projection")
+    kind: Kind = "copy"
+    if leaf == "kernel":
+        kind = "conv" if modules[-1] == "projection" else "linear"
+    return TensorMap(tuple(path), ".".join([*modules, _LEAVES.get(leaf, leaf)]), num_layers, kind)
+
+
 def to_legacy(name: str) -> str:
-    """`model.language_model.X` -> `model.X`, `model.visual.X` -> `visual.X` (legacy layout)."""
-    if name.startswith("model.language_model."):
-        return "model." + name[len("model.language_model.") :]
-    if name.startswith("model.visual."):
-        return name[len("model.") :]
+    """A file's tensor name in our legacy naming: `model.language_model.X` -> `model.X`, `model.visual.X` ->
+    `visual.X`; InternVL's `model.vision_tower.X` -> `vision_tower.X` and its llava layout's
+    `language_model.model.X` -> `model.X`, `language_model.lm_head.X` -> `lm_head.X`."""
+    for prefix, ours in _LEGACY_PREFIXES:
+        if name.startswith(prefix):
+            return ours + name[len(prefix) :]
     return name
 
 
 def to_family_layout(name: str, family: str) -> str:
-    """A legacy name in the layout `family`'s checkpoints are written in (Qwen3-VL: `model.language_model.*`)."""
+    """A legacy name in the layout `family`'s checkpoints are written in (Qwen3-VL: `model.language_model.*`;
+    InternVL: the llava layout transformers saves, `language_model.model.*`)."""
+    if family == "internvl":
+        return "language_model." + name if name.startswith(("model.", "lm_head.")) else name
     if family != "qwen3_vl":
         return name
     if name.startswith("model."):

@@ -20,7 +20,7 @@ VISION_START_TOKEN_ID = QWEN_SPECIAL_IDS.vision_start
 VISION_END_TOKEN_ID = QWEN_SPECIAL_IDS.vision_end
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "pallas_gpu")
 # Model families: the value of `model.family` and of config.json's `model_type`.
-FAMILIES = ("qwen2_5_vl", "qwen3_vl")
+FAMILIES = ("qwen2_5_vl", "qwen3_vl", "internvl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +43,13 @@ class VisionConfig:
     # output feeds a DeepStack merger (its features are added to the first language layers).
     num_position_embeddings: int = 0
     deepstack_visual_indexes: tuple[int, ...] = ()
+    # InternVL only (InternViT; `rms_norm_eps` is its layer_norm_eps, for either norm type): the tile side in
+    # pixels (the position table has (image_size / patch_size)**2 + 1 entries), q/k RMSNorm, "layer_norm" or
+    # "rms_norm", biases on q/k/v. Its pixel shuffle merges spatial_merge_size**2 patches (downsample_ratio 0.5).
+    image_size: int = 0
+    use_qk_norm: bool = False
+    norm_type: str = "layer_norm"
+    attention_bias: bool = True
 
     @property
     def head_dim(self) -> int:
@@ -55,6 +62,11 @@ class VisionConfig:
     @property
     def merge_unit(self) -> int:
         return self.spatial_merge_size**2
+
+    @property
+    def num_tile_patches(self) -> int:
+        """InternViT: patches of one tile (its [CLS] token not counted)."""
+        return (self.image_size // self.patch_size) ** 2
 
     @property
     def window_patches(self) -> int:
@@ -87,7 +99,8 @@ class ModelConfig:
     """The whole student: vision tower, language model, and how they are computed.
 
     Attributes:
-      family: the model family (`FAMILIES`): `qwen2_5_vl` or `qwen3_vl` (`octomed_jax.models.qwen3_vl`).
+      family: the model family (`FAMILIES`): `qwen2_5_vl`, `qwen3_vl` (`octomed_jax.models.qwen3_vl`) or
+        `internvl` (`octomed_jax.models.internvl`).
       param_dtype: dtype the parameters are stored in (fp32 master weights for training).
       dtype: compute dtype of matmuls and activations (bf16 for speed, fp32 for parity).
       scan_layers: run the stacked layers with `nnx.scan` (one compiled layer) instead of unrolled.
@@ -145,6 +158,14 @@ class ModelConfig:
             if bad or len(v.deepstack_visual_indexes) > t.num_hidden_layers:
                 raise ValueError(f"deepstack_visual_indexes {v.deepstack_visual_indexes}: need at most "
                                  f"{t.num_hidden_layers} blocks within 0..{v.depth - 1}")
+        if self.family == "internvl":
+            side = v.image_size // v.patch_size if v.patch_size else 0
+            if side <= 0 or v.image_size % v.patch_size or side % v.spatial_merge_size:
+                raise ValueError(f"vision image_size {v.image_size}: need a multiple of patch_size {v.patch_size} "
+                                 f"whose patch grid the pixel shuffle ({v.spatial_merge_size}) divides")
+            if v.norm_type not in ("layer_norm", "rms_norm") or v.hidden_size % v.num_heads:
+                raise ValueError(f"vision norm_type {v.norm_type!r} (layer_norm or rms_norm), hidden_size "
+                                 f"{v.hidden_size} and num_heads {v.num_heads} (must divide it)")
 
     @property
     def jnp_dtype(self) -> jnp.dtype:
@@ -178,6 +199,26 @@ _QWEN3_VISION_LARGE = dict(_QWEN3_VISION, depth=27, hidden_size=1152, intermedia
 
 def _qwen3_preset(text: dict[str, Any], vision: dict[str, Any]) -> ModelConfig:
     return _preset({**_QWEN3_TEXT, **text}, vision, family="qwen3_vl")
+
+
+# InternVL3.5 ("-HF" checkpoints, `model_type` internvl): InternViT + pixel shuffle + MLP projector + a Qwen3
+# language model (128-wide heads, q/k norms, 1-D RoPE theta 1e6 = M-RoPE with one section, 40,960 positions).
+# The two towers' fields are those of OpenGVLab's own -HF converter (InternViT-300M for 1B..14B, InternViT-6B,
+# 45 layers, for 38B) and the image token is its <IMG_CONTEXT> (151671, its default; InternVL's config.json has
+# no <img> / </img> ids, so vision_start/end_token_id keep Qwen's and the model does not read them). The text
+# sizes are those of Qwen3-{0.6B,1.7B,4B,8B,14B,32B}, tied embeddings in 1B/2B/4B as in those Qwen3 releases.
+# Not verifiable from transformers' docs or tests: the exact -HF file of each size (the 8B's language model
+# fields were checked against InternVL3_5-8B's public config.json, whose llm_config the converter copies).
+_INTERNVL_TEXT = dict(vocab_size=151936, attention_head_dim=128, mrope_section=(64, 0, 0), rope_theta=1_000_000.0,
+                      max_position_embeddings=40960)
+_INTERNVL_VISION = dict(patch_size=14, temporal_patch_size=1, image_size=448, fullatt_block_indexes=())
+_INTERNVIT_300M = dict(_INTERNVL_VISION, depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16)
+_INTERNVIT_6B = dict(_INTERNVL_VISION, depth=45, hidden_size=3200, intermediate_size=12800, num_heads=25,
+                     norm_type="rms_norm", use_qk_norm=True, attention_bias=False)
+
+
+def _internvl_preset(text: dict[str, Any], vision: dict[str, Any]) -> ModelConfig:
+    return _preset({**_INTERNVL_TEXT, **text}, vision, family="internvl").replace(image_token_id=151671)
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -253,6 +294,43 @@ PRESETS: dict[str, ModelConfig] = {
         dict(patch_size=16, num_position_embeddings=36, fullatt_block_indexes=(), depth=3, hidden_size=32,
              intermediate_size=64, num_heads=2, deepstack_visual_indexes=(0, 2)),
     ),
+    "internvl3_5_1b": _internvl_preset(
+        dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+             num_key_value_heads=8, tie_word_embeddings=True),
+        _INTERNVIT_300M,
+    ),
+    "internvl3_5_2b": _internvl_preset(
+        dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
+             num_key_value_heads=8, tie_word_embeddings=True),
+        _INTERNVIT_300M,
+    ),
+    "internvl3_5_4b": _internvl_preset(
+        dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+             num_key_value_heads=8, tie_word_embeddings=True),
+        _INTERNVIT_300M,
+    ),
+    "internvl3_5_8b": _internvl_preset(
+        dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+             num_key_value_heads=8),
+        _INTERNVIT_300M,
+    ),
+    "internvl3_5_14b": _internvl_preset(
+        dict(hidden_size=5120, intermediate_size=17408, num_hidden_layers=40, num_attention_heads=40,
+             num_key_value_heads=8),
+        _INTERNVIT_300M,
+    ),
+    "internvl3_5_38b": _internvl_preset(
+        dict(hidden_size=5120, intermediate_size=25600, num_hidden_layers=64, num_attention_heads=64,
+             num_key_value_heads=8),
+        _INTERNVIT_6B,
+    ),
+    # Tiny InternVL for tests: 84-pixel tiles (6 x 6 patches -> 3 x 3 = 9 tokens after the pixel shuffle),
+    # head_dim (16) != hidden / heads (64 / 8), untied head (as the 8B), synthetic ids under 152000.
+    "internvl_tiny": _internvl_preset(
+        dict(vocab_size=152000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=8,
+             num_key_value_heads=2, attention_head_dim=16, mrope_section=(8, 0, 0)),
+        dict(_INTERNVL_VISION, image_size=84, depth=2, hidden_size=32, intermediate_size=64, num_heads=2),
+    ),
 }
 
 
@@ -264,13 +342,17 @@ def get_preset(name: str, **overrides: Any) -> ModelConfig:
 
 
 def from_hf_dict(d: dict[str, Any], **overrides: Any) -> ModelConfig:
-    """Builds a ModelConfig from a Qwen2.5-VL or Qwen3-VL config.json (flat legacy or nested layout).
+    """Builds a ModelConfig from a Qwen2.5-VL, Qwen3-VL (flat legacy or nested layout) or InternVL config.json.
 
     The family is config.json's `model_type`.
     """
     family = d.get("model_type")
     if family not in FAMILIES:
         raise ValueError(f"config.json has model_type {family!r}; this loader reads {FAMILIES}")
+    if family == "internvl":
+        from octomed_jax.models import internvl_config  # lazy: it builds on this module's classes
+
+        return internvl_config.from_hf_dict(d, **overrides)
     qwen3 = family == "qwen3_vl"
     t = dict(d.get("text_config") or {})
     for key, value in d.items():  # legacy checkpoints keep the text fields at top level
@@ -332,10 +414,15 @@ def from_hf_dict(d: dict[str, Any], **overrides: Any) -> ModelConfig:
 def to_hf_dict(
     cfg: ModelConfig, *, torch_dtype: str = "float32", special_ids: SpecialIds = QWEN_SPECIAL_IDS
 ) -> dict[str, Any]:
-    """A config.json for transformers' `Qwen2_5_VLForConditionalGeneration` or `Qwen3VLForConditionalGeneration`.
+    """A config.json for transformers' `Qwen2_5_VLForConditionalGeneration`, `Qwen3VLForConditionalGeneration` or
+    `InternVLForConditionalGeneration`.
 
     `special_ids` are the run's tokenizer's (bos and eos); the image ids are the model's own.
     """
+    if cfg.family == "internvl":
+        from octomed_jax.models import internvl_config
+
+        return internvl_config.to_hf_dict(cfg, torch_dtype=torch_dtype, special_ids=special_ids)
     t, v = cfg.text, cfg.vision
     qwen3 = cfg.family == "qwen3_vl"
     rope = {"rope_type": "default", "rope_theta": t.rope_theta, "mrope_section": list(t.mrope_section)}

@@ -7,17 +7,19 @@ from collections.abc import Iterable
 
 from flax import nnx
 
-from octomed_jax.models import qwen2_5_vl, qwen3_vl
+from octomed_jax.models import internvl, qwen2_5_vl, qwen3_vl
 from octomed_jax.models.config import ModelConfig
+from octomed_jax.models.internvl import InternVL
 from octomed_jax.models.qwen2_5_vl import Qwen25VL
 from octomed_jax.models.qwen3_vl import Qwen3VL
 
-# Qwen3VL subclasses Qwen25VL: every family answers Qwen25VL's interface (`forward`, `hidden_states`, ...).
-MODEL_CLASSES: dict[str, type[Qwen25VL]] = {"qwen2_5_vl": Qwen25VL, "qwen3_vl": Qwen3VL}
+# Qwen3VL and InternVL subclass Qwen25VL: every family answers its interface (`forward`, `hidden_states`, ...).
+MODEL_CLASSES: dict[str, type[Qwen25VL]] = {"qwen2_5_vl": Qwen25VL, "qwen3_vl": Qwen3VL, "internvl": InternVL}
 
 
 # Each family's vision inputs: its fields are the vision keys of a packed batch (`positions.row_layout`).
-VISION_INPUT_CLASSES: dict[str, type] = {"qwen2_5_vl": qwen2_5_vl.VisionInputs, "qwen3_vl": qwen3_vl.VisionInputs}
+VISION_INPUT_CLASSES: dict[str, type] = {"qwen2_5_vl": qwen2_5_vl.VisionInputs, "qwen3_vl": qwen3_vl.VisionInputs,
+                                         "internvl": internvl.VisionInputs}
 
 
 def vision_inputs_class(fields: Iterable[str]) -> type:

@@ -58,6 +58,20 @@ class RMSNorm(nnx.Module):
         return self.scale[...].astype(self.dtype) * x32.astype(self.dtype)
 
 
+def layer_norm(dim: int, cfg: ModelConfig, rngs: nnx.Rngs, *, epsilon: float = 1e-6) -> nnx.LayerNorm:
+    """LayerNorm (two-pass variance as torch computes it) with logical axes on scale and bias."""
+    return nnx.LayerNorm(
+        dim,
+        epsilon=epsilon,
+        use_fast_variance=False,
+        dtype=cfg.jnp_dtype,
+        param_dtype=cfg.jnp_param_dtype,
+        scale_init=nnx.with_partitioning(jax.nn.initializers.ones, ("norm",)),
+        bias_init=nnx.with_partitioning(jax.nn.initializers.zeros, ("norm",)),
+        rngs=rngs,
+    )
+
+
 class GatedMLP(nnx.Module):
     """down(silu(gate(x)) * up(x)), the MLP of both towers (the vision one has biases)."""
 

@@ -16,21 +16,7 @@ from flax import nnx
 
 from octomed_jax.models import attention, stacking
 from octomed_jax.models.config import ModelConfig
-from octomed_jax.models.layers import apply_rotary, dense, inverse_frequencies
-
-
-def layer_norm(dim: int, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    """LayerNorm (eps 1e-6, two-pass variance as torch computes it) with logical axes on scale and bias."""
-    return nnx.LayerNorm(
-        dim,
-        epsilon=1e-6,
-        use_fast_variance=False,
-        dtype=cfg.jnp_dtype,
-        param_dtype=cfg.jnp_param_dtype,
-        scale_init=nnx.with_partitioning(jax.nn.initializers.ones, ("norm",)),
-        bias_init=nnx.with_partitioning(jax.nn.initializers.zeros, ("norm",)),
-        rngs=rngs,
-    )
+from octomed_jax.models.layers import apply_rotary, dense, inverse_frequencies, layer_norm
 
 
 class VisionMLP(nnx.Module):
