@@ -6,7 +6,8 @@
 Each arm is the real ablation config (`configs/format_cot.py`, `configs/traces_4.py`, ...) passed through ONE
 function, `demo_scale`, which swaps what only exists at the real scale for the demo's and keeps the rest, the
 arm's lever (`configs.experiments.EXPERIMENTS`) included. `--config.x.y=v` overrides fields of the scale config
-(`configs/demo.py`) before it is applied, e.g. `--config.train.num_steps=100`. Each arm trains in
+(`configs/demo.py`) before it is applied, e.g. `--config.eval.max_questions=20`; `--steps=N` sets every arm's
+training length (default `PAPER_STEPS`, `QUICK_STEPS` with `--quick`). Each arm trains in
 `<workdir>/<arm>/`, is evaluated on the same held-out questions of every category of the world (so the source
 experiment sees what a source does to the other categories) and writes `<workdir>/<arm>/arm_report.json`; a
 rerun skips the arms with a report and resumes an interrupted arm from its last checkpoint. The suite then writes
@@ -85,6 +86,10 @@ SCALE_FIELDS = (
 
 EARLY_EXPERIMENTS = ("filter",)  # also evaluated at mid-training: the paper's finding is about early training
 QUICK_ARMS = ("format_cot", "format_direct", "traces_1", "traces_16")
+# Steps per arm. The default suite runs 14 arms (filter_judge cannot run): at the demo's 0.83 s per step on a quiet
+# 2-core machine, 14 x (250 x 0.83 s + ~10 s per arm) + ~75 s once (initialisation, first compiles, the untrained
+# student's evaluation) ~ 52 min. Quick: 4 x (150 x 0.83 s + ~10 s) + ~75 s ~ 10 min.
+PAPER_STEPS = 250
 QUICK_STEPS = 150
 QUICK_EVAL_QUESTIONS = 20
 
@@ -227,14 +232,16 @@ def arm_config(experiment: str, arm: str, scale: ml_collections.ConfigDict) -> m
     return config
 
 
-def suite_scale(scale: ml_collections.ConfigDict, *, quick: bool) -> ml_collections.ConfigDict:
-    """The scale config as the suite runs it: no HF export (the experiments score the checkpoint in process);
-    `quick`: `QUICK_STEPS` steps and `QUICK_EVAL_QUESTIONS` held-out questions per category."""
+def suite_scale(scale: ml_collections.ConfigDict, *, quick: bool, steps: int | None = None
+                ) -> ml_collections.ConfigDict:
+    """The scale config as the suite runs it: `steps` training steps per arm (None: `PAPER_STEPS`, or
+    `QUICK_STEPS` when `quick`), no HF export (the experiments score the checkpoint in process); `quick`: also at
+    most `QUICK_EVAL_QUESTIONS` held-out questions per category."""
     s = ml_collections.ConfigDict(scale.to_dict())
+    s.train.num_steps = steps or (QUICK_STEPS if quick else PAPER_STEPS)
     s.export.hf = False
     s.demo.hf_check = False
     if quick:
-        s.train.num_steps = min(int(s.train.num_steps), QUICK_STEPS)
         s.eval.max_questions = min(int(s.eval.max_questions), QUICK_EVAL_QUESTIONS)
     return s
 
@@ -324,8 +331,8 @@ def run_arm(experiment: str, arm: str, config: ml_collections.ConfigDict, workdi
     return report
 
 
-def run_suite(scale: ml_collections.ConfigDict, workdir: str, *, quick: bool = False,
-              only: Sequence[str] = ()) -> dict[str, Any]:
+def run_suite(scale: ml_collections.ConfigDict, workdir: str, *, quick: bool = False, only: Sequence[str] = (),
+              steps: int | None = None) -> dict[str, Any]:
     """Runs the arms (finished ones skipped, an interrupted one resumed), then writes the report.
 
     Args:
@@ -333,6 +340,7 @@ def run_suite(scale: ml_collections.ConfigDict, workdir: str, *, quick: bool = F
       workdir: one folder per arm, the shared initialisation, the log file and the report.
       quick: `QUICK_ARMS`, shortened (`suite_scale`).
       only: experiment or arm names to run (empty: all of the suite).
+      steps: training steps per arm (`suite_scale`).
 
     Returns:
       {"arms": {arm: its report}, "report": the Markdown path, "seconds": the suite's wall time}, or with
@@ -342,7 +350,7 @@ def run_suite(scale: ml_collections.ConfigDict, workdir: str, *, quick: bool = F
     from octomed_demo import driver
 
     t_start = time.perf_counter()
-    scale = suite_scale(scale, quick=quick)
+    scale = suite_scale(scale, quick=quick, steps=steps)
     load_plugins(scale.get("plugins", ()))
     arms = suite_arms(quick=quick, only=only)
     os.makedirs(workdir, exist_ok=True)
@@ -518,6 +526,8 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                       flag_values=flag_values)
     flags.DEFINE_bool("quick", False, f"Only {', '.join(QUICK_ARMS)}, {QUICK_STEPS} steps each.",
                       flag_values=flag_values)
+    flags.DEFINE_integer("steps", None, f"Training steps per arm (default {PAPER_STEPS}; --quick {QUICK_STEPS}).",
+                         lower_bound=1, flag_values=flag_values)
     flags.DEFINE_string("workdir", "runs/paper", "One folder per arm, and the report.", flag_values=flag_values)
     flags.DEFINE_list("only", [], "Experiments or arms to run (default: all of the suite).", flag_values=flag_values)
 
@@ -539,7 +549,7 @@ def main(config: ml_collections.ConfigDict, flag_values: flags.FlagValues) -> No
     if not jax.config.jax_compilation_cache_dir:  # one given by the environment is kept
         jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(workdir), "jax_cache"))
     try:
-        result = run_suite(config, workdir, quick=flag_values.quick, only=flag_values.only)
+        result = run_suite(config, workdir, quick=flag_values.quick, only=flag_values.only, steps=flag_values.steps)
     except (PluginError, RecipeError, SetupError, SuiteError) as e:
         sys.exit(f"octomed_demo.experiments: {e}")
     except KeyboardInterrupt:

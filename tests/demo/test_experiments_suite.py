@@ -39,7 +39,7 @@ def test_arm_is_the_real_config_but_for_the_scale_fields(exp, arm, scale):
     got_scale, got_rest = scaled(ex.SCALE_FIELDS, config)
     want_rest = scaled(ex.SCALE_FIELDS, real)[1]
     if exp in ex.EARLY_EXPERIMENTS:  # eval is a scale field; the mid-training point is the suite's
-        assert config.eval.every == scale.train.num_steps // 2 == 200
+        assert config.eval.every == scale.train.num_steps // 2 == ex.PAPER_STEPS // 2
         config.eval.every = scale.eval.every
     assert got_rest == want_rest  # the lever and every other recipe field: the real arm's
     for key in ("init_from", "model", "mesh", "rules", "data", "optim", "train", "checkpoint", "eval", "export",
@@ -78,8 +78,8 @@ def test_quick_suite_and_only():
     with pytest.raises(ex.SuiteError, match="'nope'"):
         ex.suite_arms(quick=True, only=["nope"])
     s = ex.suite_scale(ex.load_config("demo"), quick=True)
-    assert (s.train.num_steps, s.eval.max_questions, s.export.hf, s.demo.hf_check) == (
-        ex.QUICK_STEPS, ex.QUICK_EVAL_QUESTIONS, False, False)
+    assert (s.train.num_steps, s.eval.max_questions, s.export.hf, s.demo.hf_check) == (150, 20, False, False)
+    assert ex.suite_scale(ex.load_config("demo"), quick=False, steps=7).train.num_steps == 7
 
 
 def fake_arm(exp, arm, text, mm, cls, early=None):
@@ -144,7 +144,7 @@ def test_report_lists_every_experiment_of_the_docs(fake_arms, tmp_path):
 
 
 SHORT = [
-    "--config.train.num_steps=2",
+    "--steps=2",
     "--config.eval.max_questions=2",
     "--config.eval.max_new_tokens=8",
     *(f"--config.recipe.sources.demo_{c}.options.num_train=16" for c in base.CATEGORIES),
