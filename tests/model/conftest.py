@@ -14,7 +14,8 @@ IMAGE = 151655
 
 
 HF_CLASSES = {"qwen2_5_vl": ("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration"),
-              "qwen3_vl": ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration")}
+              "qwen3_vl": ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration"),
+              "internvl": ("InternVLConfig", "InternVLForConditionalGeneration")}
 
 
 def hf_model(cfg: ModelConfig, seed: int = 0, scale: float | None = None):
