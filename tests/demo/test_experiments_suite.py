@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from absl import flags
 
 from configs import base
 from configs.experiments import EXPERIMENTS, flatten
@@ -80,6 +81,14 @@ def test_quick_suite_and_only():
     s = ex.suite_scale(ex.load_config("demo"), quick=True)
     assert (s.train.num_steps, s.eval.max_questions, s.export.hf, s.demo.hf_check) == (150, 20, False, False)
     assert ex.suite_scale(ex.load_config("demo"), quick=False, steps=7).train.num_steps == 7
+
+
+def test_cli_flags_are_defined_on_request_only():
+    assert not [m for m in flags.FLAGS.flags_by_module_dict() if m.startswith("octomed_demo")]
+    fv = flags.FlagValues()
+    ex.define_flags(fv)
+    assert sorted(fv) == ["only", "quick", "scale", "steps", "suite", "workdir"]
+    assert (ex.scale_argument(["prog", "--quick"]), ex.scale_argument(["prog", "--scale=demo"])) == ("demo", "demo")
 
 
 def fake_arm(exp, arm, text, mm, cls, early=None):
