@@ -1,5 +1,5 @@
-"""What the benchmarks share: one small model of a family (Qwen2.5-VL, Qwen3-VL) built by transformers and loaded
-into ours."""
+"""What the benchmarks share: one small model of a family (Qwen2.5-VL, Qwen3-VL, InternVL) built by transformers and
+loaded into ours."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from octomed_jax.models.config import ModelConfig, get_preset, to_hf_dict
 FAMILY_MODELS = {
     "qwen2_5_vl": ("tiny", "Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration"),
     "qwen3_vl": ("qwen3_vl_tiny", "Qwen3VLConfig", "Qwen3VLForConditionalGeneration"),
+    "internvl": ("internvl_tiny", "InternVLConfig", "InternVLForConditionalGeneration"),
 }
 
 
