@@ -1,8 +1,9 @@
 """Typed configuration of the student (one of `FAMILIES`), its size presets, and the config.json translation.
 
-The presets copy the public config.json of each Qwen2.5-VL and Qwen3-VL release; `from_hf_dict` reads both
-the flat legacy layout of the Hub checkpoints and the nested `text_config` layout of transformers 5.x, picking
-the family from `model_type`, and `to_hf_dict` writes a config.json that transformers loads without warnings.
+The presets copy the public config.json of each Qwen2.5-VL, Qwen3-VL and InternVL3.5 release; `from_hf_dict`
+reads both the flat legacy layout of the Hub checkpoints and the nested `text_config` layout of transformers 5.x,
+picking the family from `model_type` (InternVL's translation: `internvl_config`), and `to_hf_dict` writes a
+config.json that transformers loads without warnings.
 """
 
 from __future__ import annotations
