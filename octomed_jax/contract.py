@@ -346,10 +346,11 @@ def tokenizer_special_ids(tokenizer_path: str | None) -> SpecialIds:
     """
     if tokenizer_path is None:
         return QWEN_SPECIAL_IDS
-    from octomed_jax.data.tokenizer import TokenizerError, load_tokenizer
+    from octomed_jax.data.examples import special_ids_for  # one load per process and folder, shared with the data
+    from octomed_jax.data.tokenizer import TokenizerError
 
     try:
-        return SpecialIds.from_tokenizer(load_tokenizer(tokenizer_path, special_ids=None))
+        return special_ids_for(tokenizer_path)
     except (TokenizerError, OSError) as e:
         raise ContractError(f"data.tokenizer_path {tokenizer_path!r}: {e}") from e
 

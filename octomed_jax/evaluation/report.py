@@ -3,14 +3,15 @@ mean response length per benchmark (the paper's task-aware thinking figure)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from octomed_jax.evaluation.benchmarks import BENCHMARKS, CATEGORIES, CATEGORY_TITLES
-from octomed_jax.evaluation.metrics import summarize
+from octomed_jax.evaluation.metrics import QuestionResult, summarize
 from octomed_jax.evaluation.protocol import PAPER, PAPER_TABLE
 
 CATEGORY_COLORS = {"text": "#4C72B0", "mm_reasoning": "#DD8452", "mm_classification": "#55A868"}
@@ -23,6 +24,17 @@ def write_json(obj: Any, path: str) -> None:
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, allow_nan=True)
         f.write("\n")
+    os.replace(tmp, path)
+
+
+def write_responses(results: Sequence[QuestionResult], path: str) -> None:
+    """Writes one JSON line per question (`id`, `answer`, `responses[seed][sample]` as dicts), atomically."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        for r in results:
+            record = {"id": r.question_id, "answer": r.answer,
+                      "responses": [[dataclasses.asdict(x) for x in seed] for seed in r.responses]}
+            f.write(json.dumps(record) + "\n")
     os.replace(tmp, path)
 
 

@@ -85,7 +85,13 @@ def evaluate_benchmarks(
     from octomed_jax.checkpoint import load_contract, load_run
     from octomed_jax.data.tokenizer import load_tokenizer
     from octomed_jax.evaluation import benchmarks as bench_lib
-    from octomed_jax.evaluation.report import markdown_table, plot_response_lengths, table_json, write_json
+    from octomed_jax.evaluation.report import (
+        markdown_table,
+        plot_response_lengths,
+        table_json,
+        write_json,
+        write_responses,
+    )
     from octomed_jax.evaluation.run import evaluate_model
     from octomed_jax.generation.sampler import Sampler
     from octomed_jax.sharding import parse_mesh
@@ -153,18 +159,8 @@ def evaluate_benchmarks(
         (metrics,) = result.metrics["benchmarks"].values()
         (results,) = result.results.values()
         metrics = {**metrics, "rejected_rows": dict(rejected), "seconds": round(time.time() - start, 2)}
-        with open(os.path.join(out, "benchmarks", f"{b.name}.responses.jsonl"), "w") as f:
-            for r in results:  # the questions asked; the skipped ones are in the metrics
-                f.write(
-                    json.dumps(
-                        {
-                            "id": r.question_id,
-                            "answer": r.answer,
-                            "responses": [[dataclasses.asdict(x) for x in seed] for seed in r.responses],
-                        }
-                    )
-                )
-                f.write("\n")
+        # the questions asked; the skipped ones are in the metrics
+        write_responses(results, os.path.join(out, "benchmarks", f"{b.name}.responses.jsonl"))
         write_json(
             {"benchmark": b.name, "settings": _benchmark_settings(protocol, b.name, limit, contract),
              "metrics": metrics},
