@@ -26,7 +26,8 @@ import ml_collections
 
 from octomed_jax.data.config import DataConfig, ErrorBudget
 from octomed_jax.data.images import MIN_PIXELS, OCTOMED_MAX_PIXELS, family_options
-from octomed_jax.data.tokenizer import QWEN_SPECIAL_IDS, SpecialIds
+from octomed_jax.data.internvl_images import MAX_TILES, MIN_TILES
+from octomed_jax.data.tokenizer import INTERNVL_SPECIAL_IDS, QWEN_SPECIAL_IDS, SpecialIds
 from octomed_jax.models.config import FAMILIES, PRESETS, ModelConfig, get_preset
 from octomed_jax.training.optimizer import OptimConfig
 from octomed_jax.training.step import LossConfig
@@ -47,26 +48,54 @@ class Preprocessing:
     Patch, temporal patch and merge sizes are the vision tower's (`ModelConfig.vision`), not repeated here;
     the normalisation is the family's (`data.images.family_options`: CLIP for Qwen2.5-VL, 0.5 for Qwen3-VL).
 
+    InternVL instead cuts each image into the tower's tiles plus a thumbnail (`data.internvl_images`, transformers'
+    GotOcr2 image processor), up to `max_tiles`; the pixel bounds do not apply to it.
+
     Attributes:
       min_pixels: smallest resized image area.
       max_pixels: largest resized image area (OctoMed: 262,144 = 512 x 512).
+      max_tiles: InternVL: most tiles per image, the thumbnail not counted (its processor's `max_patches`).
     """
 
     min_pixels: int = MIN_PIXELS
     max_pixels: int = OCTOMED_MAX_PIXELS
+    max_tiles: int = MAX_TILES
 
     def __post_init__(self) -> None:
         if not 0 < self.min_pixels <= self.max_pixels:
             raise ContractError(f"preprocessing: need 0 < min_pixels ({self.min_pixels}) <= max_pixels "
                                 f"({self.max_pixels})")
+        if self.max_tiles < MIN_TILES:
+            raise ContractError(f"preprocessing: max_tiles {self.max_tiles} < {MIN_TILES}")
 
     def image_options(self, model: ModelConfig) -> dict[str, Any]:
         """`data.images.preprocess_image`'s keyword arguments: these bounds and the model family's parameters."""
+        if model.family == "internvl":
+            return {"max_tiles": self.max_tiles, **family_options(model)}
         return {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels, **family_options(model)}
 
     def processor_config(self, model: ModelConfig) -> dict[str, Any]:
-        """`preprocessor_config.json` for transformers' Qwen2-VL image processor, equal to our preprocessing."""
+        """`preprocessor_config.json` for transformers' Qwen2-VL image processor (InternVL: GotOcr2's, as its
+        `InternVLProcessor` calls it), equal to our preprocessing."""
         options = self.image_options(model)
+        if model.family == "internvl":
+            tile = options["tile_size"]
+            return {
+                "image_processor_type": "GotOcr2ImageProcessor",
+                "processor_class": "InternVLProcessor",
+                "do_resize": True,
+                "size": {"height": tile, "width": tile},
+                "crop_to_patches": True,
+                "min_patches": MIN_TILES,
+                "max_patches": self.max_tiles,
+                "resample": 3,  # bicubic
+                "do_rescale": True,
+                "rescale_factor": 1 / 255,
+                "do_normalize": True,
+                "do_convert_rgb": True,
+                "image_mean": list(options["image_mean"]),
+                "image_std": list(options["image_std"]),
+            }
         return {
             "image_processor_type": "Qwen2VLImageProcessor",
             "processor_class": {"qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}[model.family],
@@ -170,7 +199,7 @@ class RunContract:
             raise ContractError(f"model.image_token_id {self.model.image_token_id} != special_ids.image_pad "
                                 f"{self.special_ids.image_pad}")
         vocab = self.model.text.vocab_size
-        too_big = {k: v for k, v in dataclasses.asdict(self.special_ids).items() if v is not None and v >= vocab}
+        too_big = {k: v for k, v in dataclasses.asdict(self.special_ids).items() if isinstance(v, int) and v >= vocab}
         if too_big:
             raise ContractError(f"special ids {too_big} do not fit the model's vocabulary ({vocab} rows): the "
                                 f"tokenizer (data.tokenizer_path {self.prompting.tokenizer_path!r}) and the model "
@@ -277,9 +306,11 @@ class RunContract:
           epoch_end_steps: the counted step of each epoch's end (`TrainSettings.epoch_end_steps`).
         """
         d, images = config.data, config.recipe.images
-        special_ids = tokenizer_special_ids(d.get("tokenizer_path") or None)
+        family = config.model.get("family", get_preset(config.model.preset).family)
+        special_ids = tokenizer_special_ids(d.get("tokenizer_path") or None, family)
         model = model_config_from(config, special_ids)
-        preprocessing = Preprocessing(max_pixels=int(images.max_pixels))
+        preprocessing = Preprocessing(max_pixels=int(images.max_pixels), max_tiles=int(images.get("max_tiles",
+                                                                                                   MAX_TILES)))
         prompting = Prompting(system_prompt=d.system_prompt or None, instruction=d.get("instruction") or None,
                               tokenizer_path=d.get("tokenizer_path") or None)
         data = None
@@ -338,19 +369,21 @@ class RunContract:
         return cls(recipe=recipe, model=model, **{"family": model.family, **parts})
 
 
-def tokenizer_special_ids(tokenizer_path: str | None) -> SpecialIds:
+def tokenizer_special_ids(tokenizer_path: str | None, family: str = "qwen2_5_vl") -> SpecialIds:
     """The special ids of a run's tokenizer: Qwen's for the default files (nothing loaded), else read from it.
+
+    The internvl family's tokenizer carries InternVL's image tokens (added when missing: `load_tokenizer`).
 
     Raises:
       ContractError: the tokenizer cannot be loaded or lacks a special token (naming the folder).
     """
     if tokenizer_path is None:
-        return QWEN_SPECIAL_IDS
+        return INTERNVL_SPECIAL_IDS if family == "internvl" else QWEN_SPECIAL_IDS
     from octomed_jax.data.examples import special_ids_for  # one load per process and folder, shared with the data
     from octomed_jax.data.tokenizer import TokenizerError
 
     try:
-        return special_ids_for(tokenizer_path)
+        return special_ids_for(tokenizer_path, family)
     except (TokenizerError, OSError) as e:
         raise ContractError(f"data.tokenizer_path {tokenizer_path!r}: {e}") from e
 

@@ -107,27 +107,29 @@ class _Skip(Exception):
         self.reason = reason
 
 
-# One tokenizer per process and path: loading it takes ~0.3 s and workers decode thousands of records.
-_TOKENIZERS: dict[str | None, tuple[Any, tok.SpecialIds]] = {}
+# One tokenizer per process, path and family: loading it takes ~0.3 s and workers decode thousands of records.
+_TOKENIZERS: dict[tuple[str | None, bool], tuple[Any, tok.SpecialIds]] = {}
 _TOKENIZER_LOCK = threading.Lock()
 
 
-def _tokenizer_and_ids(path: str | None) -> tuple[Any, tok.SpecialIds]:
+def _tokenizer_and_ids(path: str | None, family: str = "qwen2_5_vl") -> tuple[Any, tok.SpecialIds]:
+    internvl = family == "internvl"  # the one family with its own image tokens (added when missing)
     with _TOKENIZER_LOCK:
-        if path not in _TOKENIZERS:
+        if (path, internvl) not in _TOKENIZERS:
             # The run contract read the same folder's ids when the run started (`RunContract.from_config`).
-            tokenizer = tok.load_tokenizer(path, special_ids=None)
-            _TOKENIZERS[path] = (tokenizer, tok.SpecialIds.from_tokenizer(tokenizer))
-        return _TOKENIZERS[path]
+            tokenizer = tok.load_tokenizer(path, special_ids=None,
+                                           image_tokens=tok.INTERNVL_IMAGE_TOKENS if internvl else None)
+            _TOKENIZERS[path, internvl] = (tokenizer, tok.SpecialIds.from_tokenizer(tokenizer))
+        return _TOKENIZERS[path, internvl]
 
 
-def _tokenizer(path: str | None) -> Any:
-    return _tokenizer_and_ids(path)[0]
+def _tokenizer(path: str | None, family: str = "qwen2_5_vl") -> Any:
+    return _tokenizer_and_ids(path, family)[0]
 
 
-def special_ids_for(tokenizer_path: str | None) -> tok.SpecialIds:
-    """The special ids of the data's tokenizer (`DataConfig.tokenizer_path`; None: Qwen's files)."""
-    return _tokenizer_and_ids(tokenizer_path)[1]
+def special_ids_for(tokenizer_path: str | None, family: str = "qwen2_5_vl") -> tok.SpecialIds:
+    """The special ids of the data's tokenizer (`DataConfig.tokenizer_path`; None: Qwen's files) for `family`."""
+    return _tokenizer_and_ids(tokenizer_path, family)[1]
 
 
 def truncate_reasoning(
@@ -234,7 +236,7 @@ class ExampleDecoder:
 
         try:
             messages = template.messages_for_trace(trace, system_prompt=cfg.system_prompt, instruction=cfg.instruction)
-            tokenizer, ids = _tokenizer_and_ids(cfg.tokenizer_path)
+            tokenizer, ids = _tokenizer_and_ids(cfg.tokenizer_path, self.model_cfg.family)
             chat = template.encode_chat(tokenizer, messages, image_grids=grids, merge_size=merge)
         except template.TemplateError as e:
             raise _Skip("template_error", str(e)) from e
@@ -262,7 +264,8 @@ def make_example(
     truncated: int = 0,
     pad_id: int = PAD_ID,
 ) -> Example:
-    """An `Example` from a tokenised chat: targets and mask shifted by one, positions from `rope_index`.
+    """An `Example` from a tokenised chat: targets and mask shifted by one, the family's positions (`rope_index`;
+    InternVL: 1-D).
 
     Args:
       source: source name.
@@ -278,7 +281,7 @@ def make_example(
     Returns:
       The example.
     """
-    from octomed_jax.models.positions import rope_index  # lazy: keeps `import octomed_jax.data` light
+    from octomed_jax.models.positions import prompt_positions  # lazy: keeps `import octomed_jax.data` light
 
     ids = np.asarray(token_ids, np.int32)
     grids = np.asarray(image_grid_thw, np.int64).reshape(-1, 3)
@@ -291,7 +294,7 @@ def make_example(
     targets[-1:] = pad_id
     shifted = np.zeros(len(ids), np.bool_)
     shifted[:-1] = np.asarray(loss_mask, np.bool_)[1:]
-    positions, _ = rope_index(ids[None], grids if len(grids) else None, None, model_cfg)
+    positions, _ = prompt_positions(ids[None], grids if len(grids) else None, None, model_cfg)
     pixels = (
         np.concatenate(pixel_values).astype(np.float32, copy=False)
         if pixel_values

@@ -55,7 +55,7 @@ QWEN3_VL_MAX_PIXELS = 16_777_216
 FAMILY_NORMALIZATION = {
     "qwen2_5_vl": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
     "qwen3_vl": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-}
+}  # InternVL: ImageNet's (`internvl_images`)
 
 # PIL modes holding more than 8 bits per sample: PIL's convert("RGB") would clip them at 255.
 _HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
@@ -83,8 +83,14 @@ class ImageError(ValueError):
 
 def family_options(model: ModelConfig) -> dict[str, Any]:
     """`preprocess_image`'s keyword arguments that the model fixes: its vision tower's patch, temporal patch and
-    merge sizes and its family's normalisation (the run contract writes them to `preprocessor_config.json`)."""
+    merge sizes and its family's normalisation (the run contract writes them to `preprocessor_config.json`);
+    InternVL: its tile side, patch size and ImageNet normalisation (`preprocess_image(tile_size=...)`)."""
     v = model.vision
+    if model.family == "internvl":
+        from octomed_jax.data.internvl_images import IMAGENET_MEAN, IMAGENET_STD
+
+        return {"tile_size": v.image_size, "patch_size": v.patch_size, "image_mean": IMAGENET_MEAN,
+                "image_std": IMAGENET_STD}
     mean, std = FAMILY_NORMALIZATION[model.family]
     return {"patch_size": v.patch_size, "temporal_patch_size": v.temporal_patch_size,
             "merge_size": v.spatial_merge_size, "image_mean": mean, "image_std": std}
@@ -311,8 +317,13 @@ def preprocess_image(
     merge_size: int = MERGE_SIZE,
     image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
     image_std: Sequence[float] = OPENAI_CLIP_STD,
+    tile_size: int = 0,
+    max_tiles: int = 12,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Turns one image into vision-tower input, as `Qwen2VLImageProcessor` does with these parameters.
+
+    With `tile_size` (InternVL), InternVL's tiles instead (`internvl_images.tiles_as_patches`, up to `max_tiles`
+    plus a thumbnail; the pixel bounds and merge sizes do not apply).
 
     The defaults are Qwen2.5-VL's; `family_options(model)` gives any family's sizes and normalisation.
 
@@ -333,6 +344,11 @@ def preprocess_image(
     Raises:
       ImageError: undecodable bytes, an empty image, an unsupported array, or an aspect ratio above 200.
     """
+    if tile_size:
+        from octomed_jax.data.internvl_images import tiles_as_patches
+
+        return tiles_as_patches(image, tile_size=tile_size, patch_size=patch_size, max_tiles=max_tiles,
+                                image_mean=image_mean, image_std=image_std)
     if min_pixels > max_pixels:
         raise ValueError(f"min_pixels {min_pixels} > max_pixels {max_pixels}")
     rgb = to_rgb_uint8(image)

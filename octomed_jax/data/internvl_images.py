@@ -20,6 +20,7 @@ Every tile becomes `image_seq_length` (256) `<IMG_CONTEXT>` tokens; the model ta
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -103,5 +104,25 @@ def preprocess_tiles(
     return ((pixels - mean) / std).transpose(0, 3, 1, 2)
 
 
+def tiles_as_patches(image: ImageInput, *, tile_size: int = TILE_SIZE, patch_size: int = 14,
+                     **options: Any) -> tuple[np.ndarray, np.ndarray]:
+    """`preprocess_tiles` in the data path's layout (`images.preprocess_image`'s outputs), for packing.
+
+    Each tile's values in order, cut into rows of one patch's size: [tiles * (tile_size / patch_size)^2,
+    3 * patch_size^2] (a reshape: `models.internvl.VisionInputs` reshapes them back into tiles), and the grid
+    (tiles, tile_size / patch_size, tile_size / patch_size), whose product is the rows and whose merged count
+    (`images.num_image_tokens`) is the image's `<IMG_CONTEXT>` tokens (256 per 448-pixel tile).
+
+    Args:
+      image: as `preprocess_tiles`.
+      tile_size, patch_size: the vision tower's tile side and patch size.
+      **options: `preprocess_tiles`' other keyword arguments (tile bounds, thumbnail, normalisation).
+    """
+    tiles = preprocess_tiles(image, tile_size=tile_size, **options)
+    side = tile_size // patch_size
+    grid = np.array([len(tiles), side, side], np.int64)
+    return tiles.reshape(len(tiles) * side * side, -1), grid
+
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MAX_TILES", "MIN_TILES", "TILE_SIZE", "num_tiles", "preprocess_tiles",
-           "tile_grid"]
+           "tile_grid", "tiles_as_patches"]

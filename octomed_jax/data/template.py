@@ -219,7 +219,9 @@ def encode_chat(
     """Tokenises a conversation with its loss mask, image pads expanded.
 
     The ids equal `tokenizer.apply_chat_template(messages, chat_template=CHAT_TEMPLATE, tokenize=True)`
-    with each `<|image_pad|>` repeated `num_image_tokens(grid)` times.
+    with each `<|image_pad|>` repeated `num_image_tokens(grid)` times. A tokenizer with InternVL's image tokens
+    (`tokenizer.tokenizer_image_tokens`) gets `<img>`, `<IMG_CONTEXT>` x that count, `</img>` instead, as
+    transformers' `InternVLProcessor` expands them (the grid of InternVL's tiles: (tiles, side, side) patches).
 
     Args:
       tokenizer: the Qwen tokenizer (`load_tokenizer()`).
@@ -247,6 +249,8 @@ def encode_chat(
 
     controls = _control_strings(tokenizer)
     backend = tokenizer.backend_tokenizer
+    # The tokenizer's image placeholder (InternVL's <img> <IMG_CONTEXT> </img> when it names them).
+    placeholder = dict(zip(tok_ids.QWEN_IMAGE_TOKENS, tok_ids.tokenizer_image_tokens(tokenizer), strict=True))
     ids: list[np.ndarray] = []
     mask: list[np.ndarray] = []
     run: list[_Piece] = []
@@ -280,9 +284,10 @@ def encode_chat(
         if piece.kind == "image":
             count = num_image_tokens(grids[image_index], merge_size)
             image_index += 1
-        token_id = backend.token_to_id(piece.text)
+        token = placeholder.get(piece.text, piece.text)
+        token_id = backend.token_to_id(token)
         if token_id is None:
-            raise TemplateError(f"the tokenizer has no token {piece.text!r}")
+            raise TemplateError(f"the tokenizer has no token {token!r}")
         ids.append(np.full(count, token_id, dtype=np.int32))
         mask.append(np.full(count, piece.assistant, dtype=np.bool_))
     flush()
@@ -290,7 +295,7 @@ def encode_chat(
         token_ids=np.concatenate(ids).astype(np.int32),
         loss_mask=np.concatenate(mask).astype(np.bool_),
         image_grid_thw=grids,
-        image_token_id=backend.token_to_id("<|image_pad|>"),
+        image_token_id=backend.token_to_id(placeholder["<|image_pad|>"]),
     )
 
 

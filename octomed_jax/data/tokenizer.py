@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
 from data_pipeline.writer import qwen_tokenizer_dir
@@ -32,6 +33,8 @@ class SpecialIds:
       im_start, im_end: turn delimiters; `im_end` ends an assistant answer.
       vision_start, vision_end, image_pad, video_pad: the image and video placeholders.
       think_start, think_end: `<think>` / `</think>` when the tokenizer has them as single tokens.
+      image_tokens: the strings of (vision_start, image_pad, vision_end): Qwen's, or InternVL's
+        `<img>`, `<IMG_CONTEXT>`, `</img>` (`INTERNVL_IMAGE_TOKENS`).
     """
 
     endoftext: int = 151643
@@ -43,6 +46,7 @@ class SpecialIds:
     video_pad: int = 151656
     think_start: int | None = 151667
     think_end: int | None = 151668
+    image_tokens: tuple[str, str, str] = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
 
     @property
     def pad(self) -> int:
@@ -57,20 +61,25 @@ class SpecialIds:
     def from_tokenizer(cls, tokenizer: PreTrainedTokenizerFast) -> SpecialIds:
         """The ids this tokenizer gives the special tokens (Qwen's for Qwen's files; others for the demo's).
 
+        The image placeholder is InternVL's when the tokenizer names a `context_image_token` (InternVL's
+        tokenizers, and ours loaded for the family: `load_tokenizer(..., image_tokens=INTERNVL_IMAGE_TOKENS)`).
+
         Raises:
           TokenizerError: naming every special token the tokenizer lacks as a single token.
         """
         vocab = tokenizer.get_vocab()
-        missing = [t for t in _REQUIRED_TOKENS if t not in vocab]
+        image_tokens = tokenizer_image_tokens(tokenizer)
+        required = _required_tokens(image_tokens)
+        missing = [t for t in required if t not in vocab]
         if missing:
             raise TokenizerError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no single token for "
                                  f"{', '.join(missing)}: the chat template needs them")
-        return cls(**{field: vocab[t] for t, field in _REQUIRED_TOKENS.items()},
-                   **{field: vocab.get(t) for t, field in _THINK_FIELDS.items()})
+        return cls(**{field: vocab[t] for t, field in required.items()},
+                   **{field: vocab.get(t) for t, field in _THINK_FIELDS.items()}, image_tokens=image_tokens)
 
     def tokens(self) -> dict[str, int]:
         """Token string -> id of the ids every tokenizer must have (`<think>` pair excluded)."""
-        return {t: getattr(self, field) for t, field in _REQUIRED_TOKENS.items()}
+        return {t: getattr(self, field) for t, field in _required_tokens(self.image_tokens).items()}
 
 
 # Token string -> SpecialIds field.
@@ -84,10 +93,33 @@ _REQUIRED_TOKENS: Final = {
     "<|video_pad|>": "video_pad",
 }
 _THINK_FIELDS: Final = {"<think>": "think_start", "</think>": "think_end"}
+QWEN_IMAGE_TOKENS: Final = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
+# InternVL's image tokens by the names transformers' InternVL tokenizers give them (`InternVLProcessor` reads
+# these attributes). `load_tokenizer` adds them to a tokenizer without them: on Qwen's files they get the ids of
+# InternVL3.5's own tokenizer (<img> 151669, </img> 151670, <IMG_CONTEXT> 151671).
+INTERNVL_IMAGE_TOKENS: Final = {"start_image_token": "<img>", "end_image_token": "</img>",
+                                "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}
+
+
+def _required_tokens(image_tokens: tuple[str, str, str]) -> dict[str, str]:
+    """`_REQUIRED_TOKENS` with the image placeholder's three strings replaced by `image_tokens`'."""
+    renamed = dict(zip(QWEN_IMAGE_TOKENS, image_tokens, strict=True))
+    return {renamed.get(t, t): field for t, field in _REQUIRED_TOKENS.items()}
+
+
+def tokenizer_image_tokens(tokenizer: PreTrainedTokenizerFast) -> tuple[str, str, str]:
+    """(start, image, end) strings of the tokenizer's image placeholder: InternVL's when it names a
+    `context_image_token`, else Qwen's."""
+    if getattr(tokenizer, "context_image_token", None):
+        return (tokenizer.start_image_token, tokenizer.context_image_token, tokenizer.end_image_token)
+    return QWEN_IMAGE_TOKENS
 
 
 # The one place these numbers are written: Qwen2.5-VL's (and Qwen3's) special ids.
 QWEN_SPECIAL_IDS: Final = SpecialIds()
+# Qwen's files loaded for InternVL (`load_tokenizer(None, image_tokens=INTERNVL_IMAGE_TOKENS)`): InternVL3.5's ids.
+INTERNVL_SPECIAL_IDS: Final = SpecialIds(vision_start=151669, vision_end=151670, image_pad=151671,
+                                         image_tokens=("<img>", "<IMG_CONTEXT>", "</img>"))
 ENDOFTEXT_ID: Final = QWEN_SPECIAL_IDS.endoftext
 IM_START_ID: Final = QWEN_SPECIAL_IDS.im_start
 IM_END_ID: Final = QWEN_SPECIAL_IDS.im_end
@@ -158,6 +190,7 @@ def load_tokenizer(
     *,
     require_think: bool = False,
     special_ids: SpecialIds | None = QWEN_SPECIAL_IDS,
+    image_tokens: Mapping[str, str] | None = None,
 ) -> PreTrainedTokenizerFast:
     """Loads a tokenizer, offline, and checks its special ids.
 
@@ -166,6 +199,8 @@ def load_tokenizer(
       require_think: also require `<think>` / `</think>` to be single tokens.
       special_ids: the ids it must use (a run contract's `special_ids`; Qwen2.5-VL's by default); None accepts
         the tokenizer's own ids (`SpecialIds.from_tokenizer`), as a run does when it first reads its tokenizer.
+      image_tokens: named image tokens to add when missing (`INTERNVL_IMAGE_TOKENS` for the internvl family);
+        None: InternVL's when `special_ids` uses them, else none.
 
     Returns:
       A fast (Rust `tokenizers`-backed) tokenizer. Its own `chat_template`, if any, is left as loaded:
@@ -182,7 +217,10 @@ def load_tokenizer(
     if not os.path.isdir(folder):
         raise TokenizerError(f"tokenizer folder {folder!r} does not exist")
     # Local files only and no remote code: a checkpoint folder must never run code or reach the network.
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    if image_tokens is None and special_ids is not None and special_ids.image_tokens != QWEN_IMAGE_TOKENS:
+        image_tokens = INTERNVL_IMAGE_TOKENS
+    extra = {"extra_special_tokens": dict(image_tokens)} if image_tokens else {}
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False, **extra)
     if not isinstance(tokenizer, PreTrainedTokenizerFast) or getattr(tokenizer, "backend_tokenizer", None) is None:
         raise TokenizerError(f"{folder!r} gave {type(tokenizer).__name__}, not a fast tokenizer (tokenizer.json)")
     own = SpecialIds.from_tokenizer(tokenizer)

@@ -423,13 +423,16 @@ class Sampler:
         # Dummy rows: one real token each, so every row has a well-defined last position.
         seg[len(rows) :, -1] = 1
         grid = np.concatenate(grids) if grids else None
-        positions, deltas = pos_lib.rope_index(ids, grid, seg, self.cfg)
+        positions, deltas = pos_lib.prompt_positions(ids, grid, seg, self.cfg)  # the family's positions
         next_position = seg.sum(axis=1).astype(np.int32) + deltas
         vision = None
         if grid is not None:
             n_patches = int(np.prod(grid, axis=-1).sum())
+            pad_to = bucket(n_patches, self.min_patch_bucket)
+            if self.cfg.family == "internvl":  # its rows are padded in whole tiles
+                pad_to = -(-pad_to // self.cfg.vision.num_tile_patches)
             vision = VISION_INPUT_CLASSES[self.cfg.family].build(  # the model family's vision layout
-                np.concatenate(pixels), grid, self.cfg, pad_to=bucket(n_patches, self.min_patch_bucket)
+                np.concatenate(pixels), grid, self.cfg, pad_to=pad_to
             )
 
         def per_row(f: Callable[[SamplingParams], Any], dtype: Any, fill: Any) -> np.ndarray:

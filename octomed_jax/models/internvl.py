@@ -68,7 +68,8 @@ class Projector(nnx.Module):
 
 @struct.dataclass
 class VisionInputs:
-    """Image tiles in rows of a fixed tile count, [rows, tiles, channels, size, size].
+    """Image tiles in rows of a fixed tile count, [rows, tiles, channels, size, size], or as the packed data path
+    carries them, [rows, patches, patch_dim] (each tile's values in order: `internvl_images.tiles_as_patches`).
 
     One row holding every tile of the batch (features fill the `<IMG_CONTEXT>` tokens in row-major order over
     the whole batch, as transformers does), or one row per token row (packed batches). Padding tiles (zeros)
@@ -83,6 +84,7 @@ class VisionInputs:
         """Host-side: one row with all the tiles, padded to `pad_to` tiles (default: none).
 
         `tiles_per_image` (the processor's per-image tile counts, or None) is checked against the tiles given.
+        The data path's layout is taken too (`stack_rows`).
         """
         return cls.stack_rows([(pixel_values, tiles_per_image)], cfg, pad_to)
 
@@ -91,12 +93,18 @@ class VisionInputs:
         """Host-side: one vision row per (pixel_values, tiles_per_image) pair, all padded to `pad_to` tiles.
 
         `pad_to` defaults to the largest row's tile count (at least 1); a row without images is all padding.
+        `pixel_values` may come as the data path's [patches, patch_dim] and `tiles_per_image` as its grids
+        [images, 3] ((tiles, side, side) each: `internvl_images.tiles_as_patches`).
         """
         v = cfg.vision
         tile = (v.in_channels, v.image_size, v.image_size)
         arrays = []
         for pixel_values, tiles_per_image in rows:
             px = np.zeros((0, *tile), np.float32) if pixel_values is None else np.asarray(pixel_values, np.float32)
+            if px.ndim == 2 and px.size % int(np.prod(tile)) == 0:  # the data path's patches: whole tiles
+                px = px.reshape(-1, *tile)
+            if tiles_per_image is not None and np.ndim(tiles_per_image) == 2:  # grids: (tiles, side, side)
+                tiles_per_image = np.asarray(tiles_per_image)[:, 0]
             if px.shape[1:] != tile:
                 raise ValueError(f"pixel_values has shape {px.shape}; the vision tower takes [tiles, *{tile}] "
                                  "(vision.image_size tiles from the InternVL image processor)")
@@ -130,10 +138,12 @@ class InternVL(Qwen25VL):
 
     def image_features(self, v: VisionInputs) -> tuple[jax.Array, None]:
         """Projected features [rows, tiles * tokens_per_tile, embed], in tile order; no per-layer features."""
-        rows, tiles = v.pixel_values.shape[:2]
-        hidden = self.vision_tower(v.pixel_values.reshape(rows * tiles, *v.pixel_values.shape[2:]))
-        features = self.multi_modal_projector(pixel_shuffle(hidden[:, 1:], self.cfg.vision.spatial_merge_size))
-        return features.reshape(rows, tiles * features.shape[1], features.shape[-1]), None
+        vc = self.cfg.vision
+        rows = v.pixel_values.shape[0]
+        # Either layout (tiles, or the packed rows' patches of whole tiles) is the same values in tile order.
+        hidden = self.vision_tower(v.pixel_values.reshape(-1, vc.in_channels, vc.image_size, vc.image_size))
+        features = self.multi_modal_projector(pixel_shuffle(hidden[:, 1:], vc.spatial_merge_size))
+        return features.reshape(rows, -1, features.shape[-1]), None
 
     def prepare_inputs(
         self,

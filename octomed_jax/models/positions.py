@@ -242,12 +242,29 @@ def interpolated_layout(grid_thw: np.ndarray, vcfg: VisionConfig, pad_to: int | 
     )
 
 
+def prompt_positions(
+    input_ids: np.ndarray, image_grid_thw: np.ndarray | None, attention_mask: np.ndarray | None, cfg: ModelConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """The family's language positions and decode deltas (`rope_index`'s contract): M-RoPE (`rope_index`), or
+    InternVL's 1-D positions (`internvl.positions_1d`), for an example and for the sampler's prompts."""
+    if cfg.family == "internvl":
+        from octomed_jax.models.internvl import positions_1d  # lazy: internvl builds on this module's users
+
+        ids = np.asarray(input_ids)
+        return positions_1d(np.ones(ids.shape, bool) if attention_mask is None else attention_mask)
+    return rope_index(input_ids, image_grid_thw, attention_mask, cfg)
+
+
 def row_layout(grid_thw: np.ndarray, vcfg: VisionConfig, pad_to: int) -> dict[str, np.ndarray]:
     """One vision row's index arrays by `VisionInputs` field name, for the tower `vcfg` describes.
 
     A tower with a learned position table (Qwen3-VL) takes `interpolated_layout`, a windowed one (Qwen2.5-VL)
     `vision_layout`; the packed data path and the abstract batches read the family's fields from here.
+    InternVL's tiles (`vcfg.image_size`) need none: its `VisionInputs` is the pixels alone (a packed row's
+    `pixel_values` then hold whole tiles: data.max_patches a multiple of `vcfg.num_tile_patches`).
     """
+    if vcfg.image_size:
+        return {}
     make = interpolated_layout if vcfg.num_position_embeddings else vision_layout
     layout = make(np.asarray(grid_thw, np.int64).reshape(-1, 3), vcfg, pad_to=pad_to)
     return {f.name: getattr(layout, f.name) for f in dataclasses.fields(layout) if f.name != "num_patches"}
