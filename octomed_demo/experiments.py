@@ -42,13 +42,14 @@ import ml_collections
 from absl import flags
 
 from configs import base, full_mix
-from configs.experiments import EXPERIMENTS
+from configs.experiments import EXPERIMENTS, diff
 from octomed_demo import world
 
 SUITES = ("paper",)
 SCALES = ("demo",)  # the scale config's name in configs/
 ARM_REPORT = "arm_report.json"
 REPORT = "paper_report"  # <workdir>/paper_report.{md,png}
+SCALE_FILE = "suite_scale.json"  # the scale config the workdir's arms ran at
 BEFORE = "before_eval.json"  # the untrained student's eval, shared by every arm (same init, same questions)
 TIE_POINTS = 5.0  # a difference of at most 2 of the demo's 40 questions per category reads as "flat"
 
@@ -246,6 +247,28 @@ def suite_scale(scale: ml_collections.ConfigDict, *, quick: bool, steps: int | N
     return s
 
 
+def check_workdir(scale: ml_collections.ConfigDict, workdir: str) -> None:
+    """Records the suite's scale config in `<workdir>/suite_scale.json`, or checks it against the one recorded:
+    finished arms, the shared initialisation and the untrained student's evaluation are only valid under it.
+
+    Raises:
+      SuiteError: the workdir ran at another scale config (the fields that differ are named).
+    """
+    path = os.path.join(workdir, SCALE_FILE)
+    if not os.path.exists(path):
+        os.makedirs(workdir, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(scale.to_json(indent=2))
+        return
+    with open(path) as f:
+        recorded = ml_collections.ConfigDict(json.load(f))
+    changed = diff(ml_collections.ConfigDict(json.loads(scale.to_json())), recorded)  # both as JSON types
+    if changed:
+        raise SuiteError(f"{workdir} holds arms run at another scale config ({path}); differing fields: "
+                         f"{', '.join(sorted(changed)[:8])}. Use a fresh --workdir, or the same --quick, --steps "
+                         "and --config overrides")
+
+
 def suite_arms(*, quick: bool, only: Sequence[str] = ()) -> list[tuple[str, str]]:
     """(experiment, arm) in `EXPERIMENTS` order: every arm, or `QUICK_ARMS`, limited to `only` (experiment or
     arm names).
@@ -353,7 +376,7 @@ def run_suite(scale: ml_collections.ConfigDict, workdir: str, *, quick: bool = F
     scale = suite_scale(scale, quick=quick, steps=steps)
     load_plugins(scale.get("plugins", ()))
     arms = suite_arms(quick=quick, only=only)
-    os.makedirs(workdir, exist_ok=True)
+    check_workdir(scale, workdir)
     print(f"experiments: {len(arms)} arms into {workdir}; library logs go to "
           f"{driver.route_library_logs(workdir)}")
     questions = world.held_out(scale.recipe, limit=scale.eval.max_questions)  # every category, the same for all

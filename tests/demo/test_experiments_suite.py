@@ -83,6 +83,14 @@ def test_quick_suite_and_only():
     assert ex.suite_scale(ex.load_config("demo"), quick=False, steps=7).train.num_steps == 7
 
 
+def test_a_workdir_keeps_its_scale_config(tmp_path):
+    scale = ex.suite_scale(ex.load_config("demo"), quick=True)
+    ex.check_workdir(scale, str(tmp_path))
+    ex.check_workdir(ex.suite_scale(ex.load_config("demo"), quick=True), str(tmp_path))  # the same: accepted
+    with pytest.raises(ex.SuiteError, match=r"differing fields: eval.max_questions, train.num_steps\."):
+        ex.check_workdir(ex.suite_scale(ex.load_config("demo"), quick=False), str(tmp_path))
+
+
 def test_cli_flags_are_defined_on_request_only():
     assert not [m for m in flags.FLAGS.flags_by_module_dict() if m.startswith("octomed_demo")]
     fv = flags.FlagValues()
