@@ -15,6 +15,7 @@ from conftest import hf_model, torch, transformers
 from flax import nnx
 from safetensors.numpy import load_file
 
+from octomed_jax.generation.sampler import Prompt, Sampler, SamplingParams
 from octomed_jax.hf import load_hf, save_hf
 from octomed_jax.models.config import from_hf_dict, get_preset
 from octomed_jax.models.internvl import InternVL, VisionInputs, positions_1d
@@ -212,3 +213,24 @@ def test_tile_counts_checked(ours):
         ours.prepare_inputs(ids, tiles(2, seed=0))
     with pytest.raises(ValueError, match=r"tiles_per_image \[2\] sums to 2, but pixel_values holds 1 tiles"):
         ours.prepare_inputs(ids, tiles(1, seed=0), [2])
+
+
+def test_greedy_decoding_equals_transformers(ours, hf_checkpoint):
+    """KV-cache decoding with 1-D positions (`positions.prompt_positions`): a left-padded batch of an image prompt
+    (two tiles, in the data path's patch layout) and a text prompt, greedy, equals transformers `generate`."""
+    px = tiles(2, seed=4)
+    prompts = [Prompt(image_prompt([2], [5, 7], seed=3), px.reshape(2 * 36, -1), np.array([[2, 6, 6]])),
+               Prompt(np.random.RandomState(2).randint(0, 150000, size=9))]
+    never = 151999  # a stop id the random model does not produce within the budget
+    got = Sampler(ours, stop_token_ids=(never,)).generate(prompts, SamplingParams(max_new_tokens=8))
+    length = max(len(p.token_ids) for p in prompts)
+    ids, mask = np.zeros((2, length), np.int64), np.zeros((2, length), np.int64)
+    for r, p in enumerate(prompts):
+        ids[r, length - len(p.token_ids):], mask[r, length - len(p.token_ids):] = p.token_ids, 1
+    with torch.no_grad():
+        out = hf_checkpoint[0].generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                                        pixel_values=torch.tensor(px), do_sample=False, max_new_tokens=8,
+                                        eos_token_id=never, pad_token_id=0)
+    want = out[:, length:].numpy().tolist()
+    assert [c[0].token_ids for c in got] == want
+    assert len(set(want[0])) > 1  # not one repeated token
