@@ -388,12 +388,13 @@ def tokenizer_special_ids(tokenizer_path: str | None, family: str = "qwen2_5_vl"
         raise ContractError(f"data.tokenizer_path {tokenizer_path!r}: {e}") from e
 
 
-def model_config_from(config: ml_collections.ConfigDict, special_ids: SpecialIds = QWEN_SPECIAL_IDS) -> ModelConfig:
+def model_config_from(config: ml_collections.ConfigDict, special_ids: SpecialIds | None = None) -> ModelConfig:
     """The student's ModelConfig from `config.model` (its preset, of the family `model.family`, and compute settings).
 
     Args:
       config: a config from `configs/`.
-      special_ids: the tokenizer's ids (`tokenizer_special_ids`): the model's image and vision ids follow them.
+      special_ids: the tokenizer's ids (`tokenizer_special_ids`): the model's image and vision ids follow them;
+        None reads them from `data.tokenizer_path` for the model's family.
     """
     m = config.model
     preset = get_preset(m.preset)
@@ -402,6 +403,8 @@ def model_config_from(config: ml_collections.ConfigDict, special_ids: SpecialIds
         presets = sorted(name for name, p in PRESETS.items() if p.family == family)
         raise ContractError(f"model.preset {m.preset!r} is a {preset.family} preset but model.family is {family!r}: "
                             f"set --config.model.preset to one of {presets}")
+    if special_ids is None:
+        special_ids = tokenizer_special_ids(config.data.get("tokenizer_path") or None, family)
     return get_preset(m.preset, dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers,
                       remat_policy=m.remat_policy, attention_impl=m.get("attention_impl", "xla"),
                       attention_block_q=m.get("attention_block_q", 512),

@@ -55,6 +55,19 @@ CHAT_TEMPLATE = (
 )
 CHAT_TEMPLATE_FILENAME = "chat_template.jinja"
 
+# InternVL's (the internvl family's) chat template, as transformers' InternVL converter
+# (`convert_internvl_weights_to_hf.py`) writes it into the "-HF" checkpoints: no default system turn, each image
+# `<IMG_CONTEXT>\n` (`InternVLProcessor` expands it to `<img>` + 256 x tiles `<IMG_CONTEXT>` + `</img>`). A
+# tokenizer with InternVL's image tokens (`tokenizer.tokenizer_image_tokens`) is encoded with this layout.
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\n' }}"
+    "{% elif content['type'] == 'video' %}{{ '<video>\n' }}{% elif content['type'] == 'text' %}"
+    "{{ content['text'] }}{% endif %}{% endfor %}{% endif %}{{'<|im_end|>\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}"
+)
+
 ROLES = ("system", "user", "assistant")
 
 Message = dict[str, Any]
@@ -117,8 +130,10 @@ def _is_video_item(item: Mapping[str, Any]) -> bool:
     return item.get("type") == "video" or "video" in item
 
 
-def _pieces(messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool) -> list[_Piece]:
-    """The template's output as pieces; `"".join(p.text)` equals the rendered template."""
+def _pieces(messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool, internvl: bool = False
+            ) -> list[_Piece]:
+    """The template's output as pieces; `"".join(p.text)` equals the rendered template (`INTERNVL_CHAT_TEMPLATE`
+    with `internvl`: no default system turn, images as `<IMG_CONTEXT>\n`)."""
     if not messages:
         raise TemplateError("no messages")
 
@@ -134,7 +149,7 @@ def _pieces(messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool) 
         if role not in ROLES:
             raise TemplateError(f"message {i} has role {role!r}; expected one of {ROLES}")
         content = message.get("content")
-        if i == 0 and role != "system":
+        if i == 0 and role != "system" and not internvl:
             out += [
                 control("<|im_start|>"),
                 text(f"system\n{DEFAULT_SYSTEM_PROMPT}"),
@@ -153,6 +168,10 @@ def _pieces(messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool) 
                     if is_answer:
                         raise TemplateError(f"message {i}: images and videos are not allowed in assistant turns")
                     kind = "image" if _is_image_item(item) else "video"
+                    if internvl:
+                        out += [_Piece("<IMG_CONTEXT>" if kind == "image" else "<video>", True, False, kind),
+                                text("\n")]
+                        continue
                     pad = "<|image_pad|>" if kind == "image" else "<|video_pad|>"
                     out += [
                         control("<|vision_start|>"),
@@ -174,8 +193,10 @@ def _pieces(messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool) 
     return out
 
 
-def render_chat(messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = False) -> str:
-    """The conversation as text, as `apply_chat_template(..., chat_template=CHAT_TEMPLATE, tokenize=False)`.
+def render_chat(messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = False,
+                internvl: bool = False) -> str:
+    """The conversation as text, as `apply_chat_template(..., chat_template=CHAT_TEMPLATE, tokenize=False)`
+    (`INTERNVL_CHAT_TEMPLATE` with `internvl`).
 
     Args:
       messages: OpenAI/HF style messages: `{"role": "system"|"user"|"assistant", "content": str | list}`,
@@ -185,7 +206,7 @@ def render_chat(messages: Sequence[Mapping[str, Any]], *, add_generation_prompt:
     Returns:
       The rendered string, image pads not expanded (one `<|image_pad|>` per image).
     """
-    return "".join(p.text for p in _pieces(messages, add_generation_prompt))
+    return "".join(p.text for p in _pieces(messages, add_generation_prompt, internvl))
 
 
 # Per tokenizer object: control-token strings, looked up once (building them per example would cost more
@@ -220,8 +241,9 @@ def encode_chat(
 
     The ids equal `tokenizer.apply_chat_template(messages, chat_template=CHAT_TEMPLATE, tokenize=True)`
     with each `<|image_pad|>` repeated `num_image_tokens(grid)` times. A tokenizer with InternVL's image tokens
-    (`tokenizer.tokenizer_image_tokens`) gets `<img>`, `<IMG_CONTEXT>` x that count, `</img>` instead, as
-    transformers' `InternVLProcessor` expands them (the grid of InternVL's tiles: (tiles, side, side) patches).
+    (`tokenizer.tokenizer_image_tokens`) is encoded with `INTERNVL_CHAT_TEMPLATE`, each `<IMG_CONTEXT>` expanded
+    to `<img>`, `<IMG_CONTEXT>` x that count, `</img>` as transformers' `InternVLProcessor` does (the grid of
+    InternVL's tiles: (tiles, side, side) patches).
 
     Args:
       tokenizer: the Qwen tokenizer (`load_tokenizer()`).
@@ -239,7 +261,9 @@ def encode_chat(
         grids that differs from the number of images, or text containing a control token such as
         `<|im_end|>` (it would be tokenised as the control token and break the turn structure).
     """
-    pieces = _pieces(messages, add_generation_prompt)
+    image_tokens = tok_ids.tokenizer_image_tokens(tokenizer)
+    internvl = image_tokens != tok_ids.QWEN_IMAGE_TOKENS
+    pieces = _pieces(messages, add_generation_prompt, internvl)
     n_images = sum(p.kind == "image" for p in pieces)
     if any(p.kind == "video" for p in pieces):
         raise TemplateError("videos are not supported")
@@ -249,8 +273,6 @@ def encode_chat(
 
     controls = _control_strings(tokenizer)
     backend = tokenizer.backend_tokenizer
-    # The tokenizer's image placeholder (InternVL's <img> <IMG_CONTEXT> </img> when it names them).
-    placeholder = dict(zip(tok_ids.QWEN_IMAGE_TOKENS, tok_ids.tokenizer_image_tokens(tokenizer), strict=True))
     ids: list[np.ndarray] = []
     mask: list[np.ndarray] = []
     run: list[_Piece] = []
@@ -284,18 +306,21 @@ def encode_chat(
         if piece.kind == "image":
             count = num_image_tokens(grids[image_index], merge_size)
             image_index += 1
-        token = placeholder.get(piece.text, piece.text)
-        token_id = backend.token_to_id(token)
+        token_id = backend.token_to_id(piece.text)
         if token_id is None:
-            raise TemplateError(f"the tokenizer has no token {token!r}")
-        ids.append(np.full(count, token_id, dtype=np.int32))
-        mask.append(np.full(count, piece.assistant, dtype=np.bool_))
+            raise TemplateError(f"the tokenizer has no token {piece.text!r}")
+        run_ids = np.full(count, token_id, dtype=np.int32)
+        if internvl and piece.kind == "image":  # <img> ... </img> around the image's tokens, as InternVLProcessor
+            opening, closing = (backend.token_to_id(t) for t in (image_tokens[0], image_tokens[2]))
+            run_ids = np.concatenate([[opening], run_ids, [closing]]).astype(np.int32)
+        ids.append(run_ids)
+        mask.append(np.full(len(run_ids), piece.assistant, dtype=np.bool_))
     flush()
     return EncodedChat(
         token_ids=np.concatenate(ids).astype(np.int32),
         loss_mask=np.concatenate(mask).astype(np.bool_),
         image_grid_thw=grids,
-        image_token_id=backend.token_to_id(placeholder["<|image_pad|>"]),
+        image_token_id=backend.token_to_id(image_tokens[1]),
     )
 
 
@@ -346,13 +371,19 @@ def messages_for_trace(
     return messages
 
 
-def chat_template(system_prompt: str | None = None) -> str:
+def chat_template(system_prompt: str | None = None, *, internvl: bool = False) -> str:
     """The Jinja template to ship with a model trained with `system_prompt` as its default system turn.
 
     None gives `CHAT_TEMPLATE` itself. Otherwise the default system prompt inside it is replaced (as raw
     text: Jinja syntax in the prompt is not interpreted), so that transformers and vLLM prompt the model as
-    `encode_chat` did in training when a conversation brings no system message of its own.
+    `encode_chat` did in training when a conversation brings no system message of its own. `internvl`:
+    `INTERNVL_CHAT_TEMPLATE`, which has no default system turn; a `system_prompt` becomes one.
     """
+    if internvl:
+        if system_prompt is None:
+            return INTERNVL_CHAT_TEMPLATE
+        return ("{% if messages[0]['role'] != 'system' %}<|im_start|>system\n{% raw %}" + system_prompt
+                + "{% endraw %}<|im_end|>\n{% endif %}" + INTERNVL_CHAT_TEMPLATE)
     if system_prompt is None:
         return CHAT_TEMPLATE
     default = f"<|im_start|>system\n{DEFAULT_SYSTEM_PROMPT}<|im_end|>"

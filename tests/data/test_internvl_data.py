@@ -77,9 +77,10 @@ class _Processor(transformers.InternVLProcessor):
 
 
 def test_ids_and_pixels_equal_transformers_processor(contract, examples, tmp_path):
-    """An example's ids equal InternVLProcessor's on the rendered chat (one `<IMG_CONTEXT>` per image, expanded
-    to `<img>` + 9 x tiles `<IMG_CONTEXT>` + `</img>`), its processor built from the tokenizer we save and the
-    preprocessor_config.json the contract writes (here with internvl_tiny's 84-pixel tiles); pixels too."""
+    """An example's ids equal InternVLProcessor's on the chat `apply_chat_template` renders with InternVL's
+    template (one `<IMG_CONTEXT>\\n` per image, expanded to `<img>` + 9 x tiles `<IMG_CONTEXT>` + `</img>`), its
+    processor built from the tokenizer we save and the preprocessor_config.json the contract writes (here with
+    internvl_tiny's 84-pixel tiles); pixels too."""
     traces, (example, _) = examples
     tokenizer = load_tokenizer(None, image_tokens=INTERNVL_IMAGE_TOKENS)
     tokenizer.save_pretrained(tmp_path)
@@ -91,7 +92,12 @@ def test_ids_and_pixels_equal_transformers_processor(contract, examples, tmp_pat
                                                tokenizer=hf_tokenizer, image_seq_length=TILE // 4)
     cfg = u.data_config("/unused")
     messages = template.messages_for_trace(traces[0], system_prompt=cfg.system_prompt, instruction=cfg.instruction)
-    text = template.render_chat(messages).replace("<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>")
+    text = hf_tokenizer.apply_chat_template(messages, chat_template=template.INTERNVL_CHAT_TEMPLATE, tokenize=False)
+    assert text == template.render_chat(messages, internvl=True)
+    assert text.startswith("<|im_start|>system\nS.<|im_end|>\n<|im_start|>user\n<IMG_CONTEXT>\nQuestion 0")
+    # The exported template adds the run's system prompt to a conversation without one.
+    exported = template.chat_template("S.", internvl=True)
+    assert hf_tokenizer.apply_chat_template(messages[1:], chat_template=exported, tokenize=False) == text
     image = PIL.Image.open(io.BytesIO(traces[0].question.images[0].data))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
