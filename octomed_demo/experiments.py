@@ -549,8 +549,8 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                       flag_values=flag_values)
     flags.DEFINE_bool("quick", False, f"Only {', '.join(QUICK_ARMS)}, {QUICK_STEPS} steps each.",
                       flag_values=flag_values)
-    flags.DEFINE_integer("steps", None, f"Training steps per arm (default {PAPER_STEPS}; --quick {QUICK_STEPS}).",
-                         lower_bound=1, flag_values=flag_values)
+    flags.DEFINE_integer("steps", None, f"Training steps per arm (default {PAPER_STEPS}; --quick {QUICK_STEPS}); "
+                         "at least 2 (a warmup step and a decay step).", lower_bound=2, flag_values=flag_values)
     flags.DEFINE_string("workdir", "runs/paper", "One folder per arm, and the report.", flag_values=flag_values)
     flags.DEFINE_list("only", [], "Experiments or arms to run (default: all of the suite).", flag_values=flag_values)
 
