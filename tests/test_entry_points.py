@@ -16,6 +16,7 @@ ENTRY_POINTS = {
     "data_pipeline.build": "define_flags",
     "data_pipeline.tfds_dataset": "define_flags",
     "octomed_demo.__main__": "define_flags",
+    "octomed_demo.experiments": "define_flags",
 }
 
 

@@ -26,7 +26,7 @@ from data_pipeline.sources import read_source  # noqa: E402
 from data_pipeline.subset import SourcePool, class_shares, largest_remainder, select  # noqa: E402
 
 ARMS = [(exp, arm) for exp, e in experiments.EXPERIMENTS.items() for arm in e.arms]
-NOT_ABLATIONS = {"base", "full_mix", "full_mix_qwen3_vl", "demo"}  # the final recipe on another student
+NOT_ABLATIONS = {"base", "full_mix", "full_mix_qwen3_vl", "full_mix_internvl", "demo"}  # final recipe, other students
 
 
 def load(name: str) -> ml_collections.ConfigDict:
