@@ -104,7 +104,7 @@ def init_student(config: ml_collections.ConfigDict, path: str) -> str:
 
     if os.path.exists(os.path.join(path, "config.json")):
         return path
-    special_ids = tokenizer_special_ids(config.data.get("tokenizer_path") or None)
+    special_ids = tokenizer_special_ids(config.data.get("tokenizer_path") or None, config.model.family)
     model = init_model(model_config_from(config, special_ids), seed=config.train.seed)
     state = nnx.state(model.language_model, nnx.Param)
     flat = dict(nnx.to_flat_state(state))
@@ -240,6 +240,11 @@ def hf_check(hf_dir: str, question: Question, max_new_tokens: int) -> dict[str, 
     if prompt.pixel_values is not None:
         inputs["pixel_values"] = torch.tensor(prompt.pixel_values)
         inputs["image_grid_thw"] = torch.tensor(np.asarray(prompt.image_grid_thw))
+    if contract.family == "internvl":  # 1-D positions; its tiles [n, 3, size, size], held as patches in the prompt
+        side = contract.model.vision.image_size
+        inputs = {k: v for k, v in inputs.items() if k not in ("mm_token_type_ids", "image_grid_thw")}
+        if prompt.pixel_values is not None:
+            inputs["pixel_values"] = torch.tensor(prompt.pixel_values.reshape(-1, 3, side, side))
     with torch.no_grad():
         out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
                              eos_token_id=[tokenizer.convert_tokens_to_ids("<|im_end|>")], pad_token_id=0)
