@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import PIL.Image
 import pytest
+from flax import nnx
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -118,17 +119,19 @@ def test_packed_row_trains_as_its_examples_alone(examples):
     batch = pack_rows([exs], SEQ_LEN, MAX_PATCHES, CFG.vision)
     assert sorted(batch) == ["input_ids", "loss_mask", "pixel_values", "positions", "segment_ids", "targets"]
     inputs = to_local_batch(batch)
-    logits = np.asarray(model.forward(inputs.inputs))[0]
+    forward = nnx.jit(lambda m, x: m.forward(x))  # compiled once per shape: eager calls re-trace the layer scans
+    logits = np.asarray(forward(model, inputs.inputs))[0]
     start, total, count = 0, 0.0, 0
     for ex in exs:
-        alone = np.asarray(model(ex.input_ids[None], ex.pixel_values if ex.num_patches else None,
-                                 ex.image_grid_thw if ex.num_patches else None))[0]
+        vision = (ex.pixel_values, ex.image_grid_thw) if ex.num_patches else (None, None)
+        alone = np.asarray(forward(model, model.prepare_inputs(ex.input_ids[None], *vision)))[0]
         np.testing.assert_allclose(logits[start:start + len(ex)], alone, rtol=1e-5, atol=1e-5)
         logp = alone - np.log(np.exp(alone - alone.max(-1, keepdims=True)).sum(-1, keepdims=True)) - alone.max(
             -1, keepdims=True)
         total -= float(logp[np.arange(len(ex)), ex.targets][ex.loss_mask].sum())
         count += int(ex.loss_mask.sum())
         start += len(ex)
-    loss, (tokens, dropped) = micro_batch_loss(model, inputs.inputs, inputs.targets, inputs.loss_mask, LossConfig())
+    loss_fn = nnx.jit(lambda m, b: micro_batch_loss(m, b.inputs, b.targets, b.loss_mask, LossConfig()))
+    loss, (tokens, dropped) = loss_fn(model, inputs)
     assert (int(tokens), int(dropped)) == (count, 0)
     assert np.isfinite(float(loss)) and float(loss) / count == pytest.approx(total / count, rel=1e-5)
