@@ -67,9 +67,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.update(seq_len=512, max_patches=512, rows_per_host=4, epochs=1000, seed=0, num_workers=0)
     config.optim.update(learning_rate=5e-3, warmup_ratio=0.05, final_lr_ratio=0.05, weight_decay=0.0, eps=1e-8)
     # log_every=1: the report's loss curve and token count come from metrics.jsonl, across restarts too.
-    # 400 steps (~6,400 examples, 0.83 s each on a quiet 2-core machine: the demo took 379-390 s on 2026-11-30).
-    # Measured with eval every 100 steps: text is read by step 300-400; the image classes by 400 or not (seed);
-    # image + text plateaus near 50% (the finding read from the question, the letter of a two-part name).
+    # 400 steps (~8,000 examples). Measured with eval every 100 steps (seeds 0 and 1, 2026-11-30): the image
+    # classes are read by step 100-200, image + text by 200-300, text by 200 (seed 1) or 300-400 (seed 0: the
+    # student copies the key finding from the question late, after a plateau at one answer).
     config.train.update(global_batch_rows=4, num_steps=400, loss_chunk=160, max_loss_tokens=160, log_every=1)
     # A killed demo resumes from the last 50 steps; its epochs are short (a few steps), so no save at each end.
     config.checkpoint.update(every=50, keep=1, async_save=False, at_epoch_ends=False)

@@ -131,13 +131,14 @@ def make_eval_hook(config: ml_collections.ConfigDict, questions: list[Question],
                    timings: dict[str, float], final: dict[str, Any]) -> Any:
     """The trainer's `evaluate_fn`: `evaluate_model` on the held-out questions.
 
-    Each evaluation's metrics are written to `<workdir>/demo_eval/step_<n>.json` (so a resumed run still
+    Each evaluation's metrics are written to `<workdir>/demo_eval/step_<n>.json`, the student's responses to
+    `step_<n>.<source>.responses.jsonl` (so a resumed run still
     has the one before training), its time added to `timings` ("eval_before" at step 0, else "eval_after"),
     and the model it scored kept in `final["model"]` (the last one is exported).
     """
     from octomed_jax import sharding as sharding_lib
     from octomed_jax.contract import RunContract
-    from octomed_jax.evaluation.report import write_json
+    from octomed_jax.evaluation.report import write_json, write_responses
     from octomed_jax.evaluation.run import evaluate_model
     from octomed_jax.generation import SamplingParams
     from octomed_jax.training.trainer import flatten_eval_metrics
@@ -154,6 +155,8 @@ def make_eval_hook(config: ml_collections.ConfigDict, questions: list[Question],
                                 max_batch=e.max_batch, progress=True)
         os.makedirs(os.path.join(workdir, EVAL_DIR), exist_ok=True)
         write_json(result.metrics, eval_path(workdir, step))
+        for source, results in result.results.items():  # what the student answered, to read beside the report
+            write_responses(results, eval_path(workdir, step).replace(".json", f".{source}.responses.jsonl"))
         phase = "eval_before" if step == 0 else "eval_after"
         timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - t0
         final["model"], final["step"] = model, step
@@ -420,6 +423,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     plot_report(report, losses, base + ".png")
     print(format_report(report))
     print(f"report: {base}.json, {base}.png")
+    print(f"the student's answers, before and after training: {os.path.join(workdir, EVAL_DIR)}/*.responses.jsonl")
     logging.info("demo report written to %s.json", base)
     return {**summary, "report": base + ".json"}
 

@@ -12,15 +12,17 @@ categories needs what it needs in the real data:
 - mm_reasoning: the finding in the text gives the form (acute with fever, chronic with pain) and the lesion
   in the image the rest of the name: `mm_diagnosis` gives one of 8 diseases ("acute cyst"), so the image
   alone leaves two open and the text alone four. The name composes one text fact and one image fact word
-  for word, and the teacher reasons in that order (finding, form, lesion, diagnosis), so each step of a
-  trace depends on one fact close before it: a student this small learns the combination in minutes.
+  for word, and the teacher reasons in that order (finding, form, lesion, diagnosis, its option letter), so
+  each step of a trace depends on one fact close before it: a student this small learns the combination in
+  minutes.
 
 Questions are multiple choice over every disease (or lesion) of their table, always listed in table
-order, like the graded options of a classification benchmark (5 options for text, 4 for the image
-categories). A fixed option order makes the letter a function of the diagnosis: a student this small
-would otherwise spend most of a CPU budget learning to look up which letter precedes a name. Questions
-are `Question` records like the real sources', with disjoint "train" and "test" splits; question i of a
-split depends only on (seed, category, split, i), so any prefix of a split is the same whatever its size.
+order, like the graded options of a classification benchmark (5 options for text, 4 for image
+classification, 8 for image + text). A fixed option order makes the letter a function of the diagnosis: a
+student this small would otherwise spend most of a CPU budget learning to look up which letter precedes a
+name. Questions are `Question` records like the real sources', with disjoint "train" and "test" splits;
+question i of a split depends only on (seed, category, split, i), so any prefix of a split is the same
+whatever its size.
 
 `DemoTeacher` (teacher kind "demo") answers like a real teacher would: it reads the question text and the
 image pixels, consults the tables, and writes a short chain of thought; it is wrong (or cut off) at a
@@ -59,7 +61,7 @@ TEXT_DISEASES = ("measles", "eczema", "allergy", "hepatitis", "pneumonia")
 # Images: the lesion's colour is its class.
 LESIONS = ("hemorrhage", "exudate", "cyst", "nodule")
 LESION_COLOURS = ("red", "yellow", "blue", "green")
-LESION_RGB = ((200, 40, 40), (215, 200, 40), (40, 70, 210), (40, 170, 60))
+LESION_RGB = ((210, 30, 30), (210, 210, 30), (30, 60, 220), (30, 190, 60))
 
 # Image + text: finding j with lesion i is "<form j> <lesion i>", one presentation per disease.
 MM_FINDINGS = ("fever", "pain")
@@ -91,11 +93,16 @@ def text_diagnosis(findings: Sequence[str]) -> str | None:
 
 
 def lesion_image(rng: np.random.Generator, lesion: int, size: int = IMAGE_SIZE) -> np.ndarray:
-    """uint8 [size, size, 3]: a noisy grey background with one round lesion of class `lesion`'s colour."""
+    """uint8 [size, size, 3]: a noisy grey background with one round lesion of class `lesion`'s colour.
+
+    The lesion covers the image's centre, so each of the four merged vision tokens (28 x 28 pixels) holds
+    some of it: with smaller, off-centre lesions a student this small took several times longer to tell
+    the colours apart (two classes confused after 400 steps on some seeds).
+    """
     grey = rng.uniform(100, 150)
     img = grey + rng.normal(0.0, 10.0, (size, size, 1)) + rng.normal(0.0, 4.0, (size, size, 3))
-    radius = rng.uniform(0.2, 0.32) * size
-    cy, cx = rng.uniform(radius + 2, size - radius - 2, 2)
+    radius = rng.uniform(0.3, 0.4) * size
+    cy, cx = size / 2 + rng.uniform(-0.1, 0.1, 2) * size
     yy, xx = np.mgrid[:size, :size]
     inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
     colour = np.asarray(LESION_RGB[lesion], np.float64) + rng.normal(0.0, 12.0, 3)
@@ -341,30 +348,39 @@ def solve(question: Question) -> str | None:
     return None
 
 
-def _reasoning(question: Question, diagnosis: str, seen: Mapping[str, Any], rng: random.Random) -> str:
-    """A short chain of thought reaching `diagnosis`, citing the findings / lesion that lead there.
+def _reasoning(question: Question, letter: str, seen: Mapping[str, Any], rng: random.Random) -> str:
+    """A short chain of thought reaching option `letter`, citing the findings / lesion that lead there.
 
-    When `diagnosis` is what the question shows, the findings are cited as read; otherwise the reasoning
-    misreads them (another finding, another lesion colour), as a wrong teacher trace does.
+    When the option is what the question shows, the findings are cited as read; otherwise the reasoning
+    misreads them (another finding, another lesion colour), as a wrong teacher trace does. The last words
+    name the diagnosis and cite its option ("..., option C."), as teachers often do: the answer line's
+    letter then copies a letter just written instead of recalling which letter each name has.
     """
+    return f"{_diagnosis_reasoning(question, question.options[letter], seen, rng)}, option {letter}."
+
+
+def _diagnosis_reasoning(question: Question, diagnosis: str, seen: Mapping[str, Any], rng: random.Random) -> str:
+    """The reasoning up to the diagnosis it reaches (no final period)."""
     template = rng.randrange(len(_TEXT_REASONING))
     if question.category == "text":
         key = FINDINGS[TEXT_DISEASES.index(diagnosis)]  # a wrong trace misreads the key finding
         common = next((f for f in seen["findings"] if f in COMMON_FINDINGS), COMMON_FINDINGS[0])
-        return _TEXT_REASONING[template].format(fa=key, fb=common, Fa=_cap(key), d=diagnosis)
-    if question.category == "mm_classification":
+        text = _TEXT_REASONING[template].format(fa=key, fb=common, Fa=_cap(key), d=diagnosis)
+    elif question.category == "mm_classification":
         colour = LESION_COLOURS[LESIONS.index(diagnosis)]
-        return _CLASS_REASONING[template].format(
+        text = _CLASS_REASONING[template].format(
             colour=colour, Colour=_cap(colour), lesion=diagnosis, a=_article(diagnosis)
         )
-    pairs = mm_presentations(diagnosis)
-    actual = (seen.get("lesion"), (seen["findings"] or [None])[0])
-    lesion, finding = actual if actual in pairs else pairs[rng.randrange(len(pairs))]
-    colour = LESION_COLOURS[LESIONS.index(lesion)]
-    return _MM_REASONING[template].format(
-        colour=colour, Colour=_cap(colour), lesion=lesion, a=_article(lesion), finding=finding,
-        form=MM_FORMS[MM_FINDINGS.index(finding)], d=diagnosis,
-    )
+    else:
+        pairs = mm_presentations(diagnosis)
+        actual = (seen.get("lesion"), (seen["findings"] or [None])[0])
+        lesion, finding = actual if actual in pairs else pairs[rng.randrange(len(pairs))]
+        colour = LESION_COLOURS[LESIONS.index(lesion)]
+        text = _MM_REASONING[template].format(
+            colour=colour, Colour=_cap(colour), lesion=lesion, a=_article(lesion), finding=finding,
+            form=MM_FORMS[MM_FINDINGS.index(finding)], d=diagnosis,
+        )
+    return text.rstrip(".")
 
 
 class DemoTeacher:
@@ -403,7 +419,7 @@ class DemoTeacher:
         letter = letters[0] if letters else rng.choice(list(question.options))
         if rng.random() < self.error_rate:
             letter = rng.choice([k for k in question.options if k != letter])
-        reasoning = _reasoning(question, question.options[letter], seen, rng)
+        reasoning = _reasoning(question, letter, seen, rng)
         if rng.random() < self.truncation_rate:
             return f"<think>\n{reasoning.rsplit(' ', 2)[0]}"  # cut off before the answer
         return formats.format_response(
@@ -439,7 +455,7 @@ def teacher_settings(*, error_rate: float = 0.35, truncation_rate: float = 0.05,
         base_url="",
         model="demo-world",
         api_key_env="",
-        prompt_version=f"demo-v2-e{error_rate:g}-t{truncation_rate:g}-s{seed}",
+        prompt_version=f"demo-v3-e{error_rate:g}-t{truncation_rate:g}-s{seed}",
         system_prompt="",
         n=n,
         max_n_per_request=n,

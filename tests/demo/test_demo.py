@@ -91,6 +91,18 @@ def test_report_has_every_field_and_is_printed(first):
     assert set(report["timings_s"]) == {"build", "eval_before", "train", "eval_after", "export", "total"}
 
 
+def test_each_evaluation_keeps_the_students_responses(first):
+    workdir, report, _ = first
+    for step, when in ((0, "before"), (5, "after")):
+        for category, m in report["categories"].items():
+            path = os.path.join(workdir, "demo_eval", f"step_{step}.demo_{category}.responses.jsonl")
+            with open(path) as f:
+                rows = [json.loads(line) for line in f]
+            assert len(rows) == m["questions"]
+            correct = sum(r["responses"][0][0]["answer"] == r["answer"] for r in rows)  # greedy: one response
+            assert 100.0 * correct / len(rows) == pytest.approx(m[when]), (path, rows)
+
+
 def test_console_shows_phases_and_library_logs_go_to_the_file(first):
     workdir, _, console = first
     log = os.path.join(workdir, "demo.log")

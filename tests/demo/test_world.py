@@ -131,7 +131,7 @@ def test_correct_traces_cite_what_the_question_shows(train):
         for c in t.sample(q, range(4)):
             reasoning, _ = split_teacher_response(c.content)
             assert q.metadata["lesion"] in reasoning.lower() and q.metadata["findings"] in reasoning
-            assert reasoning.rstrip(".").endswith(q.metadata["diagnosis"])
+            assert reasoning.endswith(f"{q.metadata['diagnosis']}, option {q.answer}.")
 
 
 def test_wrong_traces_are_rejected_and_k_distinct_kept(train):
