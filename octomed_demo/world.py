@@ -336,9 +336,12 @@ def read_question(question: Question) -> dict[str, Any]:
     return seen
 
 
-def solve(question: Question) -> str | None:
-    """The diagnosis the tables give for what the question shows (text and pixels only, not the key)."""
-    seen = read_question(question)
+def solve(question: Question, seen: Mapping[str, Any] | None = None) -> str | None:
+    """The diagnosis the tables give for what the question shows (text and pixels only, not the key).
+
+    `seen`: `read_question(question)` when the caller has it already (decoding the image is the costly part).
+    """
+    seen = read_question(question) if seen is None else seen
     if question.category == "text":
         return text_diagnosis(seen["findings"])
     if question.category == "mm_classification":
@@ -407,14 +410,15 @@ class DemoTeacher:
         self.error_rate = float(extra.get("error_rate", 0.35))
         self.truncation_rate = float(extra.get("truncation_rate", 0.05))
         self.seed = int(extra.get("seed", 0))
+        self._last_read: tuple[str, Mapping[str, Any]] | None = None
         if not 0.0 <= self.error_rate <= 1.0 or not 0.0 <= self.truncation_rate <= 1.0:
             raise ValueError(f"demo teacher {self.name!r}: error_rate and truncation_rate must be in [0, 1]")
 
     def respond(self, question: Question, sample_index: int) -> str:
         """The response text of one sample (`<think>` reasoning, then the answer line)."""
         rng = random.Random(stable_hash("demo-teacher", self.seed, question.key, sample_index))
-        seen = read_question(question)
-        truth = solve(question)
+        seen = self._read(question)
+        truth = solve(question, seen)
         letters = [k for k, v in question.options.items() if v == truth]
         letter = letters[0] if letters else rng.choice(list(question.options))
         if rng.random() < self.error_rate:
@@ -425,6 +429,13 @@ class DemoTeacher:
         return formats.format_response(
             style=formats.COT, letter=letter, option_text=question.options[letter], reasoning=reasoning
         )
+
+    def _read(self, question: Question) -> Mapping[str, Any]:
+        """`read_question`, kept for the last question read: its samples are drawn one after another."""
+        last = self._last_read  # a local: other threads may replace it meanwhile
+        if last is None or last[0] != question.key:
+            last = self._last_read = (question.key, read_question(question))
+        return last[1]
 
     def sample(self, question: Question, sample_indices: Sequence[int]) -> list[Completion]:
         """One completion per requested sample index."""
