@@ -59,7 +59,7 @@ def step_time(cfg, workdir: str, steps: int) -> float:
     sharding_lib.place_unsharded(optimizer, mesh)
     data = ShardedIterator(contract.data, contract.model, 1, 0, 1)
     batch = to_global_micro_batches([next(data) for _ in range(contract.train.micro_steps)], mesh, rules)
-    step_fn = jit_train_step(contract.train.loss)
+    step_fn = jit_train_step(contract.train.loss, model, optimizer)
     with jax.set_mesh(mesh):
         jax.block_until_ready(step_fn(model, optimizer, batch))  # compile
         t0 = time.perf_counter()

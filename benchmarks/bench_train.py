@@ -52,7 +52,7 @@ def main() -> None:
     batch = TrainBatch(inputs, jax.numpy.asarray(targets), jax.numpy.asarray(loss_mask))
     batch = jax.tree.map(lambda x: x[None], batch)  # one micro-batch
     max_loss = n_loss // args.batch if args.loss_fraction < 1 else None  # per row
-    step = jit_train_step(LossConfig(chunk=512, max_loss_tokens=max_loss))
+    step = jit_train_step(LossConfig(chunk=512, max_loss_tokens=max_loss), model, optimizer)
 
     def time_it(fn) -> float:
         fn()

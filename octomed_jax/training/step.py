@@ -87,6 +87,25 @@ def train_step(model: Qwen25VL, optimizer: nnx.Optimizer, batch: Batch, loss_cfg
     return metrics
 
 
-def jit_train_step(loss_cfg: LossConfig) -> Any:
-    """`train_step` compiled with `nnx.jit`; model and optimizer state are donated."""
-    return nnx.jit(lambda model, optimizer, batch: train_step(model, optimizer, batch, loss_cfg), donate_argnums=(0, 1))
+def jit_train_step(loss_cfg: LossConfig, model: Qwen25VL | None = None, optimizer: nnx.Optimizer | None = None) -> Any:
+    """`train_step` compiled with `nnx.jit`; model and optimizer state are donated.
+
+    Given `model` and `optimizer`, their arrays are committed where they are and the step returns their state
+    with those shardings. Otherwise XLA chooses the output shardings itself (a replicated layer-norm scale may
+    come back sharded over `fsdp`; an uncommitted array comes back committed), the second call sees new input
+    shardings, and the step compiles again: minutes for a 7B model on a pod.
+    """
+    shardings = None
+    if model is not None and optimizer is not None:
+        state = nnx.state((model, optimizer))
+        shardings = jax.tree.map(lambda x: x.sharding, state)
+        nnx.update((model, optimizer), jax.device_put(state, shardings))
+
+    def step(model: Qwen25VL, optimizer: nnx.Optimizer, batch: Batch) -> StepMetrics:
+        metrics = train_step(model, optimizer, batch, loss_cfg)
+        if shardings is not None:
+            state = nnx.state((model, optimizer))
+            nnx.update((model, optimizer), jax.lax.with_sharding_constraint(state, shardings))
+        return metrics
+
+    return nnx.jit(step, donate_argnums=(0, 1))

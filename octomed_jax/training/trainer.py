@@ -414,7 +414,7 @@ def train(
         start, rng = restored
         logging.info("resumed from step %d", start)
 
-    step_fn = jit_train_step(tr.loss)
+    step_fn = jit_train_step(tr.loss, model, optimizer)
     if evaluate_fn is None:
         evaluate_fn = make_benchmark_eval(config, contract, mesh, rules)
     writer = MetricsWriter(workdir)

@@ -1,4 +1,8 @@
-"""Synthetic packed batches for train-step tests (no tokenizer or pipeline needed)."""
+"""Synthetic packed batches for train-step tests (no tokenizer or pipeline needed); a compile counter."""
+
+import contextlib
+import logging
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -65,3 +69,23 @@ def with_micro_axis(batch, micro):
         split(batch.targets, 0),
         split(batch.loss_mask, 0),
     )
+
+
+@contextlib.contextmanager
+def compiles(name: str) -> Iterator[list[str]]:
+    """Collects a line for each XLA compilation of `jit(name)` inside the block (from JAX's compile log)."""
+    seen: list[str] = []
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            if message.startswith(f"Finished XLA compilation of jit({name})"):
+                seen.append(message)
+
+    handler, logger = Handler(), logging.getLogger("jax._src.dispatch")
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            yield seen
+    finally:
+        logger.removeHandler(handler)

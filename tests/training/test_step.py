@@ -1,11 +1,13 @@
 """The train step: sharded equals unsharded, accumulation equals a bigger batch, a tiny model overfits."""
 
+import contextlib
+
 import jax
 import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import example, pack_rows, with_micro_axis
+from helpers import compiles, example, pack_rows, with_micro_axis
 
 from octomed_jax import sharding
 from octomed_jax.models.config import get_preset
@@ -42,7 +44,10 @@ def build(mesh=None, freeze=(), **optim_overrides):
     else:
         model = sharding.create_model(make, mesh, sharding.DEFAULT_RULES)
     tx, _ = make_optimizer(optim, total_steps=10)
-    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    if mesh is not None:
+        sharding.place_unsharded(optimizer, mesh)  # as the trainer does: the step count joins the mesh
+    return model, optimizer
 
 
 def params(model):
@@ -51,16 +56,15 @@ def params(model):
 
 def run(batch, mesh=None, steps=1, micro=1, freeze=()):
     model, opt = build(mesh, freeze)
-    step = jit_train_step(LossConfig(chunk=16))
+    step = jit_train_step(LossConfig(chunk=16), model, opt)
     batch = with_micro_axis(batch, micro)
     losses = []
-    for _ in range(steps):
-        if mesh is not None:
-            with jax.set_mesh(mesh):
+    with compiles("step") as compiled:
+        for _ in range(steps):
+            with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
                 m = step(model, opt, batch)
-        else:
-            m = step(model, opt, batch)
-        losses.append(float(m.loss))
+            losses.append(float(m.loss))
+    assert len(compiled) == 1, compiled  # the state comes back sharded as it went in: no second compile
     return losses, params(model), m
 
 
@@ -117,7 +121,7 @@ def test_tiny_model_overfits_a_small_batch(packed):
     row_list = [examples[:2], examples[2:]] if packed else [[e] for e in examples]
     b = pack_rows(CFG, row_list, seq_len=48 if packed else 24, max_patches=16)
     model, opt = build(learning_rate=1e-2, eps=1e-8)
-    step = jit_train_step(LossConfig(chunk=64))
+    step = jit_train_step(LossConfig(chunk=64), model, opt)
     mb = with_micro_axis(b, 1)
     losses = [float(step(model, opt, mb).loss) for _ in range(60)]
     assert losses[-1] < 0.1 * losses[0], losses[::10]
