@@ -217,6 +217,7 @@ def add_training_defaults(config: ml_collections.ConfigDict) -> None:
             packing="best_fit",
             overlong="truncate_reasoning",
             num_workers=0,
+            cache_examples=False,  # keep decoded examples in memory across epochs (small datasets only)
             max_errors=1000,
             max_error_fraction=0.01,
             verify_files="sha256",  # shards checked against the manifest at start: "sha256" or "size" (cheaper)

@@ -328,6 +328,7 @@ class RunContract:
                 min_pixels=preprocessing.min_pixels,
                 max_pixels=preprocessing.max_pixels,
                 num_workers=d.num_workers,
+                cache_examples=bool(d.get("cache_examples", False)),
                 error_budget=ErrorBudget(max_errors=d.max_errors, max_fraction=d.max_error_fraction),
                 system_prompt=prompting.system_prompt,
                 instruction=prompting.instruction,

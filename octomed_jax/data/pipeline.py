@@ -379,15 +379,26 @@ def open_sources(cfg: DataConfig) -> list[ShardSource | TfdsSource]:
 
 
 class _Decode:
-    """The map `(position, record) -> Example | Skipped` (picklable into Grain worker processes)."""
+    """The map `(position, record) -> Example | Skipped` (picklable into Grain worker processes).
 
-    def __init__(self, records: Sequence[ShardSource | TfdsSource], decoders: Sequence[ExampleDecoder]):
+    With `cache`, each result is kept by its key: a record read again in a later epoch (or twice in one, at a
+    weight above 1) is not decoded again. Decoding is a pure function of the record, so the rows are the same.
+    """
+
+    def __init__(self, records: Sequence[ShardSource | TfdsSource], decoders: Sequence[ExampleDecoder],
+                 cache: bool = False):
         self.records = list(records)
         self.decoders = list(decoders)
+        self.cache: dict[tuple[int, int], Example | Skipped] | None = {} if cache else None
 
     def __call__(self, key: tuple[int, int]) -> Example | Skipped:
+        if self.cache is not None and key in self.cache:
+            return self.cache[key]
         position, record = key
-        return self.decoders[position](record, self.records[position][record])
+        out = self.decoders[position](record, self.records[position][record])
+        if self.cache is not None:
+            self.cache[key] = out  # read by Grain's threads too: one dict store is atomic
+        return out
 
 
 def host_examples(cfg: DataConfig, model_cfg: ModelConfig, process_index: int, process_count: int) -> grain.MapDataset:
@@ -407,7 +418,7 @@ def host_examples(cfg: DataConfig, model_cfg: ModelConfig, process_index: int, p
     keys = stream_keys(cfg, [len(r) for r in records], process_index, process_count)
     if len(keys) == 0:
         raise ValueError(f"data shard {process_index} of {process_count} gets no record: use fewer data shards")
-    return keys.map(_Decode(records, [ExampleDecoder(s, cfg, model_cfg) for s in cfg.sources]))
+    return keys.map(_Decode(records, [ExampleDecoder(s, cfg, model_cfg) for s in cfg.sources], cfg.cache_examples))
 
 
 def _absl_flags_parsed() -> None:

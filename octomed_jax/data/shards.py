@@ -55,6 +55,8 @@ class ShardedIterator(grain.DatasetIterator):
                 batches.append(it.empty_batch())
         if not live:
             raise StopIteration
+        if len(batches) == 1:
+            return batches[0]  # one shard per process: no copy (~10 ms a demo batch)
         return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
     def empty_batch(self) -> dict[str, np.ndarray]:

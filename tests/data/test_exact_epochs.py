@@ -9,6 +9,7 @@ import math
 import os
 import sys
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -143,6 +144,29 @@ def test_the_counting_pass_reads_the_keys_training_reads(data_dir):
     whole = StreamKeys(cfg, [N_TEXT, N_IMAGE], 0, 1)
     first, second = ([whole[k] for k in range(e * EPOCH_LEN, (e + 1) * EPOCH_LEN)] for e in (0, 1))
     assert first != second and sorted(first) == sorted(second)  # reshuffled, same multiset
+
+
+def test_cached_examples_give_the_same_batches_and_decode_each_record_once(data_dir, run, monkeypatch):
+    calls = collections.Counter()
+    real_call = ExampleDecoder.__call__
+    monkeypatch.setattr(ExampleDecoder, "__call__",
+                        lambda self, i, r: calls.update([(id(self), self.source, i)]) or real_call(self, i, r))
+    # One read thread: with several, a record read again while its first decode is still in flight (epochs here
+    # are a few examples long) may be decoded twice, which is harmless but not countable.
+    it = ShardedIterator(config(data_dir, cache_examples=True, read_threads=1), u.MODEL_CFG, SHARDS, 0, 1)
+    batches = list(it)
+    want, _ = run  # the same iterator without the cache
+    assert len(batches) == len(want)
+    for got, expected in zip(batches, want, strict=True):
+        assert sorted(got) == sorted(expected)
+        for key in expected:
+            np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    # Every record was read EPOCHS x weight times (test_every_trace_is_seen_epochs_times_weight); each shard's
+    # decoder (one per source and shard) decoded each record it read once.
+    assert set(calls.values()) == {1}
+    assert {(source, i) for _, source, i in calls} == {("text_src", i) for i in range(N_TEXT)} | {
+        ("image_src", i) for i in range(N_IMAGE)}
+    assert len(calls) < EPOCHS * (N_TEXT + 2 * N_IMAGE)  # fewer decodes than reads
 
 
 def test_caches_are_reused_and_invalidated(tmp_path, monkeypatch):
