@@ -313,6 +313,11 @@ class RunContract:
                                                                                                    MAX_TILES)))
         prompting = Prompting(system_prompt=d.system_prompt or None, instruction=d.get("instruction") or None,
                               tokenizer_path=d.get("tokenizer_path") or None)
+        tile = model.vision.num_tile_patches if model.vision.image_size else 0
+        if tile and d.max_patches % tile:
+            raise ContractError(
+                f"data.max_patches={d.max_patches}: {family} packs whole image tiles of {tile} patches; set "
+                f"--config.data.max_patches to a multiple of {tile} (e.g. {max(tile, d.max_patches // tile * tile)})")
         data = None
         if data_dir is not None:
             data = DataConfig(

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import packed_data_util as u  # noqa: E402
 
 from configs import full_mix_internvl  # noqa: E402
-from octomed_jax.contract import RunContract  # noqa: E402
+from octomed_jax.contract import ContractError, RunContract  # noqa: E402
 from octomed_jax.data import (  # noqa: E402
     Example,
     ExampleDecoder,
@@ -67,6 +67,14 @@ def test_contract_reads_the_internvl_student(contract):
     tokenizer = load_tokenizer(None, special_ids=contract.special_ids)  # checks the ids; adds the tokens
     assert (tokenizer.start_image_token_id, tokenizer.context_image_token_id, tokenizer.end_image_token_id) == (
         151669, 151671, 151670)
+
+
+def test_a_patch_budget_of_part_tiles_is_refused_by_name():
+    config = full_mix_internvl.get_config()
+    config.data.max_patches = 16 * 1024 + 4  # the 448-px tiles' 1,024 patches do not divide it
+    with pytest.raises(ContractError, match=r"data.max_patches=16388: internvl packs whole image tiles of 1024 "
+                                            r"patches; .*multiple of 1024 \(e.g. 16384\)"):
+        RunContract.from_config(config)
 
 
 class _Processor(transformers.InternVLProcessor):
