@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from octomed_jax.data.images import family_options
 from octomed_jax.serving.openai_api import ServeConfig
 
 if TYPE_CHECKING:
@@ -26,13 +25,14 @@ class ServingModel:
 
     def serve_config(self, **limits: Any) -> ServeConfig:
         """A `ServeConfig` whose prompting and preprocessing are the run's: its default system prompt, its
-        pixel bounds, its family's image parameters and its stop ids; `limits` set the rest (request sizes,
-        batching, ...)."""
+        pixel bounds, its image options (the family's parameters; InternVL: the run's `max_tiles`) and its stop
+        ids; `limits` set the rest (request sizes, batching, ...)."""
         return ServeConfig(
             system_prompt=self.contract.prompting.system_prompt,
             min_pixels=self.contract.preprocessing.min_pixels,
             max_pixels=self.contract.preprocessing.max_pixels,
-            image_family=tuple(family_options(self.contract.model).items()),
+            image_family=tuple((k, v) for k, v in self.contract.preprocessing.image_options(self.contract.model).items()
+                               if k not in ("min_pixels", "max_pixels")),  # the run's tiling too (InternVL)
             stop_ids=self.contract.special_ids.stop_ids,
             **limits,
         )

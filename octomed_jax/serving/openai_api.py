@@ -47,8 +47,9 @@ class ServeConfig:
       max_text_chars: most characters of text per request, checked before the template runs (a prompt of
         `max_prompt_tokens` tokens is far shorter in practice).
       min_pixels, max_pixels: the resized image area's bounds (the run contract's; OctoMed: at most 512 x 512).
-      image_family: the model family's image parameters (`data.images.family_options`: patch sizes and
-        normalisation), as (name, value) pairs; empty: Qwen2.5-VL's.
+      image_family: the run's image options beyond the pixel bounds (`Preprocessing.image_options`: the family's
+        patch sizes and normalisation; InternVL: its tile side and the run's `max_tiles`), as (name, value)
+        pairs; empty: Qwen2.5-VL's.
       system_prompt: the system message put first when a request carries none; None leaves it to the chat
         template (Qwen's default "You are a helpful assistant.").
       stop_ids: token ids that end a completion (the run contract's special ids).
@@ -233,13 +234,20 @@ def _checked_images(urls: Sequence[tuple[str, str]], cfg: ServeConfig) -> list[b
             )
         try:
             family = dict(cfg.image_family)
-            grid = image_grid_thw(height, width, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
-                                  patch_size=family.get("patch_size", PATCH_SIZE),
-                                  merge_size=family.get("merge_size", MERGE_SIZE))
+            patch = family.get("patch_size", PATCH_SIZE)
+            if family.get("tile_size"):  # InternVL: whole tiles (and a thumbnail) of the tower's side
+                from octomed_jax.data.internvl_images import num_tiles
+
+                tiles = num_tiles(height, width, tile_size=family["tile_size"], max_tiles=family["max_tiles"])
+                image_patches = tiles * (family["tile_size"] // patch) ** 2
+            else:
+                image_patches = int(image_grid_thw(height, width, min_pixels=cfg.min_pixels,
+                                                   max_pixels=cfg.max_pixels, patch_size=patch,
+                                                   merge_size=family.get("merge_size", MERGE_SIZE)).prod())
         except ValueError as e:
             raise RequestError(f"{where}: {e}", param=where, code="invalid_image") from e
         pixels += width * height
-        patches += int(grid.prod())
+        patches += image_patches
         if pixels > cfg.max_request_pixels:
             raise RequestError(
                 f"the request's images hold {pixels / 1e6:.1f} megapixels together; this server accepts at most "
