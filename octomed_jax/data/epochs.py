@@ -45,6 +45,7 @@ from octomed_jax.data.pipeline import (
     WeightedRecords,
     _absl_flags_parsed,
     data_format,
+    example_cache,
     open_sources,
     source_seed,
     tfds_split_files,
@@ -162,13 +163,22 @@ def _store(dirs: Sequence[str], name: str, data: bytes) -> str | None:
 
 
 class _Measure:
-    """The map `(index, record) -> (tokens, patches, skip reason)` through the real decoder."""
+    """The map `(index, record) -> (tokens, patches, skip reason)` through the real decoder; with `cache`
+    (`pipeline.example_cache`) the decoded records are kept for training to read."""
 
-    def __init__(self, decoder: ExampleDecoder):
+    def __init__(self, decoder: ExampleDecoder, cache: dict[int, Any] | None = None):
         self.decoder = decoder
+        self.cache = cache
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "cache": None}  # a worker process's decodes would not reach this process
 
     def __call__(self, index: int, record: bytes) -> tuple[int, int, str]:
-        item = self.decoder(index, record)
+        item = self.cache.get(index) if self.cache is not None else None
+        if item is None:
+            item = self.decoder(index, record)
+            if self.cache is not None:
+                self.cache[index] = item
         if isinstance(item, Skipped):
             return 0, 0, item.reason
         return len(item), item.num_patches, ""
@@ -176,7 +186,8 @@ class _Measure:
 
 def _measure(cfg: DataConfig, model_cfg: ModelConfig, source: str, records: ShardSource | TfdsSource,
              progress: bool) -> Lengths:
-    ds: Any = grain.MapDataset.source(records).map_with_index(_Measure(ExampleDecoder(source, cfg, model_cfg)))
+    measure = _Measure(ExampleDecoder(source, cfg, model_cfg), example_cache(cfg, model_cfg, source))
+    ds: Any = grain.MapDataset.source(records).map_with_index(measure)
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads,
                                               prefetch_buffer_size=cfg.worker_buffer_size))
     if cfg.num_workers > 0:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import dataclasses
 import glob
 import itertools
 import logging
@@ -378,27 +379,53 @@ def open_sources(cfg: DataConfig) -> list[ShardSource | TfdsSource]:
     return [ShardSource(verify_source(cfg.data_dir, s, cfg.verify_files)) for s in cfg.sources]
 
 
+# Decoded examples of this process (`DataConfig.cache_examples`): one dict of record -> Example | Skipped per data
+# folder, source and decoding settings, filled by whichever reads a record first (the counting pass,
+# `epochs.record_lengths`, or training) and read by both. Only one data folder's at a time: a process that trains
+# several runs in turn (the experiments suite) does not keep every run's examples.
+_EXAMPLE_CACHES: dict[tuple[str, str, str], dict[int, Example | Skipped]] = {}
+
+
+def example_cache(cfg: DataConfig, model_cfg: ModelConfig, source: str) -> dict[int, Example | Skipped] | None:
+    """The process's decoded records of `source` under `cfg`'s decoding settings; None without `cfg.cache_examples`."""
+    if not cfg.cache_examples:
+        return None
+    data_dir = os.path.abspath(cfg.data_dir)
+    # The fields that only order, batch or read the records do not change how a record decodes.
+    settings = dataclasses.replace(cfg, data_dir=data_dir, sources={source: 1.0}, batch_size=1, epochs=1, seed=0,
+                                   max_open_rows=1, packing="best_fit", num_workers=0, read_threads=1,
+                                   worker_buffer_size=1, verify_files="size")
+    if any(d != data_dir for d, _, _ in _EXAMPLE_CACHES):
+        _EXAMPLE_CACHES.clear()
+    return _EXAMPLE_CACHES.setdefault((data_dir, source, repr((settings, model_cfg))), {})
+
+
 class _Decode:
     """The map `(position, record) -> Example | Skipped` (picklable into Grain worker processes).
 
-    With `cache`, each result is kept by its key: a record read again in a later epoch (or twice in one, at a
-    weight above 1) is not decoded again. Decoding is a pure function of the record, so the rows are the same.
+    With a cache per position (`example_cache`), a record read again (a later epoch, a weight above 1, or after
+    the counting pass decoded it) is not decoded again. Decoding is a pure function of the record, so the rows are
+    the same. Worker processes start with empty caches of their own (the parent's are not pickled to them).
     """
 
     def __init__(self, records: Sequence[ShardSource | TfdsSource], decoders: Sequence[ExampleDecoder],
-                 cache: bool = False):
+                 caches: Sequence[dict[int, Example | Skipped] | None] | None = None):
         self.records = list(records)
         self.decoders = list(decoders)
-        self.cache: dict[tuple[int, int], Example | Skipped] | None = {} if cache else None
+        self.caches = list(caches) if caches is not None else [None] * len(self.decoders)
 
     def __call__(self, key: tuple[int, int]) -> Example | Skipped:
-        if self.cache is not None and key in self.cache:
-            return self.cache[key]
         position, record = key
+        cache = self.caches[position]
+        if cache is not None and record in cache:
+            return cache[record]
         out = self.decoders[position](record, self.records[position][record])
-        if self.cache is not None:
-            self.cache[key] = out  # read by Grain's threads too: one dict store is atomic
+        if cache is not None:
+            cache[record] = out  # read by Grain's threads too: one dict store is atomic
         return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "caches": [None if c is None else {} for c in self.caches]}
 
 
 def host_examples(cfg: DataConfig, model_cfg: ModelConfig, process_index: int, process_count: int) -> grain.MapDataset:
@@ -418,7 +445,8 @@ def host_examples(cfg: DataConfig, model_cfg: ModelConfig, process_index: int, p
     keys = stream_keys(cfg, [len(r) for r in records], process_index, process_count)
     if len(keys) == 0:
         raise ValueError(f"data shard {process_index} of {process_count} gets no record: use fewer data shards")
-    return keys.map(_Decode(records, [ExampleDecoder(s, cfg, model_cfg) for s in cfg.sources], cfg.cache_examples))
+    decoders = [ExampleDecoder(s, cfg, model_cfg) for s in cfg.sources]
+    return keys.map(_Decode(records, decoders, [example_cache(cfg, model_cfg, s) for s in cfg.sources]))
 
 
 def _absl_flags_parsed() -> None:

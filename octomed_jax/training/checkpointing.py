@@ -22,6 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint._src.metadata import array_metadata_store
+from orbax.checkpoint._src.serialization import type_handler_registry
 
 from octomed_jax.checkpoint import CONTRACT_ITEM, STATE_ITEM, CheckpointError
 from octomed_jax.contract import RunContract
@@ -38,7 +39,8 @@ def _register_array_handler() -> None:
     """Orbax's jax.Array handler (as its default, with its metadata store), replica-parallel for large slices only."""
     handler = ocp.type_handlers.ArrayHandler(array_metadata_store=array_metadata_store.Store(),
                                              min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES)
-    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    # `type_handler_registry.add`, not `register_type_handler`: the override is meant, so no warning at each start.
+    type_handler_registry.GLOBAL_TYPE_HANDLER_REGISTRY.add(jax.Array, handler, override=True, ignore_warnings=True)
 
 
 _register_array_handler()
