@@ -198,6 +198,24 @@ _QWEN3_VISION_LARGE = dict(_QWEN3_VISION, depth=27, hidden_size=1152, intermedia
                            deepstack_visual_indexes=(8, 16, 24))
 
 
+# The language model sizes of the Qwen3 releases (public config.json of Qwen/Qwen3-{0.6B,...,32B}), which Qwen3-VL
+# and InternVL3.5 build on; the three smallest tie their embeddings.
+_QWEN3_LM = {
+    "0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                 num_key_value_heads=8, tie_word_embeddings=True),
+    "1.7b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
+                 num_key_value_heads=8, tie_word_embeddings=True),
+    "4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+               num_key_value_heads=8, tie_word_embeddings=True),
+    "8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+               num_key_value_heads=8),
+    "14b": dict(hidden_size=5120, intermediate_size=17408, num_hidden_layers=40, num_attention_heads=40,
+                num_key_value_heads=8),
+    "32b": dict(hidden_size=5120, intermediate_size=25600, num_hidden_layers=64, num_attention_heads=64,
+                num_key_value_heads=8),
+}
+
+
 def _qwen3_preset(text: dict[str, Any], vision: dict[str, Any]) -> ModelConfig:
     return _preset({**_QWEN3_TEXT, **text}, vision, family="qwen3_vl")
 
@@ -267,26 +285,10 @@ PRESETS: dict[str, ModelConfig] = {
              window_size=56),
     ),
     # Public config.json of Qwen/Qwen3-VL-{2B,4B,8B,32B}-Instruct.
-    "qwen3_vl_2b": _qwen3_preset(
-        dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
-             num_key_value_heads=8, tie_word_embeddings=True),
-        _QWEN3_VISION_SMALL,
-    ),
-    "qwen3_vl_4b": _qwen3_preset(
-        dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-             num_key_value_heads=8, tie_word_embeddings=True),
-        _QWEN3_VISION_SMALL,
-    ),
-    "qwen3_vl_8b": _qwen3_preset(
-        dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
-             num_key_value_heads=8),
-        _QWEN3_VISION_LARGE,
-    ),
-    "qwen3_vl_32b": _qwen3_preset(
-        dict(hidden_size=5120, intermediate_size=25600, num_hidden_layers=64, num_attention_heads=64,
-             num_key_value_heads=8),
-        _QWEN3_VISION_LARGE,
-    ),
+    "qwen3_vl_2b": _qwen3_preset(_QWEN3_LM["1.7b"], _QWEN3_VISION_SMALL),
+    "qwen3_vl_4b": _qwen3_preset(_QWEN3_LM["4b"], _QWEN3_VISION_SMALL),
+    "qwen3_vl_8b": _qwen3_preset(_QWEN3_LM["8b"], _QWEN3_VISION_LARGE),
+    "qwen3_vl_32b": _qwen3_preset(_QWEN3_LM["32b"], _QWEN3_VISION_LARGE),
     # Tiny Qwen3-VL for tests: head_dim (16) != hidden / heads (64 / 8), a 6 x 6 position table (so grids
     # larger and smaller than it interpolate), DeepStack from two of three blocks into two of three layers.
     "qwen3_vl_tiny": _qwen3_preset(
@@ -295,36 +297,12 @@ PRESETS: dict[str, ModelConfig] = {
         dict(patch_size=16, num_position_embeddings=36, fullatt_block_indexes=(), depth=3, hidden_size=32,
              intermediate_size=64, num_heads=2, deepstack_visual_indexes=(0, 2)),
     ),
-    "internvl3_5_1b": _internvl_preset(
-        dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-             num_key_value_heads=8, tie_word_embeddings=True),
-        _INTERNVIT_300M,
-    ),
-    "internvl3_5_2b": _internvl_preset(
-        dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
-             num_key_value_heads=8, tie_word_embeddings=True),
-        _INTERNVIT_300M,
-    ),
-    "internvl3_5_4b": _internvl_preset(
-        dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-             num_key_value_heads=8, tie_word_embeddings=True),
-        _INTERNVIT_300M,
-    ),
-    "internvl3_5_8b": _internvl_preset(
-        dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
-             num_key_value_heads=8),
-        _INTERNVIT_300M,
-    ),
-    "internvl3_5_14b": _internvl_preset(
-        dict(hidden_size=5120, intermediate_size=17408, num_hidden_layers=40, num_attention_heads=40,
-             num_key_value_heads=8),
-        _INTERNVIT_300M,
-    ),
-    "internvl3_5_38b": _internvl_preset(
-        dict(hidden_size=5120, intermediate_size=25600, num_hidden_layers=64, num_attention_heads=64,
-             num_key_value_heads=8),
-        _INTERNVIT_6B,
-    ),
+    "internvl3_5_1b": _internvl_preset(_QWEN3_LM["0.6b"], _INTERNVIT_300M),
+    "internvl3_5_2b": _internvl_preset(_QWEN3_LM["1.7b"], _INTERNVIT_300M),
+    "internvl3_5_4b": _internvl_preset(_QWEN3_LM["4b"], _INTERNVIT_300M),
+    "internvl3_5_8b": _internvl_preset(_QWEN3_LM["8b"], _INTERNVIT_300M),
+    "internvl3_5_14b": _internvl_preset(_QWEN3_LM["14b"], _INTERNVIT_300M),
+    "internvl3_5_38b": _internvl_preset(_QWEN3_LM["32b"], _INTERNVIT_6B),
     # Tiny InternVL for tests: 84-pixel tiles (6 x 6 patches -> 3 x 3 = 9 tokens after the pixel shuffle),
     # head_dim (16) != hidden / heads (64 / 8), untied head (as the 8B), synthetic ids under 152000.
     "internvl_tiny": _internvl_preset(
