@@ -78,36 +78,17 @@ class Preprocessing:
         """`preprocessor_config.json` for transformers' Qwen2-VL image processor (InternVL: GotOcr2's, as its
         `InternVLProcessor` calls it), equal to our preprocessing."""
         options = self.image_options(model)
+        # What both processors share: resize, rescale to [0, 1], normalise with the family's statistics, RGB.
+        common = {"do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+                  "do_convert_rgb": True, "image_mean": list(options["image_mean"]),
+                  "image_std": list(options["image_std"])}
         if model.family == "internvl":
             tile = options["tile_size"]
-            return {
-                "image_processor_type": "GotOcr2ImageProcessor",
-                "processor_class": "InternVLProcessor",
-                "do_resize": True,
-                "size": {"height": tile, "width": tile},
-                "crop_to_patches": True,
-                "min_patches": MIN_TILES,
-                "max_patches": self.max_tiles,
-                "resample": 3,  # bicubic
-                "do_rescale": True,
-                "rescale_factor": 1 / 255,
-                "do_normalize": True,
-                "do_convert_rgb": True,
-                "image_mean": list(options["image_mean"]),
-                "image_std": list(options["image_std"]),
-            }
-        return {
-            "image_processor_type": "Qwen2VLImageProcessor",
-            "processor_class": {"qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}[model.family],
-            "do_resize": True,
-            "do_rescale": True,
-            "rescale_factor": 1 / 255,
-            "do_normalize": True,
-            "do_convert_rgb": True,
-            **options,
-            "image_mean": list(options["image_mean"]),
-            "image_std": list(options["image_std"]),
-        }
+            return {"image_processor_type": "GotOcr2ImageProcessor", "processor_class": "InternVLProcessor",
+                    **common, "size": {"height": tile, "width": tile}, "crop_to_patches": True,
+                    "min_patches": MIN_TILES, "max_patches": self.max_tiles, "resample": 3}  # 3: bicubic
+        processor = {"qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}[model.family]
+        return {"image_processor_type": "Qwen2VLImageProcessor", "processor_class": processor, **options, **common}
 
 
 @dataclasses.dataclass(frozen=True)

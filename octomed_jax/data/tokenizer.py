@@ -24,6 +24,9 @@ from data_pipeline.writer import qwen_tokenizer_dir
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
+QWEN_IMAGE_TOKENS: Final = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
+
+
 @dataclasses.dataclass(frozen=True)
 class SpecialIds:
     """The special token ids that the template, packing, the model and decoding rely on.
@@ -46,7 +49,7 @@ class SpecialIds:
     video_pad: int = 151656
     think_start: int | None = 151667
     think_end: int | None = 151668
-    image_tokens: tuple[str, str, str] = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
+    image_tokens: tuple[str, str, str] = QWEN_IMAGE_TOKENS
 
     @property
     def pad(self) -> int:
@@ -93,7 +96,6 @@ _REQUIRED_TOKENS: Final = {
     "<|video_pad|>": "video_pad",
 }
 _THINK_FIELDS: Final = {"<think>": "think_start", "</think>": "think_end"}
-QWEN_IMAGE_TOKENS: Final = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
 # InternVL's image tokens by the names transformers' InternVL tokenizers give them (`InternVLProcessor` reads
 # these attributes). `load_tokenizer` adds them to a tokenizer without them: on Qwen's files they get the ids of
 # InternVL3.5's own tokenizer (<img> 151669, </img> 151670, <IMG_CONTEXT> 151671).
