@@ -60,14 +60,26 @@ SOURCE_CATEGORY = {
     **{s: "mm_classification" for s in full_mix.CLASSIFICATION_SOURCES},
 }
 
-# The demo teacher standing in for each real endpoint (by its `name`): (demo name, error rate per category).
-# The reasoning-style teacher (R1) is strong on text and cannot read images; the instruction-style one (GPT-4o)
-# reads images and is weaker on text; the student (the pass-rate filter's endpoint) is weaker than both.
-TEACHER_STYLES: dict[str, tuple[str, dict[str, float]]] = {
-    base.deepseek_r1().name: ("demo-reasoning", {"text": 0.2, "mm_reasoning": 0.8, "mm_classification": 0.8}),
-    base.gpt_4o().name: ("demo-instruction", {"text": 0.6, "mm_reasoning": 0.35, "mm_classification": 0.35}),
-    base.student_endpoint().name: ("demo-student", {"text": 0.7, "mm_reasoning": 0.7, "mm_classification": 0.7}),
+# The demo teacher standing in for each real endpoint (by its `name`): (demo name, error rate per category, how it
+# writes a scored sum: `world.STYLES`). The reasoning-style teacher (R1) is strong on text, adds the points step by
+# step, and cannot read images; the instruction-style one (GPT-4o) reads images, is weaker on text and states a
+# total without the steps; the student (the pass-rate filter's endpoint) is weaker than both.
+TEACHER_STYLES: dict[str, tuple[str, dict[str, float], str]] = {
+    base.deepseek_r1().name: ("demo-reasoning", {"text": 0.2, "mm_reasoning": 0.8, "mm_classification": 0.8},
+                              "reasoning"),
+    base.gpt_4o().name: ("demo-instruction", {"text": 0.6, "mm_reasoning": 0.35, "mm_classification": 0.35},
+                         "brief"),
+    base.student_endpoint().name: ("demo-student", {"text": 0.7, "mm_reasoning": 0.7, "mm_classification": 0.7},
+                                   "reasoning"),
 }
+
+# The suite's world: the demo's, with 40% of the image + text train questions too easy (`world.STATED`: the stem
+# states the answer, so every teacher gets all 16 samples right; what the pass-rate filters drop). The demo keeps
+# its own world. Text questions that need several steps (`world.SCORED_STEM`, `scored_findings=3`: three findings'
+# points added, held-out questions on combinations never trained on) are an override, not the default: the demo's
+# 4-layer student did not learn to copy the findings within 300 steps, text-only or mixed (docs/experiments.md).
+SUITE_WORLD = {"mm_reasoning": {"stated_fraction": 0.4}}
+SCORED_MAX_NEW_TOKENS = 64  # a scored trace and its answer line: ~50 tokens (the demo's longest, ~40)
 
 # Every field `demo_scale` may change (dotted prefixes); all others are the real arm's (tests/demo/
 # test_experiments_suite.py). The training half is the scale config's: the ablations' batch of 128 examples,
@@ -87,11 +99,11 @@ SCALE_FIELDS = (
 
 EARLY_EXPERIMENTS = ("filter",)  # also evaluated at mid-training: the paper's finding is about early training
 QUICK_ARMS = ("format_cot", "format_direct", "traces_1", "traces_16")
-# Steps per arm. The default suite runs 14 arms (filter_judge cannot run): at the demo's 0.83 s per step on a quiet
-# 2-core machine, 14 x (250 x 0.83 s + ~10 s per arm) + ~75 s once (initialisation, first compiles, the untrained
-# student's evaluation) ~ 52 min. Quick: 4 x (150 x 0.83 s + ~10 s) + ~75 s ~ 10 min.
-PAPER_STEPS = 250
-QUICK_STEPS = 150
+# Steps per arm: 300, where the demo's student has learned its image categories (text by 300-400). Single arms of
+# 300 steps took 211-235 s on a quiet 2-core machine (2026-11-30), so the default suite's 14 arms (filter_judge
+# cannot run) take ~50 min; quick: 4 x (200 x ~0.7 s + ~30 s) ~ 11 min.
+PAPER_STEPS = 300
+QUICK_STEPS = 200
 QUICK_EVAL_QUESTIONS = 20
 
 # The paper's numbers per arm and category (docs/experiments.md; docs/paper.md, "Recipe levers"): the format
@@ -171,10 +183,10 @@ def demo_teacher(endpoint: Mapping[str, Any], category: str, scale: ml_collectio
     if endpoint["name"] not in TEACHER_STYLES:
         raise KeyError(f"no demo teacher style for endpoint {endpoint['name']!r}; add it to "
                        "octomed_demo.experiments.TEACHER_STYLES")
-    name, error_rates = TEACHER_STYLES[endpoint["name"]]
+    name, error_rates, style = TEACHER_STYLES[endpoint["name"]]
     extra = scale.recipe.teachers[category].extra_body
     settings = world.teacher_settings(error_rate=error_rates[category], truncation_rate=extra.truncation_rate,
-                                      seed=extra.seed, n=int(endpoint["n"]))
+                                      seed=extra.seed, n=int(endpoint["n"]), style=style)
     return {**settings, "name": name}
 
 
@@ -235,11 +247,16 @@ def arm_config(experiment: str, arm: str, scale: ml_collections.ConfigDict) -> m
 
 def suite_scale(scale: ml_collections.ConfigDict, *, quick: bool, steps: int | None = None
                 ) -> ml_collections.ConfigDict:
-    """The scale config as the suite runs it: `steps` training steps per arm (None: `PAPER_STEPS`, or
-    `QUICK_STEPS` when `quick`), no HF export (the experiments score the checkpoint in process); `quick`: also at
+    """The scale config as the suite runs it: the suite's world (`SUITE_WORLD`), `steps` training steps per arm
+    (None: `PAPER_STEPS`, or `QUICK_STEPS` when `quick`), no HF export (the experiments score the checkpoint in
+    process), room for scored text traces when a text source asks scored questions; `quick`: also at
     most `QUICK_EVAL_QUESTIONS` held-out questions per category."""
     s = ml_collections.ConfigDict(scale.to_dict())
+    for entry in s.recipe.sources.values():  # the suite's world (`SUITE_WORLD`)
+        entry.options.update(SUITE_WORLD.get(entry.options.category, {}))
     s.train.num_steps = steps or (QUICK_STEPS if quick else PAPER_STEPS)
+    if any(e.options.get("scored_findings") for e in s.recipe.sources.values()):
+        s.eval.max_new_tokens = max(int(s.eval.max_new_tokens), SCORED_MAX_NEW_TOKENS)
     s.export.hf = False
     s.demo.hf_check = False
     if quick:

@@ -36,6 +36,7 @@ the teacher kind to the registries, for configs that list "octomed_demo" in `plu
 from __future__ import annotations
 
 import io
+import itertools
 import random
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -68,9 +69,28 @@ MM_FINDINGS = ("fever", "pain")
 MM_FORMS = ("acute", "chronic")  # MM_FINDINGS[i] gives MM_FORMS[i]
 MM_DISEASES = tuple(f"{form} {lesion}" for lesion in LESIONS for form in MM_FORMS)
 
+# Scored text questions (a source's `scored_findings=N`; the experiments suite's world): the question names N
+# findings, every finding scores points, and the diagnosis is the total's place on the disease cycle
+# (TEXT_DISEASES[total % 5]). A direct answer must add the scores in one pass; a chain of thought adds them one at
+# a time, each step one small fact. The
+# test split asks only combinations of findings that the train split never shows (`scored_combinations`), so a
+# remembered combination answers no held-out question: the rule must be learned.
+SCORED_FINDINGS = FINDINGS + COMMON_FINDINGS
+FINDING_POINTS = dict(zip(SCORED_FINDINGS, (1, 2, 3, 4, 0, 1, 2, 3), strict=True))
+SCORED_SIZES = (2, 3)  # findings per scored question
+SCORED_TEST_PER_DISEASE = 2  # held-out combinations of findings per disease (10 of the 28 pairs or 56 triples)
+
 TEXT_STEM = "A {age}-year-old {sex} has {f1} and {f2}. What is the most likely diagnosis?"
+# The findings open the stem, which is otherwise the same for every scored question: a student this small finds
+# them at the same distance from its answer each time (with an age and sex before them it had not learned to
+# copy them after 300 steps).
+SCORED_STEM = "Findings: {findings}. What is the diagnosis by the finding score?"
 CLASSIFICATION_STEM = "Which lesion does this scan show?"
 MM_STEM = "A {age}-year-old {sex} has {finding}. The scan is shown. What is the most likely diagnosis?"
+# A too-easy image + text question (a source's `stated_fraction`; train split only): the stem states the answer,
+# so every teacher and student gets it right and a trace teaches copying, not reading the scan. The pass-rate
+# filters drop such questions (16 of 16 right); unfiltered training spends steps on them.
+STATED = " The referral says {diagnosis}."
 
 
 def mm_diagnosis(lesion: str, finding: str) -> str:
@@ -81,6 +101,26 @@ def mm_diagnosis(lesion: str, finding: str) -> str:
 def mm_presentations(disease: str) -> list[tuple[str, str]]:
     """The (lesion, finding) pairs that mean `disease`."""
     return [(lesion, f) for lesion in LESIONS for f in MM_FINDINGS if mm_diagnosis(lesion, f) == disease]
+
+
+def scored_diagnosis(findings: Sequence[str]) -> str:
+    """The disease of a scored question's findings: the total of their points, modulo the five diseases."""
+    return TEXT_DISEASES[sum(FINDING_POINTS[f] for f in findings) % len(TEXT_DISEASES)]
+
+
+def scored_combinations(seed: int, split: str, size: int) -> dict[str, list[tuple[str, ...]]]:
+    """The sets of `size` findings a split's scored questions use, by disease (table order within a set).
+
+    Of all such sets, `SCORED_TEST_PER_DISEASE` per disease (chosen by a seeded hash) belong to the test split
+    and the rest to the train split: the splits never share a combination.
+    """
+    ranked = sorted(itertools.combinations(SCORED_FINDINGS, size), key=lambda c: stable_hash("scored", seed, *c))
+    test: dict[str, list[tuple[str, ...]]] = {d: [] for d in TEXT_DISEASES}
+    train: dict[str, list[tuple[str, ...]]] = {d: [] for d in TEXT_DISEASES}
+    for combo in ranked:
+        d = scored_diagnosis(combo)
+        (test if len(test[d]) < SCORED_TEST_PER_DISEASE else train)[d].append(combo)
+    return test if split == "test" else train
 
 
 def text_diagnosis(findings: Sequence[str]) -> str | None:
@@ -167,6 +207,16 @@ def _text_question(rng: np.random.Generator, index: int) -> tuple[str, dict[str,
     return stem, options, answer, None, {"findings": f"{f1},{f2}", "diagnosis": TEXT_DISEASES[d]}
 
 
+def _scored_text_question(rng: np.random.Generator, index: int, combinations: Mapping[str, Sequence[tuple[str, ...]]]
+                          ) -> tuple[str, dict[str, str], str, None, dict[str, str]]:
+    disease = TEXT_DISEASES[index % len(TEXT_DISEASES)]  # balanced over diseases
+    sets = combinations[disease]
+    findings = [str(f) for f in rng.permutation(sets[int(rng.integers(len(sets)))])]
+    options, answer = _options(TEXT_DISEASES, disease)
+    stem = SCORED_STEM.format(findings=", ".join(findings))
+    return stem, options, answer, None, {"findings": ",".join(findings), "diagnosis": disease}
+
+
 def _classification_question(rng: np.random.Generator, index: int) -> tuple[Any, ...]:
     lesion = index % len(LESIONS)
     options, answer = _options(LESIONS, LESIONS[lesion])
@@ -188,11 +238,30 @@ def _mm_question(rng: np.random.Generator, index: int) -> tuple[Any, ...]:
 _MAKERS = {"text": _text_question, "mm_classification": _classification_question, "mm_reasoning": _mm_question}
 
 
-def make_question(seed: int, category: str, split: str, index: int, *, source: str | None = None) -> Question:
-    """Question `index` of a split; depends only on its arguments."""
+def make_question(seed: int, category: str, split: str, index: int, *, source: str | None = None,
+                  scored_findings: int = 0, stated_fraction: float = 0.0) -> Question:
+    """Question `index` of a split; depends only on its arguments.
+
+    `scored_findings`: 0, a text question names a key finding and a non-specific one (the demo's world); 2 or 3,
+    it names that many scored findings (`SCORED_STEM`, the experiments suite's world). `stated_fraction`: the
+    share of image + text train questions whose stem states the answer (`STATED`; chosen by a seeded hash).
+    """
+    if not 0.0 <= stated_fraction < 1.0:
+        raise ValueError(f"demo world: stated_fraction is in [0, 1), not {stated_fraction}")
     if category not in _MAKERS:
         raise ValueError(f"demo world has no category {category!r}; known: {sorted(_MAKERS)}")
-    stem, options, answer, pixels, meta = _MAKERS[category](_rng(seed, category, split, index), index)
+    if scored_findings not in (0, *SCORED_SIZES):
+        raise ValueError(f"demo world: scored_findings is 0 (a key finding decides) or one of {SCORED_SIZES}, not "
+                         f"{scored_findings}")
+    rng = _rng(seed, category, split, index)
+    if category == "text" and scored_findings:
+        made = _scored_text_question(rng, index, scored_combinations(seed, split, scored_findings))
+    else:
+        made = _MAKERS[category](rng, index)
+    stem, options, answer, pixels, meta = made
+    if (category == "mm_reasoning" and split == "train" and stated_fraction > 0
+            and stable_hash("stated", seed, index) % 10_000 < stated_fraction * 10_000):
+        stem, meta = stem + STATED.format(diagnosis=meta["diagnosis"]), {**meta, "stated": "1"}
     images = () if pixels is None else (ImageRef(data=png_bytes(pixels), format="png"),)
     return Question(
         id=f"{split}-{index:05d}",
@@ -213,7 +282,8 @@ def _signature(q: Question) -> tuple[Any, ...]:
 
 
 def generate_split(
-    seed: int, category: str, split: str, num_questions: int, *, source: str | None = None, num_train: int = 0
+    seed: int, category: str, split: str, num_questions: int, *, source: str | None = None, num_train: int = 0,
+    scored_findings: int = 0, stated_fraction: float = 0.0,
 ) -> Iterator[Question]:
     """The questions of a split, in order.
 
@@ -226,6 +296,7 @@ def generate_split(
       num_train: for the test split, the size of the train split it must not overlap: a test question
         equal to one of those (same text, options and image) is skipped and the next index generated, so
         the split is still a pure function of its arguments.
+      scored_findings, stated_fraction: `make_question`'s.
 
     Yields:
       `Question`s.
@@ -234,10 +305,13 @@ def generate_split(
         raise ValueError(f"demo world splits are {sorted(SPLIT_SALT)}, not {split!r}")
     train = set()
     if split == "test" and num_train:
-        train = {_signature(q) for q in generate_split(seed, category, "train", num_train, source=source)}
+        train = {_signature(q) for q in generate_split(
+            seed, category, "train", num_train, source=source, scored_findings=scored_findings,
+            stated_fraction=stated_fraction)}
     made, i = 0, 0
     while made < num_questions:
-        q = make_question(seed, category, split, i, source=source)
+        q = make_question(seed, category, split, i, source=source, scored_findings=scored_findings,
+                          stated_fraction=stated_fraction)
         i += 1
         if _signature(q) not in train:
             made += 1
@@ -253,6 +327,8 @@ def read_demo_world(
     name: str = "",
     num_train: int = 400,
     num_test: int = 40,
+    scored_findings: int = 0,
+    stated_fraction: float = 0.0,
     **_: Any,
 ) -> Iterator[Question]:
     """Source adapter: the demo world's questions of one category; `path` is not read (nothing on disk).
@@ -265,14 +341,18 @@ def read_demo_world(
       name: the questions' `source` (default `demo_<category>`).
       num_train: train split size.
       num_test: held-out split size.
+      scored_findings: for text questions, 0 (a key finding decides) or 2 or 3 (scored findings: `SCORED_STEM`).
+      stated_fraction: the share of image + text train questions that state their answer (`STATED`).
 
     Yields:
       `Question`s (never `Rejected`: generated questions are valid by construction).
     """
     del path
+    kw: dict[str, Any] = dict(source=name or None, scored_findings=int(scored_findings),
+                              stated_fraction=float(stated_fraction))
     if split == "train":
-        return generate_split(seed, category, "train", num_train, source=name or None)
-    return generate_split(seed, category, split, num_test, source=name or None, num_train=num_train)
+        return generate_split(seed, category, "train", num_train, **kw)
+    return generate_split(seed, category, split, num_test, num_train=num_train, **kw)
 
 
 SOURCE_ADAPTER = SourceAdapter(
@@ -317,6 +397,17 @@ _MM_REASONING = (  # the text fact, then the image fact, then the name they comp
 )
 
 
+# Scored questions: the reasoning-style teacher adds the findings' points one at a time in the question's order
+# ("Fever 1, rash 2 makes 3, headache 2 makes 0. 0 is measles"), in short steps a small student learns in a few
+# hundred steps; two wordings per addition and four endings give 16 wordings of a trace, so K=16 keeps up to 16
+# distinct traces of a question (the demo world's questions have 4). The instruction-style ("brief") teacher
+# states the total without the steps.
+_SCORED_NEXT = (", {f} {p} makes {t}", ", {f} {p} gives {t}")
+_SCORED_END = ("{t} is {d}", "{t} means {d}", "Total {t}, so {d}", "Score {t}: {d}")
+_SCORED_BRIEF = ("The score is {t}: {d}", "Score {t}, so {d}", "The findings total {t}: {d}")
+STYLES = ("reasoning", "brief")  # the demo teacher's `style` (extra_body): how much of a scored sum it writes
+
+
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
@@ -330,7 +421,10 @@ def read_question(question: Question) -> dict[str, Any]:
     stem = question.question.lower()
     vocab = FINDINGS + COMMON_FINDINGS if question.category == "text" else MM_FINDINGS
     found = sorted((stem.index(f), f) for f in vocab if re.search(rf"\b{f}\b", stem))
-    seen: dict[str, Any] = {"findings": [f for _, f in found]}
+    seen: dict[str, Any] = {"findings": [f for _, f in found], "scored": "finding score" in stem}
+    stated = re.search(r"The referral says (.+?)\.$", question.question)
+    if stated:
+        seen["stated"] = stated.group(1)
     if question.images and question.images[0].data is not None:
         seen["lesion"] = LESIONS[lesion_of_pixels(decode_png(question.images[0].data))]
     return seen
@@ -342,8 +436,10 @@ def solve(question: Question, seen: Mapping[str, Any] | None = None) -> str | No
     `seen`: `read_question(question)` when the caller has it already (decoding the image is the costly part).
     """
     seen = read_question(question) if seen is None else seen
+    if "stated" in seen:
+        return seen["stated"]
     if question.category == "text":
-        return text_diagnosis(seen["findings"])
+        return scored_diagnosis(seen["findings"]) if seen.get("scored") else text_diagnosis(seen["findings"])
     if question.category == "mm_classification":
         return seen.get("lesion")
     if "lesion" in seen and len(seen["findings"]) == 1:
@@ -351,7 +447,8 @@ def solve(question: Question, seen: Mapping[str, Any] | None = None) -> str | No
     return None
 
 
-def _reasoning(question: Question, letter: str, seen: Mapping[str, Any], rng: random.Random) -> str:
+def _reasoning(question: Question, letter: str, seen: Mapping[str, Any], rng: random.Random,
+               style: str = "reasoning") -> str:
     """A short chain of thought reaching option `letter`, citing the findings / lesion that lead there.
 
     When the option is what the question shows, the findings are cited as read; otherwise the reasoning
@@ -359,7 +456,29 @@ def _reasoning(question: Question, letter: str, seen: Mapping[str, Any], rng: ra
     name the diagnosis and cite its option ("..., option C."), as teachers often do: the answer line's
     letter then copies a letter just written instead of recalling which letter each name has.
     """
-    return f"{_diagnosis_reasoning(question, question.options[letter], seen, rng)}, option {letter}."
+    diagnosis = question.options[letter]
+    if "stated" in seen:
+        text = f"The referral says {diagnosis}"
+    elif seen.get("scored"):
+        text = _scored_reasoning(seen["findings"], diagnosis, rng, style)
+    else:
+        text = _diagnosis_reasoning(question, diagnosis, seen, rng)
+    return f"{text}, option {letter}."
+
+
+def _scored_reasoning(findings: Sequence[str], diagnosis: str, rng: random.Random, style: str) -> str:
+    """The sum of a scored question's points reaching `diagnosis` (no final period). A wrong diagnosis comes
+    from misreading the last finding's points, so every step but that one is right."""
+    target = TEXT_DISEASES.index(diagnosis)
+    points = [FINDING_POINTS[f] for f in findings]
+    points[-1] = (target - sum(points[:-1])) % len(TEXT_DISEASES)
+    if style == "brief":
+        return _SCORED_BRIEF[rng.randrange(len(_SCORED_BRIEF))].format(t=target, d=diagnosis)
+    total, text = points[0], f"{_cap(findings[0])} {points[0]}"
+    for finding, p in zip(findings[1:], points[1:], strict=True):
+        total = (total + p) % len(TEXT_DISEASES)
+        text += _SCORED_NEXT[rng.randrange(len(_SCORED_NEXT))].format(f=finding, p=p, t=total)
+    return f"{text}. {_SCORED_END[rng.randrange(len(_SCORED_END))].format(t=total, d=diagnosis)}"
 
 
 def _diagnosis_reasoning(question: Question, diagnosis: str, seen: Mapping[str, Any], rng: random.Random) -> str:
@@ -410,6 +529,9 @@ class DemoTeacher:
         self.error_rate = float(extra.get("error_rate", 0.35))
         self.truncation_rate = float(extra.get("truncation_rate", 0.05))
         self.seed = int(extra.get("seed", 0))
+        self.style = str(extra.get("style", "reasoning"))
+        if self.style not in STYLES:
+            raise ValueError(f"demo teacher {self.name!r}: style {self.style!r} is not one of {STYLES}")
         self._last_read: tuple[str, Mapping[str, Any]] | None = None
         if not 0.0 <= self.error_rate <= 1.0 or not 0.0 <= self.truncation_rate <= 1.0:
             raise ValueError(f"demo teacher {self.name!r}: error_rate and truncation_rate must be in [0, 1]")
@@ -421,10 +543,11 @@ class DemoTeacher:
         truth = solve(question, seen)
         letters = [k for k, v in question.options.items() if v == truth]
         letter = letters[0] if letters else rng.choice(list(question.options))
-        if rng.random() < self.error_rate:
+        stated = "stated" in seen  # the stem gives the answer: never wrong, nothing long enough to cut off
+        if not stated and rng.random() < self.error_rate:
             letter = rng.choice([k for k in question.options if k != letter])
-        reasoning = _reasoning(question, letter, seen, rng)
-        if rng.random() < self.truncation_rate:
+        reasoning = _reasoning(question, letter, seen, rng, self.style)
+        if not stated and rng.random() < self.truncation_rate:
             return f"<think>\n{reasoning.rsplit(' ', 2)[0]}"  # cut off before the answer
         return formats.format_response(
             style=formats.COT, letter=letter, option_text=question.options[letter], reasoning=reasoning
@@ -458,15 +581,20 @@ class DemoTeacher:
 
 
 TEACHER_KIND = "demo"
-def teacher_settings(*, error_rate: float = 0.35, truncation_rate: float = 0.05, seed: int = 0, n: int = 8) -> dict:
-    """A recipe teacher entry for the demo teacher (kind `TEACHER_KIND`)."""
+def teacher_settings(*, error_rate: float = 0.35, truncation_rate: float = 0.05, seed: int = 0, n: int = 8,
+                     style: str = "reasoning") -> dict:
+    """A recipe teacher entry for the demo teacher (kind `TEACHER_KIND`); `style` is one of `STYLES`."""
+    extra = {"error_rate": error_rate, "truncation_rate": truncation_rate, "seed": seed}
+    version = f"demo-v3-e{error_rate:g}-t{truncation_rate:g}-s{seed}"
+    if style != "reasoning":  # the reasoning style's entries (and their stored completions) stay as they were
+        extra["style"], version = style, f"{version}-{style}"
     return dict(
         kind=TEACHER_KIND,
         name="demo-teacher",
         base_url="",
         model="demo-world",
         api_key_env="",
-        prompt_version=f"demo-v3-e{error_rate:g}-t{truncation_rate:g}-s{seed}",
+        prompt_version=version,
         system_prompt="",
         n=n,
         max_n_per_request=n,
@@ -475,7 +603,7 @@ def teacher_settings(*, error_rate: float = 0.35, truncation_rate: float = 0.05,
         max_tokens=256,
         price_input_per_1m=0.0,
         price_output_per_1m=0.0,
-        extra_body={"error_rate": error_rate, "truncation_rate": truncation_rate, "seed": seed},
+        extra_body=extra,
     )
 
 

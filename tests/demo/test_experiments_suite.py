@@ -49,10 +49,12 @@ def test_arm_is_the_real_config_but_for_the_scale_fields(exp, arm, scale):
     categories = {ex.SOURCE_CATEGORY[s] for s in real.recipe.sources}
     assert sorted(config.recipe.sources) == sorted(f"demo_{c}" for c in categories)
     assert all(config.recipe.sources[s] == scale.recipe.sources[s] for s in config.recipe.sources)
-    styles = {c: (t.name, t.extra_body.error_rate, t.n) for c, t in config.recipe.teachers.items()}
-    text = ("demo-instruction", 0.6, 16) if arm == "teacher_gpt4o" else ("demo-reasoning", 0.2, 16)
-    assert styles == {"text": text, "mm_reasoning": ("demo-instruction", 0.35, 16),
-                      "mm_classification": ("demo-instruction", 0.35, 16)}
+    styles = {c: (t.name, t.extra_body.error_rate, t.n, t.extra_body.get("style", "reasoning"))
+              for c, t in config.recipe.teachers.items()}
+    r1, gpt4o = ("demo-reasoning", 0.2, 16, "reasoning"), ("demo-instruction", 0.6, 16, "brief")
+    text = gpt4o if arm == "teacher_gpt4o" else r1
+    assert styles == {"text": text, "mm_reasoning": ("demo-instruction", 0.35, 16, "brief"),
+                      "mm_classification": ("demo-instruction", 0.35, 16, "brief")}
     student = config.recipe.filters.student_pass_rate.endpoint
     assert (student.kind, student.name, student.extra_body.error_rate, student.n) == ("demo", "demo-student", 0.7, 16)
     assert config.recipe.filters.judge.endpoint == real.recipe.filters.judge.endpoint  # no stand-in in the world
@@ -70,6 +72,24 @@ def test_scaled_sibling_arms_still_differ_only_in_the_lever(exp, scale):
         assert changed and all(k.startswith(EXPERIMENTS[exp].lever) for k in changed), (arm, sorted(changed))
 
 
+def test_the_suite_world_has_too_easy_image_questions_and_scored_text_on_request(scale):
+    demo = ex.load_config("demo")
+    for key, entry in scale.recipe.sources.items():
+        want = {"mm_reasoning": (None, 0.4)}.get(entry.options.category, (None, None))
+        assert (entry.options.get("scored_findings"), entry.options.get("stated_fraction")) == want, key
+        assert {"scored_findings", "stated_fraction"}.isdisjoint(demo.recipe.sources[key].options)  # the demo's own
+    assert scale.eval.max_new_tokens == demo.eval.max_new_tokens
+    scored = ex.load_config("demo")
+    scored.recipe.sources.demo_text.options.scored_findings = 3  # the override for text that needs several steps
+    scored = ex.suite_scale(scored, quick=False)
+    assert scored.eval.max_new_tokens == ex.SCORED_MAX_NEW_TOKENS > demo.eval.max_new_tokens
+    from octomed_demo import world
+
+    (text,) = [q for q in world.held_out(ex.arm_config("format", "format_cot", scored).recipe, limit=1)
+               if q.category == "text"]
+    assert "finding score" in text.question
+
+
 def test_quick_suite_and_only():
     assert ex.suite_arms(quick=True) == [("format", "format_cot"), ("format", "format_direct"),
                                          ("traces", "traces_1"), ("traces", "traces_16")]
@@ -79,7 +99,7 @@ def test_quick_suite_and_only():
     with pytest.raises(ex.SuiteError, match="'nope'"):
         ex.suite_arms(quick=True, only=["nope"])
     s = ex.suite_scale(ex.load_config("demo"), quick=True)
-    assert (s.train.num_steps, s.eval.max_questions, s.export.hf, s.demo.hf_check) == (150, 20, False, False)
+    assert (s.train.num_steps, s.eval.max_questions, s.export.hf, s.demo.hf_check) == (200, 20, False, False)
     assert ex.suite_scale(ex.load_config("demo"), quick=False, steps=7).train.num_steps == 7
 
 

@@ -149,3 +149,97 @@ def test_wrong_traces_are_rejected_and_k_distinct_kept(train):
     q = train["text"][0]
     r = rejection_sample(q, always_wrong.sample(q, range(8)), k=4, response_format="cot", seed=0)
     assert not r.traces and r.dropped == {"wrong_answer": 8}
+
+
+# --- scored text questions (`scored_findings`, the experiments suite's world) ----------------------------------
+
+
+@pytest.mark.parametrize("size,sets", [(2, 28), (3, 56)])
+def test_scored_questions_add_points_and_hold_out_unseen_combinations(size, sets):
+    train = list(w.generate_split(0, "text", "train", 320, scored_findings=size))
+    test = list(w.generate_split(0, "text", "test", 40, num_train=320, scored_findings=size))
+    for q in train + test:
+        findings = q.metadata["findings"].split(",")
+        total = sum(w.FINDING_POINTS[f] for f in findings) % 5
+        assert q.options[q.answer] == w.TEXT_DISEASES[total] == w.solve(q), q.question
+        assert len(set(findings)) == size and "finding score" in q.question
+        assert all(f in q.question for f in findings)
+    combos = lambda qs: {frozenset(q.metadata["findings"].split(",")) for q in qs}  # noqa: E731
+    assert not combos(train) & combos(test)  # a held-out question is never a combination seen in training
+    assert len(combos(test)) == 5 * w.SCORED_TEST_PER_DISEASE and len(combos(train)) == sets - len(combos(test))
+    assert collections.Counter(q.answer for q in test) == {letter: 8 for letter in "ABCDE"}
+    # The default world is untouched: two findings, the key one decides.
+    assert list(w.generate_split(0, "text", "train", 5)) == list(w.generate_split(0, "text", "train", 5,
+                                                                                   scored_findings=0))
+    with pytest.raises(ValueError, match="scored_findings"):
+        w.make_question(0, "text", "train", 0, scored_findings=4)
+
+
+def _points_written(reasoning: str) -> list[int]:
+    return [int(n) for n in __import__("re").findall(r"\b\d\b", reasoning)]
+
+
+@pytest.mark.parametrize("size", w.SCORED_SIZES)
+def test_scored_traces_add_step_by_step_and_brief_ones_state_the_total(size):
+    questions = list(w.generate_split(0, "text", "train", 40, scored_findings=size))
+    right = teacher(error_rate=0.0, truncation_rate=0.0)
+    brief = make_teacher(w.teacher_settings(error_rate=0.0, truncation_rate=0.0, style="brief"))
+    wordings = set()
+    for q in questions:
+        findings = q.metadata["findings"].split(",")
+        points = [w.FINDING_POINTS[f] for f in findings]
+        for c in right.sample(q, range(16)):
+            reasoning, final = split_teacher_response(c.content)
+            assert extract_answer(final, q.options) == q.answer
+            # Each finding's points, then each running total modulo 5, in the question's order; then the total.
+            want = [points[0]] + [x for i in range(1, size) for x in (points[i], sum(points[:i + 1]) % 5)]
+            assert _points_written(reasoning) == [*want, sum(points) % 5], reasoning
+            assert [f for f in findings if f in reasoning.lower()] == findings
+            wordings.add(reasoning.replace(q.question, ""))
+        for c in brief.sample(q, range(4)):
+            reasoning, final = split_teacher_response(c.content)
+            assert extract_answer(final, q.options) == q.answer
+            assert _points_written(reasoning) == [sum(points) % 5], reasoning  # the total alone
+    # 2 wordings per addition and 4 endings: 16 samples give about W (1 - (1 - 1/W)^16) distinct traces of a
+    # question (6.9 of W=8 for pairs, 10.3 of W=16 for triples), more than K=4 can keep (the default world has 4
+    # wordings in all).
+    wordings = 2 ** (size - 1) * 4
+    per_question = [len({c.content for c in right.sample(q, range(16))}) for q in questions]
+    mean = sum(per_question) / len(per_question)
+    assert mean > 4 and abs(mean - wordings * (1 - (1 - 1 / wordings) ** 16)) < 1, per_question
+    wrong = teacher(error_rate=1.0, truncation_rate=0.0)
+    for q in questions[:10]:
+        for c in wrong.sample(q, range(4)):
+            reasoning, final = split_teacher_response(c.content)
+            letter = extract_answer(final, q.options)
+            assert letter != q.answer
+            assert _points_written(reasoning)[-1] == w.TEXT_DISEASES.index(q.options[letter])  # its sum's end
+    with pytest.raises(ValueError, match="style"):
+        make_teacher(w.teacher_settings(style="terse"))
+    assert w.teacher_settings()["prompt_version"] == "demo-v3-e0.35-t0.05-s0"  # the demo's stored samples stay
+
+
+def test_stated_questions_are_too_easy_and_only_in_training():
+    train = list(w.generate_split(0, "mm_reasoning", "train", 320, stated_fraction=0.4))
+    test = list(w.generate_split(0, "mm_reasoning", "test", 40, num_train=320, stated_fraction=0.4))
+    stated = [q for q in train if q.metadata.get("stated")]
+    assert 0.3 <= len(stated) / len(train) <= 0.5 and not any(q.metadata.get("stated") for q in test)
+    for q in stated:
+        assert q.question.endswith(f"The referral says {q.metadata['diagnosis']}.")
+    # The rest of a question (text, image, answer) is the one the default world makes.
+    plain = {q.id: q for q in w.generate_split(0, "mm_reasoning", "train", 320)}
+    for q in train:
+        assert (q.answer, q.images, q.question.split(" The referral")[0]) == (
+            plain[q.id].answer, plain[q.id].images, plain[q.id].question)
+    # Every teacher, however weak, answers a stated question right every time: 16 of 16, what the pass-rate
+    # filters drop; other questions keep the teacher's error rate.
+    weak = teacher(error_rate=0.7, truncation_rate=0.05, n=16)
+    for q in stated[:10]:
+        comps = weak.sample(q, range(16))
+        assert all(extract_answer(split_teacher_response(c.content)[1], q.options) == q.answer for c in comps)
+    unstated = [q for q in train if not q.metadata.get("stated")][:10]
+    right = sum(extract_answer(split_teacher_response(c.content)[1], q.options) == q.answer
+                for q in unstated for c in weak.sample(q, range(16)))
+    assert right < 0.5 * 160
+    with pytest.raises(ValueError, match="stated_fraction"):
+        w.make_question(0, "mm_reasoning", "train", 0, stated_fraction=1.0)
