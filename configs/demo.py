@@ -25,13 +25,18 @@ import ml_collections
 from configs import base
 from configs.base import source
 
+# The world's options for the experiments (`octomed_demo.world`), listed so that `--config` can set them: the
+# demo's own world asks one-step text questions (scored_findings=0) and no image + text question states its answer.
+_WORLD_OPTIONS = {"text": {"scored_findings": 0}, "mm_reasoning": {"stated_fraction": 0.0}}
+
 
 def demo_sources(num_train: int, num_test: int) -> ml_collections.ConfigDict:
     """One generated source per category; `path` "." is not read (the questions are generated)."""
     return ml_collections.ConfigDict(
         {
             f"demo_{category}": source(
-                "demo_world", ".", category=category, name=f"demo_{category}", num_train=num_train, num_test=num_test
+                "demo_world", ".", category=category, name=f"demo_{category}", num_train=num_train, num_test=num_test,
+                **_WORLD_OPTIONS.get(category, {}),
             )
             for category in base.CATEGORIES
         }

@@ -22,7 +22,8 @@ What the miniature changes besides the scale (docs/experiments.md, "The experime
   training;
 - teachers are demo teachers of two styles (`TEACHER_STYLES`), a reasoning-style one for DeepSeek-R1 and an
   instruction-style one for GPT-4o (and a weaker "student" for the student pass-rate filter), differing in
-  their error rate per category: the world's teacher has no other setting;
+  their error rate per category and, on scored text questions, in whether they write the steps;
+- the world is the demo's with too-easy image + text questions added (`SUITE_WORLD`), for the filters;
 - an arm whose filter needs an endpoint the world does not have (the LLM judge) is listed as not run.
 """
 

@@ -75,9 +75,10 @@ def test_scaled_sibling_arms_still_differ_only_in_the_lever(exp, scale):
 def test_the_suite_world_has_too_easy_image_questions_and_scored_text_on_request(scale):
     demo = ex.load_config("demo")
     for key, entry in scale.recipe.sources.items():
-        want = {"mm_reasoning": (None, 0.4)}.get(entry.options.category, (None, None))
+        want = {"text": (0, None), "mm_reasoning": (None, 0.4)}.get(entry.options.category, (None, None))
         assert (entry.options.get("scored_findings"), entry.options.get("stated_fraction")) == want, key
-        assert {"scored_findings", "stated_fraction"}.isdisjoint(demo.recipe.sources[key].options)  # the demo's own
+        demo_options = demo.recipe.sources[key].options  # the demo's own world
+        assert (demo_options.get("scored_findings", 0), demo_options.get("stated_fraction", 0.0)) == (0, 0.0)
     assert scale.eval.max_new_tokens == demo.eval.max_new_tokens
     scored = ex.load_config("demo")
     scored.recipe.sources.demo_text.options.scored_findings = 3  # the override for text that needs several steps
