@@ -1,7 +1,9 @@
 """The demo world and its teacher: answerable questions, balanced classes, images readable by a rule,
-teacher error rate, traces that parse, wrong traces rejected by the real rejection sampler."""
+teacher error rate, traces that parse, wrong traces rejected by the real rejection sampler; the experiments'
+world options (scored text questions, too-easy stated image + text questions) and the teacher's styles."""
 
 import collections
+import re
 
 import numpy as np
 import pytest
@@ -176,7 +178,8 @@ def test_scored_questions_add_points_and_hold_out_unseen_combinations(size, sets
 
 
 def _points_written(reasoning: str) -> list[int]:
-    return [int(n) for n in __import__("re").findall(r"\b\d\b", reasoning)]
+    """The one-digit numbers a trace writes: points and running totals (scored traces write no other digit)."""
+    return [int(n) for n in re.findall(r"\b\d\b", reasoning)]
 
 
 @pytest.mark.parametrize("size", w.SCORED_SIZES)
