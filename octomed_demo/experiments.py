@@ -100,9 +100,9 @@ SCALE_FIELDS = (
 
 EARLY_EXPERIMENTS = ("filter",)  # also evaluated at mid-training: the paper's finding is about early training
 QUICK_ARMS = ("format_cot", "format_direct", "traces_1", "traces_16")
-# Steps per arm: 300, where the demo's student has learned its image categories (text by 300-400). Single arms of
-# 300 steps took 211-235 s on a quiet 2-core machine (2026-11-30), so the default suite's 14 arms (filter_judge
-# cannot run) take ~50 min; quick: 4 x (200 x ~0.7 s + ~30 s) ~ 11 min.
+# Steps per arm: 300, where the demo's student has learned its image categories (text by 300-400). The default
+# suite's 14 arms (filter_judge cannot run) took 2,700 s on a quiet 2-core machine (2026-11-30, 176-231 s per arm;
+# docs/experiments.md); quick, estimated from those arms: 4 x (200 x ~0.63 s + ~15 s) + ~40 s ~ 10 min.
 PAPER_STEPS = 300
 QUICK_STEPS = 200
 QUICK_EVAL_QUESTIONS = 20

@@ -81,9 +81,9 @@ SCORED_SIZES = (2, 3)  # findings per scored question
 SCORED_TEST_PER_DISEASE = 2  # held-out combinations of findings per disease (10 of the 28 pairs or 56 triples)
 
 TEXT_STEM = "A {age}-year-old {sex} has {f1} and {f2}. What is the most likely diagnosis?"
-# The findings open the stem, which is otherwise the same for every scored question: a student this small finds
-# them at the same distance from its answer each time (with an age and sex before them it had not learned to
-# copy them after 300 steps).
+# The findings open the stem, which is otherwise the same for every scored question, so they stand at the same
+# distance from the answer each time. The demo's student learned to copy them in 300 steps neither this way nor
+# with an age and sex before them (docs/experiments.md); this is the simpler of the two.
 SCORED_STEM = "Findings: {findings}. What is the diagnosis by the finding score?"
 CLASSIFICATION_STEM = "Which lesion does this scan show?"
 MM_STEM = "A {age}-year-old {sex} has {finding}. The scan is shown. What is the most likely diagnosis?"
