@@ -116,7 +116,10 @@ def main() -> None:
     cfg.export.hf = False
     ref = step_time(cfg, os.path.join(root, "alone"), args.steps)
     alone, alongside = ref["alone"], ref["alongside"]
-    print(f"compiled step alone: {1e3 * alone:.1f} ms/step ({args.devices} CPU devices, {args.steps} steps)")
+    import jax
+
+    devices = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+    print(f"compiled step alone: {1e3 * alone:.1f} ms/step ({devices}, {args.steps} steps)")
     print(f"input path alone (read, pack, place): {1e3 * ref['prepare']:.1f} ms/step")
     print(
         f"compiled step with the input path in a background thread: {1e3 * alongside:.1f} ms/step "

@@ -9,7 +9,9 @@ loss, remat per `--remat`), text only, on packed rows of `--example_tokens`-long
 `model.attention_impl=--impl` ("auto": the Triton flash kernel with segment ids on GPU, splash on TPU). With
 `--layers=-1` the depth is the largest whose compiled step (`memory_analysis`) fits `--hbm_fraction` of the
 device's memory. Prints tokens/s, MFU (`metrics.train_flops` over the measured step time at the device's bf16
-peak) and the peak memory (the device's `peak_bytes_in_use`, else the compiler's figure).
+peak; attention counted within each packed example, the work a packed row holds, and beside it over the whole
+row, the convention of unpacked rows) and the peak memory (the device's `peak_bytes_in_use`, else the
+compiler's figure).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ SMOKE = dict(preset="tiny", seq=256, example_tokens=60, layers=2, rows=2, steps=
 def model_config(args: argparse.Namespace, layers: int) -> ModelConfig:
     """The preset's widths, `layers` decoder layers, scanned, with the step's dtype, remat and kernel."""
     cfg = get_preset(args.preset, dtype="bfloat16", param_dtype="float32", scan_layers=True,
-                     remat_policy=args.remat, attention_impl=args.impl)
+                     remat_policy=args.remat, attention_impl=args.impl, attention_block_q=args.block,
+                     attention_block_kv=args.block)
     return cfg.replace(text=dataclasses.replace(cfg.text, num_hidden_layers=layers))
 
 
@@ -114,6 +117,8 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=8192)
     p.add_argument("--example_tokens", type=int, default=1100, help="tokens per packed example (segment)")
     p.add_argument("--impl", default="auto", help="model.attention_impl")
+    p.add_argument("--block", type=int, default=512,
+                   help="model.attention_block_q/kv (splash's tiles; pallas_gpu caps them at 128)")
     p.add_argument("--remat", default="nothing_saveable")
     p.add_argument("--loss_chunk", type=int, default=1024)
     p.add_argument("--steps", type=int, default=5)
@@ -145,15 +150,17 @@ def main() -> None:
 
     device = jax.devices()[0]
     tokens = args.rows * args.seq
-    flops = train_flops(cfg, tokens, 0, args.seq)
+    flops = train_flops(cfg, tokens, 0, args.example_tokens)  # causal attention within each example
+    row_flops = train_flops(cfg, tokens, 0, args.seq)
     peak_flops = device_peak_flops(device)
     stats = device.memory_stats() or {}
     peak_bytes, peak_from = stats.get("peak_bytes_in_use", compiler_peak), "device" if stats else "compiler"
     print(f"device: {device.device_kind}; model: {args.preset} width {cfg.text.hidden_size}, {layers} of "
           f"{get_preset(args.preset).text.num_hidden_layers} layers, remat {args.remat}, attention "
-          f"{attention.resolve_impl(args.impl, on=device.platform)}; {args.rows} x {args.seq} tokens, examples of "
-          f"{args.example_tokens}; loss {float(metrics.loss):.3f}")
-    mfu = f"{flops / step_s / peak_flops:.1%}" if peak_flops else "- (no bf16 peak known for this device)"
+          f"{attention.resolve_impl(args.impl, on=device.platform)} (tiles {args.block}); {args.rows} x {args.seq} "
+          f"tokens, examples of {args.example_tokens}; loss {float(metrics.loss):.3f}")
+    mfu = (f"{flops / step_s / peak_flops:.1%} (whole-row attention: {row_flops / step_s / peak_flops:.1%})"
+           if peak_flops else "- (no bf16 peak known for this device)")
     print(f"step {step_s * 1e3:.1f} ms  tokens/s {tokens / step_s:,.0f}  model TFLOP/step {flops / 1e12:.3f}  "
           f"MFU {mfu}")
     print(f"peak memory {peak_bytes / 1e9:.2f} GB ({peak_from})")

@@ -219,7 +219,7 @@ def attention_flops(model_cfg: ModelConfig, seq_len: int, max_patches: int, impl
 
     def square(n: int, dim: int, causal: bool) -> tuple[float, float]:  # (kernel, executed) of one attention
         if impl in FLASH_KERNELS:
-            bq, bkv, padded = attention._tiles(n, model_cfg)
+            bq, bkv, padded = attention._tiles(n, model_cfg, impl)
             f = flash * 2 * _flash_blocks(padded, bq, bkv, causal) * bq * bkv * dim
             return f, f
         return 0.0, dense * 2 * n * n * dim  # the masked XLA path computes every score, causal or not

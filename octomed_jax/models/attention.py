@@ -38,6 +38,9 @@ from octomed_jax.models.layers import attention_mask, dot_product_attention
 Kernel = Callable[..., jax.Array]
 _LANES = 128  # the Pallas kernels tile the sequence in multiples of this
 _PAD_SEGMENT = -1  # sequence padding added here: attends only to itself, never to a real segment
+# pallas_gpu's one tile, forward and backward: its fused backward needs as many query as key blocks, and on an
+# H200 (232,448 B of shared memory per block) 512-slot tiles ask for 294,912 B and fail to compile.
+_GPU_TILE = 128
 
 
 def platform() -> str:
@@ -70,7 +73,7 @@ def self_attention(
     kernel = _splash if impl == "splash" else _pallas_gpu
     interpret = platform() != ("tpu" if impl == "splash" else "gpu")
     b, t = segment_ids.shape
-    bq, bkv, padded = _tiles(t, cfg)
+    bq, bkv, padded = _tiles(t, cfg, impl)
     if padded != t:  # the kernels tile the sequence: pad it with a segment of its own, then cut it off
         pad = [(0, 0), (0, padded - t), (0, 0), (0, 0)]
         q, k, v = (jnp.pad(x, pad) for x in (q, k, v))
@@ -81,10 +84,12 @@ def self_attention(
     return out[:, :t]
 
 
-def _tiles(t: int, cfg: ModelConfig) -> tuple[int, int, int]:
-    """Query and key tiles for a sequence of `t` (capped at it), and the padded length they divide."""
+def _tiles(t: int, cfg: ModelConfig, impl: str) -> tuple[int, int, int]:
+    """Query and key tiles of kernel `impl` for a sequence of `t` (capped at it), and the padded length."""
     lanes = -(-t // _LANES) * _LANES
     bq, bkv = min(cfg.attention_block_q, lanes), min(cfg.attention_block_kv, lanes)
+    if impl == "pallas_gpu":
+        bq = bkv = min(bq, bkv, _GPU_TILE)
     tile = math.lcm(bq, bkv)
     return bq, bkv, -(-t // tile) * tile
 

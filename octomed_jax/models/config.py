@@ -111,9 +111,9 @@ class ModelConfig:
         the scores), "cudnn" (`jax.nn.dot_product_attention`'s cuDNN path on GPU, bf16; the packed mask goes in
         as a bias), "splash" (Pallas splash attention, TPU), "pallas_gpu" (Pallas Triton flash attention with
         segment ids, GPU) or "auto" (splash on TPU, pallas_gpu on GPU, xla elsewhere).
-      attention_block_q, attention_block_kv: query / key tile sizes of the splash and pallas_gpu kernels
-        (forward and backward); capped at the sequence length. Tiles that do not fit the core's memory fail
-        at compile time.
+      attention_block_q, attention_block_kv: query / key tile sizes of the splash kernel (forward and
+        backward); capped at the sequence length. Tiles that do not fit the core's memory fail at compile
+        time. pallas_gpu takes the smaller of the two, capped at 128 (`attention._GPU_TILE`).
     """
 
     text: TextConfig = TextConfig()

@@ -75,6 +75,17 @@ def test_auto_picks_the_kernel_of_the_platform():
         CFG.replace(attention_block_q=100)
 
 
+def test_tiles_per_kernel():
+    """Splash takes the configured tiles; the Triton kernel one tile of at most 128 (shared memory, fused
+    backward); both capped at the sequence, which is padded to a multiple of the tiles."""
+    cfg = get_preset("tiny", attention_block_q=512, attention_block_kv=256)
+    assert attention._tiles(8192, cfg, "splash") == (512, 256, 8192)
+    assert attention._tiles(8000, cfg, "splash") == (512, 256, 8192)
+    assert attention._tiles(8192, cfg, "pallas_gpu") == (128, 128, 8192)
+    assert attention._tiles(200, cfg, "splash") == (256, 256, 256)
+    assert attention._tiles(200, cfg, "pallas_gpu") == (128, 128, 256)
+
+
 def test_windowed_vision_attention_equals_the_masked_row():
     """Two images of different sizes (partial windows at their edges) and padding in one vision row."""
     v = CFG.vision
