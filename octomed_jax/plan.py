@@ -75,9 +75,10 @@ def run(argv: Sequence[str]) -> list[dict[str, Any]]:
         print(row, file=sys.stderr, flush=True)  # progress on long runs
     print(planning.format_table(results))
     if any(r["platform"] == "gpu" for r in results):
-        print("GPU rows: memory is an estimate (planning.estimate_memory); the step estimate is an analytic "
-              "roofline (every executed FLOP at the peak); compiled on fake CPU devices to prove the step lowers "
-              "and shards (the Pallas kernels in interpret mode).")
+        print("GPU rows: memory is an estimate (planning.estimate_memory); the step estimate is the model FLOPs at "
+              f"the MFU one H200 measured ({planning.MEASURED_GPU_MFU:.1%}, benchmarks/bench_mfu.py; the JSON "
+              "also has the analytic roofline, step_seconds_analytic); compiled on fake CPU devices to prove the "
+              "step lowers and shards (the Pallas kernels in interpret mode).")
     if any(r["platform"] == "tpu" for r in results):
         print("TPU rows: compiler figures (layered_cost) plus the flash kernels' FLOPs, timed at the peak "
               "(XLA's cost analysis leaves Pallas kernels out); MFU estimate = model FLOPs / (step x peak).")

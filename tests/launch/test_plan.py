@@ -34,9 +34,11 @@ def test_gpu_plan_compiles_and_reports(fsdp8):
                                        + m["temporaries"])
     assert r["fits"] and r["hbm_bytes"] == 80e9
     assert r["flops_per_step_model"] > 0 and r["step_seconds_compiler"] is None
-    # GPU plans the Triton kernel (lowered in interpret mode here) and times the step by an analytic roofline.
+    # GPU plans the Triton kernel (lowered in interpret mode here) and times the step at the MFU one GPU
+    # measured, slower than the analytic roofline of the executed FLOPs.
     assert r["attention_impl"] == "pallas_gpu" and r["attention_flops_per_step"]["kernel"] > 0
-    assert r["step_seconds_estimate"] == r["step_seconds_analytic"] > 0 and 0 < r["mfu_estimate"] < 1
+    assert r["step_seconds_estimate"] > r["step_seconds_analytic"] > 0
+    assert r["mfu_estimate"] == pytest.approx(planning.MEASURED_GPU_MFU)
     assert r["days_at_mfu"] > 0 and r["octomed"]["tokens"] == pytest.approx(3 * 8_095_571 * 1_100)
     row = planning.format_table([r]).splitlines()[-1]
     assert row.startswith("| gpu:8 (8) | 1,8,1 | dots_with_no_batch_dims_saveable | 1 x 1 |")
