@@ -39,7 +39,7 @@ from jax.sharding import PartitionSpec as P
 from octomed_jax import sharding as sharding_lib
 from octomed_jax.contract import RunContract, model_config_from
 from octomed_jax.data.global_batch import abstract_train_batch
-from octomed_jax.models import attention
+from octomed_jax.models import attention, positions
 from octomed_jax.models.config import ModelConfig
 from octomed_jax.models.families import abstract_model
 from octomed_jax.training.metrics import PEAK_FLOPS, train_flops
@@ -199,12 +199,15 @@ def _flash_blocks(t: int, block_q: int, block_kv: int, causal: bool) -> int:
     return sum(min(n_kv, ((i + 1) * block_q - 1) // block_kv + 1) for i in range(n_q))
 
 
-def attention_flops(model_cfg: ModelConfig, seq_len: int, max_patches: int, impl: str) -> dict[str, float]:
+def attention_flops(model_cfg: ModelConfig, seq_len: int, max_patches: int, impl: str,
+                    image_patches: int = 0) -> dict[str, float]:
     """Attention FLOPs of one training step per row (seq_len tokens, max_patches patch slots).
 
     Args:
       model_cfg: the model (its remat policy decides whether the kernels' forward pass runs twice).
       seq_len, max_patches: one row's token and patch slots.
+      image_patches: the most patches of one image frame (`_image_patches`): the full-attention vision blocks
+        then attend within `positions.image_bin_shape` bins rather than over the row, as the data path has it.
       impl: the resolved kernel (`attention.resolve_impl(..., on=platform)`), never "auto".
 
     Returns:
@@ -231,7 +234,10 @@ def attention_flops(model_cfg: ModelConfig, seq_len: int, max_patches: int, impl
         return 0.0, dense * 2 * n * n * dim  # the masked XLA path computes every score, causal or not
 
     text_kernel, text_exec = square(seq_len, text_dim, causal=True)
-    vis_kernel, vis_exec = square(max_patches, vis_dim, causal=False) if max_patches else (0.0, 0.0)
+    vis_kernel, vis_exec = 0.0, 0.0
+    if max_patches:
+        bins, length = positions.image_bin_shape(max_patches, image_patches) or (1, max_patches)
+        vis_kernel, vis_exec = (bins * f for f in square(length, vis_dim, causal=False))
     window = v.window_patches
     image = min(PATCHES_PER_IMAGE, max_patches)
     return {
@@ -241,6 +247,11 @@ def attention_flops(model_cfg: ModelConfig, seq_len: int, max_patches: int, impl
         "executed": (t.num_hidden_layers * text_exec + full_blocks * vis_exec
                      + windowed_blocks * dense * 2 * max_patches * 3 * window * vis_dim),
     }
+
+
+def _image_patches(config: ml_collections.ConfigDict, model_cfg: ModelConfig) -> int:
+    """The most patches of one image frame at the run's `recipe.images.max_pixels` (the data path's bin bound)."""
+    return positions.max_image_patches(int(config.recipe.images.max_pixels), model_cfg.vision)
 
 
 def _vision_blocks(model_cfg: ModelConfig) -> tuple[int, int]:
@@ -314,7 +325,8 @@ def estimate_memory(
     working = layer_working_set(seq, t.hidden_size, t.intermediate_size // tensor, square(seq, text_heads))
     if patches:
         ff = v.intermediate_size // tensor
-        full = layer_working_set(patches, v.hidden_size, ff, square(patches, vis_heads))
+        bins, length = positions.image_bin_shape(patches, _image_patches(config, model_cfg)) or (1, patches)
+        full = layer_working_set(patches, v.hidden_size, ff, bins * square(length, vis_heads))
         windowed = layer_working_set(patches, v.hidden_size, ff, scores(patches, vis_heads, 3 * v.window_patches))
         working = max(working, full, windowed if _vision_blocks(model_cfg)[1] else 0.0)
     layer_params = 2 * t.hidden_size * (t.hidden_size + kv_dim) + 3 * t.hidden_size * t.intermediate_size
@@ -360,7 +372,7 @@ def compile_step(
     """
     graphdef, state = abstract_train_state(config, model_cfg, mesh, rules)
     micro = abstract_train_batch(rows_per_micro, config.data.seq_len, config.data.max_patches, model_cfg.vision,
-                                 mesh, rules)
+                                 mesh, rules, image_patches=_image_patches(config, model_cfg))
     batch = with_micro_axis(micro, micro_steps)
 
     def step(state: Any, batch: Any) -> tuple[Any, Any]:
@@ -540,7 +552,8 @@ def plan_topology(
 
     n = len(topo.devices)
     rows, seq = config.train.global_batch_rows, config.data.seq_len
-    attn = {k: rows * f for k, f in attention_flops(model_cfg, seq, config.data.max_patches, impl).items()}
+    attn = {k: rows * f for k, f in attention_flops(model_cfg, seq, config.data.max_patches, impl,
+                                                   _image_patches(config, model_cfg)).items()}
     text_model_flops = train_flops(model_cfg, rows * seq, rows * config.data.max_patches, seq)
     vision_attention = attn["model"] - rows * _text_attention_flops(model_cfg, seq)  # train_flops has the text's
     step_model_flops = text_model_flops + vision_attention

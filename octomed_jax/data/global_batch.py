@@ -63,7 +63,7 @@ def _assemble(arrays: Mapping[str, Any]) -> TrainBatch:
     vision = None
     if "pixel_values" in arrays:  # the vision keys name the family (`positions.row_layout`)
         cls = vision_inputs_class(k for k in arrays if k not in _TEXT_FIELDS)
-        vision = cls(**{k: arrays[k] for k in cls.__dataclass_fields__})
+        vision = cls(**{k: arrays[k] for k in cls.__dataclass_fields__ if k in arrays})  # optional ones absent
     return TrainBatch(
         inputs=ModelInputs(
             input_ids=arrays["input_ids"],
@@ -142,7 +142,8 @@ def train_batch_shardings(
     return _assemble({n: sharding_lib.batch_sharding(mesh, rules, len(shapes[n][0]), _batch_axis(n)) for n in shapes})
 
 
-def _shapes(b: int, n: int, p: int, vcfg: VisionConfig) -> dict[str, tuple[tuple[int, ...], Any]]:
+def _shapes(b: int, n: int, p: int, vcfg: VisionConfig,
+            image_patches: int = 0) -> dict[str, tuple[tuple[int, ...], Any]]:
     """(shape, dtype) of every field of a batch of `b` rows, `n` tokens and `p` patches (0: no vision fields)."""
     shapes: dict[str, tuple[tuple[int, ...], Any]] = {
         "input_ids": ((b, n), jnp.int32),
@@ -153,7 +154,7 @@ def _shapes(b: int, n: int, p: int, vcfg: VisionConfig) -> dict[str, tuple[tuple
     }
     if p:
         shapes["pixel_values"] = ((b, p, vcfg.patch_dim), jnp.float32)
-        for name, value in row_layout(np.zeros((0, 3)), vcfg, p).items():
+        for name, value in row_layout(np.zeros((0, 3)), vcfg, p, image_patches).items():
             shapes[name] = ((b, *value.shape), value.dtype)
     return shapes
 
@@ -165,6 +166,7 @@ def abstract_train_batch(
     vcfg: VisionConfig = _QWEN2_5_VISION,
     mesh: Mesh | None = None,
     rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES,
+    image_patches: int = 0,
 ) -> TrainBatch:
     """`jax.ShapeDtypeStruct`s of a global batch (with shardings when a mesh is given), for AOT compiling.
 
@@ -175,8 +177,9 @@ def abstract_train_batch(
       vcfg: the vision tower (patch size, and the family's layout fields).
       mesh: the mesh, for shardings.
       rules: logical-to-mesh rules.
+      image_patches: the most patches of one image frame, as the data path has it (`packing.pack_rows`).
     """
-    shapes = _shapes(global_batch_size, seq_len, max_patches, vcfg)
+    shapes = _shapes(global_batch_size, seq_len, max_patches, vcfg, image_patches)
 
     def struct_of(name: str) -> jax.ShapeDtypeStruct:
         shape, dtype = shapes[name]

@@ -180,12 +180,13 @@ class PackingStats:
 
 
 def empty_batch(
-    batch_size: int, seq_len: int, max_patches: int, vcfg: VisionConfig, *, pad_id: int = PAD_ID
+    batch_size: int, seq_len: int, max_patches: int, vcfg: VisionConfig, *, pad_id: int = PAD_ID,
+    image_patches: int = 0,
 ) -> dict[str, np.ndarray]:
     """An all-padding batch of the packed shapes (vision keys, those of `vcfg`'s family, when `max_patches` > 0).
 
     `pad_id` is the tokenizer's `<|endoftext|>` (`examples.special_ids_for`): padding must be a valid row of the
-    embedding, whatever the vocabulary's size.
+    embedding, whatever the vocabulary's size. `image_patches`: as in `pack_rows`.
     """
     from octomed_jax.models.positions import row_layout  # lazy: keeps `import octomed_jax.data` light
 
@@ -199,13 +200,14 @@ def empty_batch(
     }
     if max_patches:
         out["pixel_values"] = np.zeros((b, max_patches, vcfg.patch_dim), np.float32)
-        for key, value in row_layout(np.zeros((0, 3)), vcfg, max_patches).items():  # one row of padding
+        for key, value in row_layout(np.zeros((0, 3)), vcfg, max_patches, image_patches).items():  # padding
             out[key] = np.broadcast_to(value, (b, *value.shape)).copy()
     return out
 
 
 def pack_rows(
-    rows: Sequence[Sequence[Example]], seq_len: int, max_patches: int, vcfg: VisionConfig, *, pad_id: int = PAD_ID
+    rows: Sequence[Sequence[Example]], seq_len: int, max_patches: int, vcfg: VisionConfig, *, pad_id: int = PAD_ID,
+    image_patches: int = 0,
 ) -> dict[str, np.ndarray]:
     """The arrays of a batch of packed rows, each row padded to `seq_len` tokens and `max_patches` patches.
 
@@ -215,6 +217,8 @@ def pack_rows(
       max_patches: patch budget (0: text only, no vision keys).
       vcfg: the vision tower's config (its family's layout: `positions.row_layout`).
       pad_id: the padding token (the tokenizer's `<|endoftext|>`).
+      image_patches: the most patches one image frame can have (`positions.max_image_patches` of the data's
+        `max_pixels`; 0: unknown): the rows then carry `image_bins` where they save work.
 
     Returns:
       numpy arrays with a leading batch axis of len(rows):
@@ -222,14 +226,15 @@ def pack_rows(
         segment_ids int32 [B, L] (1..k, 0 padding), positions int32 [B, 3, L] (per example, 0 padding);
         with images: pixel_values float32 [B, P, patch_dim] and the layout fields (Qwen2.5-VL: window_index
         int32 [B, P/4], rotary_positions int32 [B, P, 2], image_segment_ids, window_segment_ids int32 [B, P];
-        Qwen3-VL: rotary_positions, image_segment_ids, pos_index int32 [B, P, 4], pos_weight float32 [B, P, 4]).
+        Qwen3-VL: rotary_positions, image_segment_ids, pos_index int32 [B, P, 4], pos_weight float32 [B, P, 4];
+        both: image_bins int32 [B, bins, bin_len] with `image_patches`, see `positions.image_bin_shape`).
 
     Raises:
       ValueError: a row over a budget.
     """
     from octomed_jax.models.positions import row_layout  # lazy: keeps `import octomed_jax.data` light
 
-    out = empty_batch(len(rows), seq_len, max_patches, vcfg, pad_id=pad_id)
+    out = empty_batch(len(rows), seq_len, max_patches, vcfg, pad_id=pad_id, image_patches=image_patches)
     for b, row in enumerate(rows):
         n = sum(len(e) for e in row)
         p = sum(e.num_patches for e in row)
@@ -248,6 +253,6 @@ def pack_rows(
             # Features fill the row's image tokens in order: images listed in the order of the examples.
             grids = np.concatenate([e.image_grid_thw for e in row])
             np.concatenate([e.pixel_values for e in row if e.num_patches], out=out["pixel_values"][b, :p])
-            for key, value in row_layout(grids, vcfg, max_patches).items():
+            for key, value in row_layout(grids, vcfg, max_patches, image_patches).items():
                 out[key][b] = value
     return out

@@ -470,7 +470,11 @@ class PackedBatchIterator(grain.DatasetIterator):
         super().__init__()
         self._examples = examples
         self._cfg = cfg
+        from octomed_jax.models.positions import max_image_patches  # lazy, as in packing
+
         self._vcfg = model_cfg.vision
+        # Images are resized to at most max_pixels: the vision tower's image bins are sized to that bound.
+        self._image_patches = max_image_patches(cfg.max_pixels, self._vcfg)
         self._pad_id = special_ids_for(cfg.tokenizer_path).pad
         self._process = process
         self._fingerprint = {**cfg.fingerprint(), "process": list(process), "stream_length": len(examples)}
@@ -557,12 +561,13 @@ class PackedBatchIterator(grain.DatasetIterator):
             self.stats.add_row(row)
         # The last batch is padded with empty rows (no loss tokens): every example is trained on.
         examples += [[] for _ in range(self._cfg.batch_size - len(examples))]
-        return pack_rows(examples, self._cfg.seq_len, self._cfg.max_patches, self._vcfg, pad_id=self._pad_id)
+        return pack_rows(examples, self._cfg.seq_len, self._cfg.max_patches, self._vcfg, pad_id=self._pad_id,
+                         image_patches=self._image_patches)
 
     def empty_batch(self) -> dict[str, np.ndarray]:
         """A batch of empty rows (what a data shard gives once it has run out while others have not)."""
         return empty_batch(self._cfg.batch_size, self._cfg.seq_len, self._cfg.max_patches, self._vcfg,
-                           pad_id=self._pad_id)
+                           pad_id=self._pad_id, image_patches=self._image_patches)
 
     # -- state ---------------------------------------------------------------------------------------------
 

@@ -149,6 +149,34 @@ def _pallas_gpu(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array
                              block_sizes=sizes, interpret=interpret)
 
 
+def image_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, bins: jax.Array | None,
+                    cfg: ModelConfig) -> jax.Array:
+    """Full attention within each image frame: over bins of whole frames, else over the row under the mask.
+
+    q/k/v [B, T, N, H], segment_ids [B, T] (one id per frame, 0 on padding); bins int [B, n, L] or None
+    (`positions.image_bins`: each frame's slots, packed whole into n bins of L, -1 where empty). With bins the
+    kernel `cfg.attention_impl` names runs on [B * n, L] rows: n * L^2 work per row instead of T^2, the same
+    result on every real patch. Padding slots come out 0 (they attend only to padding, and no real patch
+    ever reads them).
+    """
+    if bins is None:
+        return self_attention(q, k, v, segment_ids, causal=False, cfg=cfg)
+    b, t, n_heads, h = q.shape
+    _, n, length = bins.shape
+    slots = bins.reshape(b, n * length)
+    filled = slots >= 0
+    index = jnp.where(filled, slots, 0)
+
+    def binned(x: jax.Array) -> jax.Array:  # [B, T, heads, H] -> [B * n, L, heads, H]
+        return jnp.take_along_axis(x, index[:, :, None, None], axis=1).reshape(b * n, length, *x.shape[2:])
+
+    seg = jnp.where(filled, jnp.take_along_axis(segment_ids, index, axis=1), 0).reshape(b * n, length)
+    out = self_attention(binned(q), binned(k), binned(v), seg, causal=False, cfg=cfg)
+    target = jnp.where(filled, slots, t)  # empty slots land out of range and are dropped
+    return jnp.zeros_like(q).at[jnp.arange(b)[:, None], target].set(
+        out.reshape(b, n * length, n_heads, h).astype(q.dtype), mode="drop")
+
+
 def windowed_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, window: int) -> jax.Array:
     """Exact attention within contiguous segments of at most `window` slots, in O(T * window) work.
 

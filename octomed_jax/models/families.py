@@ -17,7 +17,9 @@ from octomed_jax.models.qwen3_vl import Qwen3VL
 MODEL_CLASSES: dict[str, type[Qwen25VL]] = {"qwen2_5_vl": Qwen25VL, "qwen3_vl": Qwen3VL, "internvl": InternVL}
 
 
-# Each family's vision inputs: its fields are the vision keys of a packed batch (`positions.row_layout`).
+# Each family's vision inputs: its fields are the vision keys of a packed batch (`positions.row_layout`); the
+# optional ones only where the data path makes them.
+OPTIONAL_VISION_FIELDS = {"image_bins"}
 VISION_INPUT_CLASSES: dict[str, type] = {"qwen2_5_vl": qwen2_5_vl.VisionInputs, "qwen3_vl": qwen3_vl.VisionInputs,
                                          "internvl": internvl.VisionInputs}
 
@@ -30,7 +32,8 @@ def vision_inputs_class(fields: Iterable[str]) -> type:
     """
     names = set(fields)
     for cls in VISION_INPUT_CLASSES.values():
-        if set(cls.__dataclass_fields__) == names:
+        every = set(cls.__dataclass_fields__)
+        if every - OPTIONAL_VISION_FIELDS <= names <= every:
             return cls
     raise ValueError(f"vision fields {sorted(names)} match no family's VisionInputs ({sorted(VISION_INPUT_CLASSES)})")
 

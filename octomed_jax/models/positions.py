@@ -6,7 +6,9 @@ the batch (by the input pipeline or the sampler) and passed to the jitted model 
 - `rope_index`: the 3-D M-RoPE positions of the language model (transformers' `get_rope_index`),
   and the per-row delta that continues positions during decoding;
 - `vision_layout`: for the vision tower, the window reordering, the 2-D rotary positions, and the
-  segment ids that restrict attention to one image (full-attention blocks) or one window.
+  segment ids that restrict attention to one image (full-attention blocks) or one window;
+- `image_bins`: the image frames of a vision row packed into bins, so that the full-attention blocks attend
+  within bins (`attention.image_attention`) rather than over the whole row.
 """
 
 from __future__ import annotations
@@ -256,26 +258,83 @@ def prompt_positions(
     return rope_index(input_ids, image_grid_thw, attention_mask, cfg)
 
 
-def row_layout(grid_thw: np.ndarray, vcfg: VisionConfig, pad_to: int) -> dict[str, np.ndarray]:
+BIN_ALIGN = 128  # bin lengths are multiples of the flash kernels' tile
+
+
+def max_image_patches(max_pixels: int, vcfg: VisionConfig) -> int:
+    """The most patches one image frame has after a smart resize to at most `max_pixels` (whole merge units)."""
+    return max_pixels // vcfg.patch_size**2 // vcfg.merge_unit * vcfg.merge_unit
+
+
+def image_bin_shape(pad_to: int, image_patches: int) -> tuple[int, int] | None:
+    """(bins, bin_len) of a vision row of `pad_to` patches whose frames hold at most `image_patches` each.
+
+    Frames are packed into bins in order (`image_bins`), so two neighbouring bins hold more than `bin_len`
+    patches: `2 * ceil(pad_to / bin_len) - 1` bins take any row. None when that is no cheaper than attending
+    over the row (`bins * bin_len**2 >= pad_to**2`), or without a bound (`image_patches` 0).
+    """
+    if image_patches <= 0:
+        return None
+    bin_len = -(-image_patches // BIN_ALIGN) * BIN_ALIGN
+    bins = 2 * -(-pad_to // bin_len) - 1
+    return (bins, bin_len) if bins * bin_len**2 < pad_to**2 else None
+
+
+def image_bins(segment_ids: np.ndarray, bins: int, bin_len: int) -> np.ndarray:
+    """The slots of a vision row's frames packed into bins: int32 [bins, bin_len], -1 where a bin is empty.
+
+    Args:
+      segment_ids: [patches] one id per frame, each frame contiguous (the tower's order), 0 on padding.
+      bins, bin_len: the static shape (`image_bin_shape`).
+
+    Each frame goes whole into the current bin, or starts the next when it does not fit; a frame's patches
+    keep their order. Raises ValueError for a frame longer than `bin_len` (an image larger than the data's
+    `max_pixels` allows).
+    """
+    out = np.full((bins, bin_len), -1, np.int32)
+    starts = np.flatnonzero(np.diff(segment_ids, prepend=0) != 0)
+    ends = np.append(starts[1:], len(segment_ids))[:len(starts)]  # none for a row of padding
+    b, fill = 0, 0
+    for start, end in zip(starts, ends, strict=True):
+        if segment_ids[start] == 0:
+            continue
+        n = int(end - start)
+        if n > bin_len:
+            raise ValueError(f"an image frame of {n} patches does not fit the vision bins of {bin_len} "
+                             "(data.max_pixels allows fewer): check the data's image preprocessing")
+        if fill + n > bin_len:
+            b, fill = b + 1, 0
+        out[b, fill:fill + n] = np.arange(start, end)
+        fill += n
+    return out
+
+
+def row_layout(grid_thw: np.ndarray, vcfg: VisionConfig, pad_to: int, image_patches: int = 0) -> dict[str, np.ndarray]:
     """One vision row's index arrays by `VisionInputs` field name, for the tower `vcfg` describes (read-only).
 
     A tower with a learned position table (Qwen3-VL) takes `interpolated_layout`, a windowed one (Qwen2.5-VL)
     `vision_layout`; the packed data path and the abstract batches read the family's fields from here.
     InternVL's tiles (`vcfg.image_size`) need none: its `VisionInputs` is the pixels alone (a packed row's
     `pixel_values` then hold whole tiles: data.max_patches a multiple of `vcfg.num_tile_patches`).
+    With `image_patches` (the most patches of one frame, `max_image_patches`), also `image_bins`, when
+    `image_bin_shape` finds them cheaper than attending over the row.
     Rows of the same image sizes share one layout (cached): packing computed it for every row (~4 ms each).
     """
     grids = tuple(tuple(g) for g in np.asarray(grid_thw, np.int64).reshape(-1, 3).tolist())
-    return _row_layout(grids, vcfg, pad_to)
+    return _row_layout(grids, vcfg, pad_to, image_patches)
 
 
 @functools.lru_cache(maxsize=1024)
-def _row_layout(grids: tuple[tuple[int, int, int], ...], vcfg: VisionConfig, pad_to: int) -> dict[str, np.ndarray]:
+def _row_layout(grids: tuple[tuple[int, int, int], ...], vcfg: VisionConfig, pad_to: int,
+                image_patches: int) -> dict[str, np.ndarray]:
     if vcfg.image_size:
         return {}
     make = interpolated_layout if vcfg.num_position_embeddings else vision_layout
     layout = make(np.asarray(grids, np.int64).reshape(-1, 3), vcfg, pad_to=pad_to)
     out = {f.name: getattr(layout, f.name) for f in dataclasses.fields(layout) if f.name != "num_patches"}
+    shape = image_bin_shape(pad_to, image_patches)
+    if shape is not None:
+        out["image_bins"] = image_bins(layout.image_segment_ids, *shape)
     for value in out.values():
         value.flags.writeable = False  # shared by every row of these sizes
     return out

@@ -36,6 +36,7 @@ class VisionInputs:
     rotary_positions: jax.Array  # [rows, patches, 2]
     image_segment_ids: jax.Array  # [rows, patches]
     window_segment_ids: jax.Array  # [rows, patches]
+    image_bins: jax.Array | None = None  # [rows, bins, bin_len] (`positions.image_bins`; packed training rows)
 
     @classmethod
     def build(
@@ -55,7 +56,7 @@ class VisionInputs:
         grids = [np.asarray(g, np.int64).reshape(-1, 3) for _, g in rows]
         if pad_to is None:
             pad_to = max(int(np.prod(g, axis=-1).sum()) for g in grids)
-        fields: dict[str, list[np.ndarray]] = {f: [] for f in cls.__dataclass_fields__}
+        fields: dict[str, list[np.ndarray]] = {f: [] for f in cls.__dataclass_fields__ if f != "image_bins"}
         for (pixel_values, _), grid in zip(rows, grids, strict=True):
             layout = pos_lib.vision_layout(grid, cfg.vision, pad_to=pad_to)
             pixels = np.zeros((0, cfg.vision.patch_dim), np.float32) if pixel_values is None else (
@@ -122,7 +123,8 @@ class Qwen25VL(nnx.Module):
         """Merged image features [rows, units, embed], and per-layer features [n, rows, units, embed] added to
         the first n language layers (None: Qwen2.5-VL has none)."""
         return self.visual(
-            v.pixel_values, v.window_index, v.rotary_positions, v.image_segment_ids, v.window_segment_ids
+            v.pixel_values, v.window_index, v.rotary_positions, v.image_segment_ids, v.window_segment_ids,
+            v.image_bins,
         ), None
 
     def rotary(self, positions: jax.Array, dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:

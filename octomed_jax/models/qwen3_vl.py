@@ -89,6 +89,7 @@ class VisionInputs:
     image_segment_ids: jax.Array  # [rows, patches] (named apart from the token rows' segment ids)
     pos_index: jax.Array  # [rows, patches, 4]
     pos_weight: jax.Array  # [rows, patches, 4]
+    image_bins: jax.Array | None = None  # [rows, bins, bin_len] (`positions.image_bins`; packed training rows)
 
     @classmethod
     def build(cls, pixel_values: Any, image_grid_thw: Any, cfg: ModelConfig, pad_to: int | None = None) -> VisionInputs:
@@ -104,7 +105,7 @@ class VisionInputs:
         grids = [np.asarray(g, np.int64).reshape(-1, 3) for _, g in rows]
         if pad_to is None:
             pad_to = max(int(np.prod(g, axis=-1).sum()) for g in grids)
-        fields: dict[str, list[np.ndarray]] = {f: [] for f in cls.__dataclass_fields__}
+        fields: dict[str, list[np.ndarray]] = {f: [] for f in cls.__dataclass_fields__ if f != "image_bins"}
         for (pixel_values, _), grid in zip(rows, grids, strict=True):
             layout = pos_lib.interpolated_layout(grid, cfg.vision, pad_to=pad_to)
             pixels = np.zeros((0, cfg.vision.patch_dim), np.float32) if pixel_values is None else (
@@ -130,7 +131,8 @@ class Qwen3VL(Qwen25VL):
 
     def image_features(self, v: VisionInputs) -> tuple[jax.Array, jax.Array]:
         """Merged image features [rows, units, embed] and the DeepStack features [n, rows, units, embed]."""
-        return self.visual(v.pixel_values, v.rotary_positions, v.image_segment_ids, v.pos_index, v.pos_weight)
+        return self.visual(v.pixel_values, v.rotary_positions, v.image_segment_ids, v.pos_index, v.pos_weight,
+                           v.image_bins)
 
     def rotary(self, positions: jax.Array, dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
         """Interleaved M-RoPE cos/sin [batch, seq, head_dim] of positions [3, batch, seq]."""

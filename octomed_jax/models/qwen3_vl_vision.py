@@ -42,12 +42,14 @@ class VisionBlock(nnx.Module):
         self.proj = dense(v.hidden_size, v.hidden_size, ("heads", "embed"), cfg, rngs, use_bias=True)
         self.mlp = VisionMLP(cfg, rngs)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
-        """x [rows, patches, embed]; cos/sin [rows, patches, head_dim]; segment_ids [rows, patches] (one per frame)."""
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array,
+                 image_bins: jax.Array | None = None) -> jax.Array:
+        """x [rows, patches, embed]; cos/sin [rows, patches, head_dim]; segment_ids [rows, patches] (one per
+        frame); image_bins: `positions.image_bins` or None (`attention.image_attention`)."""
         r, n, d = x.shape
         qkv = self.qkv(self.norm1(x)).reshape(r, n, 3, self.num_heads, -1)
         q, k = apply_rotary(qkv[:, :, 0], cos, sin), apply_rotary(qkv[:, :, 1], cos, sin)
-        out = attention.self_attention(q, k, qkv[:, :, 2], segment_ids, causal=False, cfg=self.cfg)
+        out = attention.image_attention(q, k, qkv[:, :, 2], segment_ids, image_bins, self.cfg)
         x = x + self.proj(out.reshape(r, n, d))
         return x + self.mlp(self.norm2(x))
 
@@ -98,6 +100,7 @@ class VisionTower(nnx.Module):
         segment_ids: jax.Array,
         pos_index: jax.Array,
         pos_weight: jax.Array,
+        image_bins: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """Merged features and DeepStack features, in the processor's order.
 
@@ -108,6 +111,7 @@ class VisionTower(nnx.Module):
           pixel_values: [rows, patches, patch_dim] flattened patches, padding at the end of a row.
           rotary_positions, segment_ids, pos_index, pos_weight: the arrays of `positions.interpolated_layout`
             (`image_segment_ids` as `segment_ids`) for each row's images, with the same padding.
+          image_bins: [rows, bins, bin_len] (`positions.image_bins`) or None (attention over the whole row).
 
         Returns:
           features [rows, patches / merge_unit, out_hidden] and deepstack [len(deepstack_visual_indexes), rows,
@@ -132,7 +136,7 @@ class VisionTower(nnx.Module):
 
         def body(block: VisionBlock, carry: tuple[jax.Array, jax.Array], slot: jax.Array):
             x, taps = carry
-            x = block(x, cos, sin, segment_ids)
+            x = block(x, cos, sin, segment_ids, image_bins)
             return x, jax.lax.dynamic_update_index_in_dim(taps, x, slot, axis=0)
 
         x, taps = stacking.run(self.blocks, body, (x, taps), slots, self.cfg)

@@ -43,12 +43,13 @@ class VisionBlock(nnx.Module):
         sin: jax.Array,
         image_segment_ids: jax.Array,
         window_segment_ids: jax.Array,
+        image_bins: jax.Array | None,
         full: jax.Array,
     ) -> jax.Array:
         """x [rows, patches, embed]; cos/sin [rows, patches, head_dim]; segment ids [rows, patches].
 
-        `full` (a traced bool: the blocks are scanned) picks attention within each image frame over
-        attention within each window.
+        `full` (a traced bool: the blocks are scanned) picks attention within each image frame (within
+        `image_bins` if given: `attention.image_attention`) over attention within each window.
         """
         r, n, d = x.shape
         qkv = self.qkv(self.norm1(x)).reshape(r, n, 3, self.num_heads, -1)
@@ -56,7 +57,7 @@ class VisionBlock(nnx.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         out = jax.lax.cond(
             full,
-            lambda q, k, v: attention.self_attention(q, k, v, image_segment_ids, causal=False, cfg=self.cfg),
+            lambda q, k, v: attention.image_attention(q, k, v, image_segment_ids, image_bins, self.cfg),
             lambda q, k, v: attention.windowed_attention(q, k, v, window_segment_ids, self.cfg.vision.window_patches),
             q, k, v,
         )
@@ -95,6 +96,7 @@ class VisionTower(nnx.Module):
         rotary_positions: jax.Array,
         image_segment_ids: jax.Array,
         window_segment_ids: jax.Array,
+        image_bins: jax.Array | None = None,
     ) -> jax.Array:
         """Features [rows, patches / merge_unit, out_hidden] in the original (processor) order.
 
@@ -105,6 +107,8 @@ class VisionTower(nnx.Module):
           pixel_values: [rows, patches, patch_dim] flattened patches, padding at the end of a row.
           window_index, rotary_positions, image_segment_ids, window_segment_ids: the arrays of
             `positions.vision_layout` for each row's images, with the same padding.
+          image_bins: [rows, bins, bin_len] (`positions.image_bins`), or None: the full-attention blocks
+            then attend over the whole row under the frame mask.
         """
         v = self.cfg.vision
         unit = v.merge_unit
@@ -124,7 +128,7 @@ class VisionTower(nnx.Module):
         is_full = jnp.isin(jnp.arange(v.depth), jnp.asarray(v.fullatt_block_indexes))
 
         def body(block: VisionBlock, x: jax.Array, full: jax.Array) -> jax.Array:
-            return block(x, cos, sin, image_segment_ids, window_segment_ids, full)
+            return block(x, cos, sin, image_segment_ids, window_segment_ids, image_bins, full)
 
         x = stacking.run(self.blocks, body, x, is_full, self.cfg)
         merged = self.merger(x)
