@@ -68,7 +68,8 @@ TPU_INSTALL_HINT = (
 OCTOMED_EXAMPLES = 8_095_571
 OCTOMED_IMAGE_EXAMPLES = 3_687_105
 OCTOMED_MEAN_TOKENS = 1_100
-PATCHES_PER_IMAGE = 1_296  # a 512x512 image smart-resized to 504x504: 36 x 36 patches of 14 px
+PATCHES_PER_IMAGE = 1_296  # a 512x512 image smart-resized to 504x504: 36 x 36 patches of 14 px (Qwen2.5-VL)
+IMAGE_SIDE = 512  # the plan counts every image at OctoMed's training size (max_pixels 262,144 = 512 x 512)
 PACKING_EFFICIENCY = 0.97  # real tokens per packed row slot (as the trainer's step estimate assumes)
 TARGET_MFU = 0.55
 # GPU step estimates: the MFU measured on one H200 (`benchmarks/bench_mfu.py`, 2026-11-30, jax 0.11.2): the 7B
@@ -200,7 +201,7 @@ def _flash_blocks(t: int, block_q: int, block_kv: int, causal: bool) -> int:
 
 
 def attention_flops(model_cfg: ModelConfig, seq_len: int, max_patches: int, impl: str,
-                    image_patches: int = 0) -> dict[str, float]:
+                    image_patches: int = 0, image: int = PATCHES_PER_IMAGE) -> dict[str, float]:
     """Attention FLOPs of one training step per row (seq_len tokens, max_patches patch slots).
 
     Args:
@@ -208,12 +209,13 @@ def attention_flops(model_cfg: ModelConfig, seq_len: int, max_patches: int, impl
       seq_len, max_patches: one row's token and patch slots.
       image_patches: the most patches of one image frame (`_image_patches`): the full-attention vision blocks
         then attend within `positions.image_bin_shape` bins rather than over the row, as the data path has it.
+      image: the patches of a typical image (`patches_per_image`): what a full block's patch attends to.
       impl: the resolved kernel (`attention.resolve_impl(..., on=platform)`), never "auto".
 
     Returns:
       model: attention FLOPs that count as model work: text causal within the row, 6 L d s^2 (the term
         `metrics.train_flops` counts), and vision 12 d k per patch per block over the keys a patch really
-        attends: `window_patches` in windowed blocks, one image (`PATCHES_PER_IMAGE`) in full blocks.
+        attends: `window_patches` in windowed blocks, one image (`image` patches) in full blocks.
       kernel: FLOPs the flash kernels execute, which XLA's cost analysis leaves out (0 for xla/cudnn):
         whole tiles, causal ones skipped, segments not skipped (the text layers and the vision full blocks).
       executed: all attention FLOPs the step runs; the windowed vision blocks run dense over 3 chunks of
@@ -239,7 +241,7 @@ def attention_flops(model_cfg: ModelConfig, seq_len: int, max_patches: int, impl
         bins, length = positions.image_bin_shape(max_patches, image_patches) or (1, max_patches)
         vis_kernel, vis_exec = (bins * f for f in square(length, vis_dim, causal=False))
     window = v.window_patches
-    image = min(PATCHES_PER_IMAGE, max_patches)
+    image = min(image, max_patches)
     return {
         "model": (t.num_hidden_layers * _MODEL_MATMULS * seq_len * seq_len * text_dim
                   + 2 * _MODEL_MATMULS * max_patches * vis_dim * (windowed_blocks * window + full_blocks * image)),
@@ -247,6 +249,24 @@ def attention_flops(model_cfg: ModelConfig, seq_len: int, max_patches: int, impl
         "executed": (t.num_hidden_layers * text_exec + full_blocks * vis_exec
                      + windowed_blocks * dense * 2 * max_patches * 3 * window * vis_dim),
     }
+
+
+def patches_per_image(model_cfg: ModelConfig, config: ml_collections.ConfigDict) -> int:
+    """Patch slots one `IMAGE_SIDE`-square image takes in the family's tower at the run's image options.
+
+    Qwen2.5-VL / Qwen3-VL: the smart resize to the patch grid under `recipe.images.max_pixels` (1,296 patches
+    of 14 px; 1,024 of 16 px). InternVL: its tiles (the thumbnail included) times the patches of a tile.
+    """
+    from octomed_jax.data.images import MIN_PIXELS, smart_resize
+    from octomed_jax.data.internvl_images import MAX_TILES, num_tiles
+
+    v, images = model_cfg.vision, config.recipe.images
+    if v.image_size:
+        tiles = num_tiles(IMAGE_SIDE, IMAGE_SIDE, tile_size=v.image_size, max_tiles=images.get("max_tiles", MAX_TILES))
+        return tiles * v.num_tile_patches
+    h, w = smart_resize(IMAGE_SIDE, IMAGE_SIDE, v.patch_size * v.spatial_merge_size, MIN_PIXELS,
+                        int(images.max_pixels))
+    return (h // v.patch_size) * (w // v.patch_size)
 
 
 def _image_patches(config: ml_collections.ConfigDict, model_cfg: ModelConfig) -> int:
@@ -352,7 +372,7 @@ def octomed_totals(model_cfg: ModelConfig, config: ml_collections.ConfigDict) ->
     """Tokens, patches and model FLOPs of OctoMed's full run (config.data.epochs over the reported set)."""
     epochs = config.data.epochs
     tokens = epochs * OCTOMED_EXAMPLES * OCTOMED_MEAN_TOKENS
-    patches = epochs * OCTOMED_IMAGE_EXAMPLES * PATCHES_PER_IMAGE if config.data.max_patches else 0
+    patches = epochs * OCTOMED_IMAGE_EXAMPLES * patches_per_image(model_cfg, config) if config.data.max_patches else 0
     return {
         "epochs": epochs,
         "tokens": float(tokens),
@@ -553,7 +573,8 @@ def plan_topology(
     n = len(topo.devices)
     rows, seq = config.train.global_batch_rows, config.data.seq_len
     attn = {k: rows * f for k, f in attention_flops(model_cfg, seq, config.data.max_patches, impl,
-                                                   _image_patches(config, model_cfg)).items()}
+                                                   _image_patches(config, model_cfg),
+                                                   patches_per_image(model_cfg, config)).items()}
     text_model_flops = train_flops(model_cfg, rows * seq, rows * config.data.max_patches, seq)
     vision_attention = attn["model"] - rows * _text_attention_flops(model_cfg, seq)  # train_flops has the text's
     step_model_flops = text_model_flops + vision_attention

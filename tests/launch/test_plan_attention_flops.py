@@ -25,6 +25,31 @@ def test_attention_flops_exact(policy, flash, dense):
         "executed": dense * (2 * 2 * 300 * 300 * 64 + 2 * 2 * 100 * 100 * 32 + WINDOWED)}
 
 
+def test_vision_full_blocks_within_image_bins():
+    """With the data's bound on an image (120 patches -> 15 bins of 128 in a row of 1,024), each full block's
+    kernel runs 15 single-tile bins instead of the 8 x 8 tiles of the row; the model FLOPs are the same."""
+    cfg = TINY.replace(remat_policy="none")
+    row = planning.attention_flops(cfg, 300, 1024, "splash")
+    bins = planning.attention_flops(cfg, 300, 1024, "splash", 120)
+    vision_tile = 9 * 2 * 2 * 128 * 128 * 32  # 9 matmuls, 2 full blocks
+    assert row["kernel"] - bins["kernel"] == vision_tile * (8 * 8 - 15)
+    assert row["model"] == bins["model"]
+
+
+@pytest.mark.parametrize("preset, patches, small", [("7b", 1296, 64), ("qwen3_vl_8b", 1024, 64),
+                                                    ("internvl3_5_8b", 1024, 1024)])
+def test_patches_per_image_by_family(preset, patches, small):
+    """512 x 512 at max_pixels 262,144: 36^2 patches of 14 px, 32^2 of 16 px, one 448-px tile of 32^2; at
+    128 x 128 pixels (512 / 4, rounded down to the 28- or 32-px grid): 8^2 patches of either; InternVL tiles
+    the image as before."""
+    from configs import full_mix
+
+    config = full_mix.get_config()
+    assert planning.patches_per_image(get_preset(preset), config) == patches
+    config.recipe.images.max_pixels = 128 * 128
+    assert planning.patches_per_image(get_preset(preset), config) == small
+
+
 def test_model_attention_matches_train_flops_and_causal_tiles():
     assert planning.attention_flops(TINY, 300, 0, "splash")["model"] == planning._text_attention_flops(TINY, 300)
     assert planning._flash_blocks(8192, 512, 512, causal=True) == 16 * 17 // 2
