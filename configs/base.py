@@ -156,6 +156,7 @@ def get_config() -> ml_collections.ConfigDict:
         dict(
             max_source_pixels=50_000_000,  # decompression-bomb guard when reading sources
             max_pixels=262_144,  # training-time smart resize (512x512), recorded for the trainer
+            max_tiles=12,  # InternVL only: most 448-px tiles per image, the thumbnail not counted (its processor's)
         )
     )
     r.concurrency = 32  # teacher requests in flight

@@ -16,3 +16,14 @@ def test_full_mix_internvl_differs_from_full_mix_only_in_the_student():
     # The largest image (12 tiles + thumbnail) fits a row; rows hold whole tiles.
     assert config.data.max_patches % model.vision.num_tile_patches == 0
     assert config.data.max_patches >= (contract.preprocessing.max_tiles + 1) * model.vision.num_tile_patches
+
+
+def test_max_tiles_is_a_listed_recipe_option():
+    """`recipe.images.max_tiles` is in the base config (the InternVL processor's default), and an override
+    reaches the run's preprocessing."""
+    from octomed_jax.data.internvl_images import MAX_TILES
+
+    config = full_mix_internvl.get_config()
+    assert config.recipe.images.max_tiles == MAX_TILES == RunContract.from_config(config).preprocessing.max_tiles
+    config.recipe.images.max_tiles = 6
+    assert RunContract.from_config(config).preprocessing.max_tiles == 6
