@@ -243,7 +243,7 @@ def hf_check(hf_dir: str, question: Question, max_new_tokens: int) -> dict[str, 
     if prompt.pixel_values is not None:
         inputs["pixel_values"] = torch.tensor(prompt.pixel_values)
         inputs["image_grid_thw"] = torch.tensor(np.asarray(prompt.image_grid_thw))
-    if contract.family == "internvl":  # 1-D positions; its tiles [n, 3, size, size], held as patches in the prompt
+    if contract.model.traits.tiled:  # 1-D positions; its tiles [n, 3, size, size], held as patches in the prompt
         side = contract.model.vision.image_size
         inputs = {k: v for k, v in inputs.items() if k not in ("mm_token_type_ids", "image_grid_thw")}
         if prompt.pixel_values is not None:

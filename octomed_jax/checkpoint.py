@@ -28,7 +28,6 @@ from jax.sharding import Mesh
 
 from octomed_jax import sharding as sharding_lib
 from octomed_jax.contract import CONTRACT_FILE, ContractError, Preprocessing, RunContract
-from octomed_jax.data.tokenizer import INTERNVL_SPECIAL_IDS
 from octomed_jax.hf import CheckpointError
 from octomed_jax.models.families import abstract_model
 from octomed_jax.models.qwen2_5_vl import Qwen25VL
@@ -135,9 +134,9 @@ def _hf_contract(path: str) -> RunContract:
             max_pixels=int(p.get("max_pixels") or size.get("longest_edge") or preprocessing.max_pixels),
             max_tiles=int(p.get("max_patches") or preprocessing.max_tiles),  # InternVL's GotOcr2 processor
         )
-    # InternVL3.5's tokenizer is Qwen's plus its image tokens (<img> </img> <IMG_CONTEXT>, at these ids).
-    special_ids = {"special_ids": INTERNVL_SPECIAL_IDS} if model.family == "internvl" else {}
-    return RunContract.for_model(model, recipe=os.path.basename(path), preprocessing=preprocessing, **special_ids)
+    # The family's tokenizer ids (InternVL3.5's is Qwen's plus <img> </img> <IMG_CONTEXT>, at these ids).
+    return RunContract.for_model(model, recipe=os.path.basename(path), preprocessing=preprocessing,
+                                 special_ids=model.traits.special_ids)
 
 
 def load_run(

@@ -27,8 +27,8 @@ import ml_collections
 from octomed_jax.data.config import DataConfig, ErrorBudget
 from octomed_jax.data.images import MIN_PIXELS, OCTOMED_MAX_PIXELS, family_options
 from octomed_jax.data.internvl_images import MAX_TILES, MIN_TILES
-from octomed_jax.data.tokenizer import INTERNVL_SPECIAL_IDS, QWEN_SPECIAL_IDS, SpecialIds
-from octomed_jax.models.config import FAMILIES, PRESETS, ModelConfig, get_preset
+from octomed_jax.data.tokenizer import QWEN_SPECIAL_IDS, SpecialIds
+from octomed_jax.models.config import FAMILIES, PRESETS, ModelConfig, family_traits, get_preset
 from octomed_jax.training.optimizer import OptimConfig
 from octomed_jax.training.step import LossConfig
 
@@ -70,7 +70,7 @@ class Preprocessing:
 
     def image_options(self, model: ModelConfig) -> dict[str, Any]:
         """`data.images.preprocess_image`'s keyword arguments: these bounds and the model family's parameters."""
-        if model.family == "internvl":
+        if model.traits.tiled:
             return {"max_tiles": self.max_tiles, **family_options(model)}
         return {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels, **family_options(model)}
 
@@ -82,13 +82,13 @@ class Preprocessing:
         common = {"do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
                   "do_convert_rgb": True, "image_mean": list(options["image_mean"]),
                   "image_std": list(options["image_std"])}
-        if model.family == "internvl":
+        if model.traits.tiled:
             tile = options["tile_size"]
-            return {"image_processor_type": "GotOcr2ImageProcessor", "processor_class": "InternVLProcessor",
+            return {"image_processor_type": "GotOcr2ImageProcessor", "processor_class": model.traits.processor_class,
                     **common, "size": {"height": tile, "width": tile}, "crop_to_patches": True,
                     "min_patches": MIN_TILES, "max_patches": self.max_tiles, "resample": 3}  # 3: bicubic
-        processor = {"qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}[model.family]
-        return {"image_processor_type": "Qwen2VLImageProcessor", "processor_class": processor, **options, **common}
+        return {"image_processor_type": "Qwen2VLImageProcessor", "processor_class": model.traits.processor_class,
+                **options, **common}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -365,7 +365,7 @@ def tokenizer_special_ids(tokenizer_path: str | None, family: str = "qwen2_5_vl"
       ContractError: the tokenizer cannot be loaded or lacks a special token (naming the folder).
     """
     if tokenizer_path is None:
-        return INTERNVL_SPECIAL_IDS if family == "internvl" else QWEN_SPECIAL_IDS
+        return family_traits(family).special_ids
     from octomed_jax.data.examples import special_ids_for  # one load per process and folder, shared with the data
     from octomed_jax.data.tokenizer import TokenizerError
 

@@ -108,19 +108,20 @@ class _Skip(Exception):
 
 
 # One tokenizer per process, path and family: loading it takes ~0.3 s and workers decode thousands of records.
-_TOKENIZERS: dict[tuple[str | None, bool], tuple[Any, tok.SpecialIds]] = {}
+_TOKENIZERS: dict[tuple[str | None, tuple[tuple[str, str], ...] | None], tuple[Any, tok.SpecialIds]] = {}
 _TOKENIZER_LOCK = threading.Lock()
 
 
 def _tokenizer_and_ids(path: str | None, family: str = "qwen2_5_vl") -> tuple[Any, tok.SpecialIds]:
-    internvl = family == "internvl"  # the one family with its own image tokens (added when missing)
+    from octomed_jax.models.config import family_traits  # lazy: keeps `import octomed_jax.data` light
+
+    image_tokens = family_traits(family).image_tokens  # the family's own image tokens, added when missing
     with _TOKENIZER_LOCK:
-        if (path, internvl) not in _TOKENIZERS:
+        if (path, image_tokens) not in _TOKENIZERS:
             # The run contract read the same folder's ids when the run started (`RunContract.from_config`).
-            tokenizer = tok.load_tokenizer(path, special_ids=None,
-                                           image_tokens=tok.INTERNVL_IMAGE_TOKENS if internvl else None)
-            _TOKENIZERS[path, internvl] = (tokenizer, tok.SpecialIds.from_tokenizer(tokenizer))
-        return _TOKENIZERS[path, internvl]
+            tokenizer = tok.load_tokenizer(path, special_ids=None, image_tokens=image_tokens and dict(image_tokens))
+            _TOKENIZERS[path, image_tokens] = (tokenizer, tok.SpecialIds.from_tokenizer(tokenizer))
+        return _TOKENIZERS[path, image_tokens]
 
 
 def _tokenizer(path: str | None, family: str = "qwen2_5_vl") -> Any:

@@ -86,7 +86,7 @@ def family_options(model: ModelConfig) -> dict[str, Any]:
     merge sizes and its family's normalisation (the run contract writes them to `preprocessor_config.json`);
     InternVL: its tile side, patch size and ImageNet normalisation (`preprocess_image(tile_size=...)`)."""
     v = model.vision
-    if model.family == "internvl":
+    if model.traits.tiled:
         from octomed_jax.data.internvl_images import IMAGENET_MEAN, IMAGENET_STD
 
         return {"tile_size": v.image_size, "patch_size": v.patch_size, "image_mean": IMAGENET_MEAN,

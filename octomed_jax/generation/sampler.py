@@ -429,7 +429,7 @@ class Sampler:
         if grid is not None:
             n_patches = int(np.prod(grid, axis=-1).sum())
             pad_to = bucket(n_patches, self.min_patch_bucket)
-            if self.cfg.family == "internvl":  # its rows are padded in whole tiles
+            if self.cfg.traits.tiled:  # rows are padded in whole tiles
                 pad_to = -(-pad_to // self.cfg.vision.num_tile_patches)
             vision = VISION_INPUT_CLASSES[self.cfg.family].build(  # the model family's vision layout
                 np.concatenate(pixels), grid, self.cfg, pad_to=pad_to

@@ -161,7 +161,7 @@ def _patch_shape(cfg: ModelConfig) -> tuple[int, ...]:
     """The trailing axes of the HF patch embedding (Conv3d) weight: channels, time, height, width (InternVL's
     Conv2d: no time axis)."""
     v = cfg.vision
-    if cfg.family == "internvl":
+    if cfg.traits.tiled:
         return (v.in_channels, v.patch_size, v.patch_size)
     return (v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
 

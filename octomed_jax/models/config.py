@@ -13,15 +13,62 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from octomed_jax.data.tokenizer import QWEN_SPECIAL_IDS, SpecialIds
+from octomed_jax.data.tokenizer import INTERNVL_IMAGE_TOKENS, INTERNVL_SPECIAL_IDS, QWEN_SPECIAL_IDS, SpecialIds
 
 IMAGE_TOKEN_ID = QWEN_SPECIAL_IDS.image_pad
 VIDEO_TOKEN_ID = QWEN_SPECIAL_IDS.video_pad
 VISION_START_TOKEN_ID = QWEN_SPECIAL_IDS.vision_start
 VISION_END_TOKEN_ID = QWEN_SPECIAL_IDS.vision_end
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "pallas_gpu")
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyTraits:
+    """What sets a model family apart outside its model code: every caller asks here, not `family == ...`.
+
+    Attributes:
+      tiled: images are fixed-size square tiles (`vision.image_size`, InternVL's dynamic tiling plus a
+        thumbnail), carried and padded in whole tiles; else a patch grid per image (smart resize).
+      positions: "mrope" (3-D M-RoPE from the image grids: `positions.rope_index`) or "1d" (one position
+        per token: `internvl.positions_1d`).
+      special_ids: the default tokenizer's special ids (InternVL's adds <img>, </img>, <IMG_CONTEXT>).
+      image_tokens: the named tokens the family's tokenizer has beyond Qwen's, as (name, token) pairs
+        (`load_tokenizer(image_tokens=...)` adds them when a folder lacks them); None for Qwen's.
+      processor_class: the transformers processor written to `preprocessor_config.json`.
+      chat_template: "qwen" (Qwen2.5-VL's, with a default system turn; Qwen3-VL is trained on it too) or
+        "internvl" (no default system turn).
+    """
+
+    tiled: bool
+    positions: str
+    special_ids: SpecialIds
+    image_tokens: tuple[tuple[str, str], ...] | None
+    processor_class: str
+    chat_template: str
+
+
+FAMILY_TRAITS: dict[str, FamilyTraits] = {
+    "qwen2_5_vl": FamilyTraits(tiled=False, positions="mrope", special_ids=QWEN_SPECIAL_IDS, image_tokens=None,
+                               processor_class="Qwen2_5_VLProcessor", chat_template="qwen"),
+    "qwen3_vl": FamilyTraits(tiled=False, positions="mrope", special_ids=QWEN_SPECIAL_IDS, image_tokens=None,
+                             processor_class="Qwen3VLProcessor", chat_template="qwen"),
+    "internvl": FamilyTraits(tiled=True, positions="1d", special_ids=INTERNVL_SPECIAL_IDS,
+                             image_tokens=tuple(INTERNVL_IMAGE_TOKENS.items()), processor_class="InternVLProcessor",
+                             chat_template="internvl"),
+}
 # Model families: the value of `model.family` and of config.json's `model_type`.
-FAMILIES = ("qwen2_5_vl", "qwen3_vl", "internvl")
+FAMILIES = tuple(FAMILY_TRAITS)
+
+
+def family_traits(family: str) -> FamilyTraits:
+    """The traits of `family` (`FAMILIES`).
+
+    Raises:
+      ValueError: an unknown family.
+    """
+    if family not in FAMILY_TRAITS:
+        raise ValueError(f"model.family {family!r}: use one of {FAMILIES}")
+    return FAMILY_TRAITS[family]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +214,11 @@ class ModelConfig:
             if v.norm_type not in ("layer_norm", "rms_norm") or v.hidden_size % v.num_heads:
                 raise ValueError(f"vision norm_type {v.norm_type!r} (layer_norm or rms_norm), hidden_size "
                                  f"{v.hidden_size} and num_heads {v.num_heads} (must divide it)")
+
+    @property
+    def traits(self) -> FamilyTraits:
+        """What sets this model's family apart outside the model code (`FamilyTraits`)."""
+        return family_traits(self.family)
 
     @property
     def jnp_dtype(self) -> jnp.dtype:

@@ -250,7 +250,7 @@ def prompt_positions(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The family's language positions and decode deltas (`rope_index`'s contract): M-RoPE (`rope_index`), or
     InternVL's 1-D positions (`internvl.positions_1d`), for an example and for the sampler's prompts."""
-    if cfg.family == "internvl":
+    if cfg.traits.positions == "1d":
         from octomed_jax.models.internvl import positions_1d  # lazy: internvl builds on this module's users
 
         ids = np.asarray(input_ids)
