@@ -54,3 +54,23 @@ def test_model_attention_matches_train_flops_and_causal_tiles():
     assert planning.attention_flops(TINY, 300, 0, "splash")["model"] == planning._text_attention_flops(TINY, 300)
     assert planning._flash_blocks(8192, 512, 512, causal=True) == 16 * 17 // 2
     assert planning._flash_blocks(8192, 512, 512, causal=False) == 256
+
+
+def test_a_compiler_without_a_time_falls_back_to_the_analytic_roofline():
+    """libtpu answers a negative optimal_seconds for v6e: the cost leaves it out, the layered total is then
+    None, and the TPU step estimate is the analytic roofline, said so."""
+
+    class Compiled:
+        def __init__(self, seconds):
+            self.seconds = seconds
+
+        def cost_analysis(self):
+            return {"flops": 3e13, "bytes accessed": 1e11, "optimal_seconds": self.seconds, "utilization": 1.0}
+
+    assert planning._cost(Compiled(-57.9)) == {"flops": 3e13, "bytes accessed": 1e11}
+    assert planning._cost(Compiled(0.25)) == {"flops": 3e13, "bytes accessed": 1e11, "optimal_seconds": 0.25}
+    assert planning._step_estimate("tpu", 9.65, 8.1, 0.0) == (9.65, planning.STEP_FROM_COMPILER)
+    seconds, source = planning._step_estimate("tpu", None, 2.56, 0.0)
+    assert seconds == 2.56 and source.startswith("analytic roofline")
+    seconds, source = planning._step_estimate("gpu", None, 3.77, 8.65)
+    assert seconds == 8.65 and "measured" in source
