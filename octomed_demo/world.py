@@ -35,6 +35,7 @@ the teacher kind to the registries, for configs that list "octomed_demo" in `plu
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import random
@@ -108,11 +109,12 @@ def scored_diagnosis(findings: Sequence[str]) -> str:
     return TEXT_DISEASES[sum(FINDING_POINTS[f] for f in findings) % len(TEXT_DISEASES)]
 
 
-def scored_combinations(seed: int, split: str, size: int) -> dict[str, list[tuple[str, ...]]]:
+@functools.lru_cache(maxsize=16)  # read for every scored question generated; the same for a (seed, split, size)
+def scored_combinations(seed: int, split: str, size: int) -> dict[str, tuple[tuple[str, ...], ...]]:
     """The sets of `size` findings a split's scored questions use, by disease (table order within a set).
 
     Of all such sets, `SCORED_TEST_PER_DISEASE` per disease (chosen by a seeded hash) belong to the test split
-    and the rest to the train split: the splits never share a combination.
+    and the rest to the train split: the splits never share a combination. Shared (cached): read only.
     """
     ranked = sorted(itertools.combinations(SCORED_FINDINGS, size), key=lambda c: stable_hash("scored", seed, *c))
     test: dict[str, list[tuple[str, ...]]] = {d: [] for d in TEXT_DISEASES}
@@ -120,7 +122,7 @@ def scored_combinations(seed: int, split: str, size: int) -> dict[str, list[tupl
     for combo in ranked:
         d = scored_diagnosis(combo)
         (test if len(test[d]) < SCORED_TEST_PER_DISEASE else train)[d].append(combo)
-    return test if split == "test" else train
+    return {d: tuple(sets) for d, sets in (test if split == "test" else train).items()}
 
 
 def text_diagnosis(findings: Sequence[str]) -> str | None:
