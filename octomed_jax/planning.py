@@ -504,12 +504,13 @@ STEP_FROM_COMPILER = "compiler + flash kernels at peak"
 def _step_estimate(platform: str, compiler_s: float | None, analytic_s: float,
                    measured_s: float) -> tuple[float, str]:
     """(seconds, what they come from): TPU: the compiler's roofline plus the kernels, or, where the compiler
-    gives no time (v6e), the analytic roofline of the executed FLOPs; GPU: the MFU one GPU measured."""
+    gives no time (`--nolayered_cost`, or v6e's cost model), the analytic roofline of the executed FLOPs; GPU:
+    the MFU one GPU measured."""
     if platform != "tpu":
         return measured_s, f"MFU measured on one GPU ({MEASURED_GPU_MFU:.1%}, bench_mfu)"
     if compiler_s is not None:
         return compiler_s, STEP_FROM_COMPILER
-    return analytic_s, "analytic roofline (the compiler gave no time for this chip)"
+    return analytic_s, "analytic roofline (no compiler time: layered cost off, or none for this chip)"
 
 
 def plan_topology(
