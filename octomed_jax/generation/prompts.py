@@ -24,6 +24,7 @@ def encode_prompt(
     *,
     min_pixels: int = MIN_PIXELS,
     max_pixels: int = OCTOMED_MAX_PIXELS,
+    template: str | None = None,
     **family: Any,
 ) -> Prompt:
     """A generation prompt: the template with `<|im_start|>assistant\\n` appended, images preprocessed.
@@ -34,6 +35,8 @@ def encode_prompt(
       images: the images in order (PIL images, encoded bytes or arrays).
       min_pixels: smallest resized image area.
       max_pixels: largest resized image area (OctoMed: 512 x 512).
+      template: the chat template's name (the run contract's `prompting.template`); None: the tokenizer's
+        (`encode_chat`).
       **family: the model family's image parameters (`data.images.family_options`; none: Qwen2.5-VL's).
 
     Raises:
@@ -43,7 +46,7 @@ def encode_prompt(
     processed = [preprocess_image(im, min_pixels=min_pixels, max_pixels=max_pixels, **family) for im in images]
     grids = [g for _, g in processed]
     encoded = encode_chat(tokenizer, messages, image_grids=grids, add_generation_prompt=True,
-                          merge_size=family.get("merge_size", MERGE_SIZE))
+                          merge_size=family.get("merge_size", MERGE_SIZE), template=template)
     if not processed:
         return Prompt(encoded.token_ids)
     return Prompt(encoded.token_ids, np.concatenate([p for p, _ in processed]), encoded.image_grid_thw)
@@ -57,10 +60,11 @@ def question_prompt(
     instruction: str | None = None,
     min_pixels: int = MIN_PIXELS,
     max_pixels: int = OCTOMED_MAX_PIXELS,
+    template: str | None = None,
     **family: Any,
 ) -> Prompt:
     """The prompt of a multiple-choice question, exactly as training shows it (`messages_for_question`);
-    `family` as in `encode_prompt`."""
+    `template` and `family` as in `encode_prompt`."""
     images = []
     for ref in question.images:
         if ref.data is None:
@@ -69,7 +73,8 @@ def question_prompt(
             )
         images.append(ref.data)
     messages = messages_for_question(question, system_prompt, instruction=instruction)
-    return encode_prompt(tokenizer, messages, images, min_pixels=min_pixels, max_pixels=max_pixels, **family)
+    return encode_prompt(tokenizer, messages, images, min_pixels=min_pixels, max_pixels=max_pixels, template=template,
+                         **family)
 
 
 __all__ = ["encode_prompt", "question_prompt"]

@@ -42,8 +42,7 @@ def export_for_serving(
         out,
         dtype=dtype,
         tokenizer_dir=tokenizer or contract.prompting.tokenizer_path or tok_lib.default_tokenizer_dir(),
-        chat_template=template.chat_template(contract.prompting.system_prompt,
-                                             internvl=contract.model.traits.chat_template == "internvl"),
+        chat_template=template.chat_template(contract.prompting.system_prompt, template=contract.prompting.template),
         processor_config=contract.preprocessing.processor_config(contract.model),
         special_ids=contract.special_ids,
     )

@@ -35,8 +35,8 @@ class FamilyTraits:
       image_tokens: the named tokens the family's tokenizer has beyond Qwen's, as (name, token) pairs
         (`load_tokenizer(image_tokens=...)` adds them when a folder lacks them); None for Qwen's.
       processor_class: the transformers processor written to `preprocessor_config.json`.
-      chat_template: "qwen" (Qwen2.5-VL's, with a default system turn; Qwen3-VL is trained on it too) or
-        "internvl" (no default system turn).
+      chat_template: the base checkpoint's chat template (`data.template.TEMPLATES`): "qwen2_5_vl" (a default
+        system turn), "qwen3_vl" (none; a system message only first) or "internvl" (none; `<IMG_CONTEXT>` images).
     """
 
     tiled: bool
@@ -49,9 +49,9 @@ class FamilyTraits:
 
 FAMILY_TRAITS: dict[str, FamilyTraits] = {
     "qwen2_5_vl": FamilyTraits(tiled=False, positions="mrope", special_ids=QWEN_SPECIAL_IDS, image_tokens=None,
-                               processor_class="Qwen2_5_VLProcessor", chat_template="qwen"),
+                               processor_class="Qwen2_5_VLProcessor", chat_template="qwen2_5_vl"),
     "qwen3_vl": FamilyTraits(tiled=False, positions="mrope", special_ids=QWEN_SPECIAL_IDS, image_tokens=None,
-                             processor_class="Qwen3VLProcessor", chat_template="qwen"),
+                             processor_class="Qwen3VLProcessor", chat_template="qwen3_vl"),
     "internvl": FamilyTraits(tiled=True, positions="1d", special_ids=INTERNVL_SPECIAL_IDS,
                              image_tokens=tuple(INTERNVL_IMAGE_TOKENS.items()), processor_class="InternVLProcessor",
                              chat_template="internvl"),

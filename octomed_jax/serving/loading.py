@@ -29,6 +29,7 @@ class ServingModel:
         ids; `limits` set the rest (request sizes, batching, ...)."""
         return ServeConfig(
             system_prompt=self.contract.prompting.system_prompt,
+            template=self.contract.prompting.template,
             min_pixels=self.contract.preprocessing.min_pixels,
             max_pixels=self.contract.preprocessing.max_pixels,
             image_family=tuple((k, v) for k, v in self.contract.preprocessing.image_options(self.contract.model).items()

@@ -51,7 +51,8 @@ class ServeConfig:
         patch sizes and normalisation; InternVL: its tile side and the run's `max_tiles`), as (name, value)
         pairs; empty: Qwen2.5-VL's.
       system_prompt: the system message put first when a request carries none; None leaves it to the chat
-        template (Qwen's default "You are a helpful assistant.").
+        template (Qwen2.5-VL's default "You are a helpful assistant."; none for Qwen3-VL and InternVL).
+      template: the chat template's name (the run contract's `prompting.template`); None: the tokenizer's.
       stop_ids: token ids that end a completion (the run contract's special ids).
       max_prompt_tokens: longest prompt after the template.
       max_tokens_limit: largest `max_tokens` a request may ask for.
@@ -86,6 +87,7 @@ class ServeConfig:
     max_pixels: int = OCTOMED_MAX_PIXELS
     image_family: tuple[tuple[str, Any], ...] = ()
     system_prompt: str | None = None
+    template: str | None = None
     stop_ids: tuple[int, ...] = DEFAULT_STOP_IDS
     max_prompt_tokens: int = 16_384
     max_tokens_limit: int = 8192
@@ -386,7 +388,7 @@ def parse_request(
     messages, images = parse_messages(req.get("messages"), cfg)
     try:
         prompt = encode_prompt(tokenizer, messages, images, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
-                               **dict(cfg.image_family))
+                               template=cfg.template, **dict(cfg.image_family))
     except (TemplateError, ImageError) as e:
         raise RequestError(str(e), param="messages") from e
     if len(prompt.token_ids) > cfg.max_prompt_tokens:

@@ -4,6 +4,7 @@ as its examples do alone."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import sys
@@ -63,7 +64,15 @@ def test_contract_reads_the_internvl_student(contract):
     assert contract.preprocessing.image_options(contract.model) == {
         "max_tiles": 12, "tile_size": 448, "patch_size": 14, "image_mean": (0.485, 0.456, 0.406),
         "image_std": (0.229, 0.224, 0.225)}
+    assert contract.prompting.template == "internvl"
     assert RunContract.from_dict(contract.to_dict()) == contract
+    # A contract written before templates were named per family said "qwen2_5_vl" for InternVL runs, prompted with
+    # InternVL's template all the same: read as such. Qwen's template with InternVL's tokens is refused.
+    old = contract.to_dict()
+    old["prompting"]["template"] = "qwen2_5_vl"
+    assert RunContract.from_dict(old) == contract
+    with pytest.raises(ContractError, match="InternVL's template goes with InternVL's tokens only"):
+        contract.replace(prompting=dataclasses.replace(contract.prompting, template="qwen3_vl"))
     tokenizer = load_tokenizer(None, special_ids=contract.special_ids)  # checks the ids; adds the tokens
     assert (tokenizer.start_image_token_id, tokenizer.context_image_token_id, tokenizer.end_image_token_id) == (
         151669, 151671, 151670)
@@ -102,10 +111,10 @@ def test_ids_and_pixels_equal_transformers_processor(contract, examples, tmp_pat
     cfg = u.data_config("/unused")
     messages = template.messages_for_trace(traces[0], system_prompt=cfg.system_prompt, instruction=cfg.instruction)
     text = hf_tokenizer.apply_chat_template(messages, chat_template=template.INTERNVL_CHAT_TEMPLATE, tokenize=False)
-    assert text == template.render_chat(messages, internvl=True)
+    assert text == template.render_chat(messages, template="internvl")
     assert text.startswith("<|im_start|>system\nS.<|im_end|>\n<|im_start|>user\n<IMG_CONTEXT>\nQuestion 0")
     # The exported template adds the run's system prompt to a conversation without one.
-    exported = template.chat_template("S.", internvl=True)
+    exported = template.chat_template("S.", template="internvl")
     assert hf_tokenizer.apply_chat_template(messages[1:], chat_template=exported, tokenize=False) == text
     image = PIL.Image.open(io.BytesIO(traces[0].question.images[0].data))
     with warnings.catch_warnings():

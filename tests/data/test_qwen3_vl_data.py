@@ -3,6 +3,7 @@ preprocessor_config.json our contract writes, and packed batches carrying the fa
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import warnings
@@ -80,3 +81,48 @@ def test_packed_batch_carries_the_qwen3_vl_layout():
     assert sorted(empty) == sorted(batch)
     for got, ref in zip(jax.tree.leaves(to_local_batch(empty)), jax.tree.leaves(abstract), strict=True):
         assert (got.shape, got.dtype) == (ref.shape, ref.dtype)
+
+
+class _Processor(transformers.Qwen3VLProcessor):
+    """Qwen3VLProcessor without a video processor (transformers' needs torchvision, not installed here)."""
+
+    def check_argument_for_proper_class(self, argument_name, argument):
+        if argument is not None:
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+
+@pytest.mark.parametrize("system_prompt", [None, "You are a radiologist."])
+def test_ids_and_pixels_equal_the_qwen3_vl_processor(system_prompt, tmp_path):
+    """A training example decoded for Qwen3-VL equals Qwen3VLProcessor on the text that Qwen3-VL-Instruct's own
+    chat template renders (no default system turn: a run without a system prompt shows none), with the processor
+    built from the tokenizer and chat template we export and the preprocessor_config.json the contract writes."""
+    from octomed_jax.data import load_tokenizer, save_tokenizer, template
+
+    cfg = u.data_config("/unused", seq_len=400, max_patches=192, system_prompt=system_prompt)
+    traces = [u.make_trace("src", i, reasoning_words=6, images=n) for i, n in enumerate([2, 1])]
+    decoder = ExampleDecoder("src", cfg, CFG)
+    save_tokenizer(load_tokenizer(), tmp_path, template="qwen3_vl")
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    assert hf_tokenizer.chat_template == template.QWEN3_VL_CHAT_TEMPLATE
+    config = Preprocessing().processor_config(CFG)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        processor = _Processor(image_processor=Qwen2VLImageProcessorPil.from_dict(config), tokenizer=hf_tokenizer)
+    for i, trace in enumerate(traces):
+        example = decoder(i, trace.to_bytes())
+        messages = template.messages_for_trace(trace, system_prompt=system_prompt, instruction=cfg.instruction)
+        text = hf_tokenizer.apply_chat_template(messages, tokenize=False)  # the saved template
+        assert text.startswith("<|im_start|>user\n" if system_prompt is None
+                               else f"<|im_start|>system\n{system_prompt}<|im_end|>\n<|im_start|>user\n")
+        images = [PIL.Image.open(io.BytesIO(ref.data)) for ref in trace.question.images]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hf = processor(images=images, text=[text], return_tensors="np")
+        np.testing.assert_array_equal(example.input_ids, hf["input_ids"][0])
+        np.testing.assert_array_equal(example.image_grid_thw, hf["image_grid_thw"])
+        np.testing.assert_allclose(example.pixel_values, hf["pixel_values"], atol=1e-5, rtol=0)
+        # The loss covers the targets from the answer's first token to its <|im_end|> (the last "\n" untrained).
+        ids = example.input_ids
+        header_end = np.flatnonzero(ids == 151644)[-1] + len(hf_tokenizer.encode("assistant\n"))  # <|im_start|>
+        assert ids[-2] == 151645  # <|im_end|>
+        np.testing.assert_array_equal(np.flatnonzero(example.loss_mask), np.arange(header_end, len(ids) - 2))

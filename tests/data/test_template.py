@@ -1,5 +1,6 @@
-"""The chat template: encode_chat equals apply_chat_template with CHAT_TEMPLATE; exact loss masks."""
+"""The chat templates: encode_chat equals apply_chat_template with each family's template; exact loss masks."""
 
+import hashlib
 import os
 
 import numpy as np
@@ -29,6 +30,7 @@ from octomed_jax.data import (
     render_chat,
     save_tokenizer,
 )
+from octomed_jax.data import template as template_module
 from octomed_jax.data import tokenizer as tokenizer_module
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -102,19 +104,25 @@ CASES = {
 }
 
 
+QWEN_TEMPLATES = ("qwen2_5_vl", "qwen3_vl")
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 @pytest.mark.parametrize("add_generation_prompt", [False, True])
-def test_ids_equal_apply_chat_template(tok, name, add_generation_prompt):
+@pytest.mark.parametrize("template", QWEN_TEMPLATES)
+def test_ids_equal_apply_chat_template(tok, name, add_generation_prompt, template):
     messages, grids = CASES[name]
     if add_generation_prompt:
         messages = messages[:-1]  # prompt for the last answer
-    enc = encode_chat(tok, messages, image_grids=grids, add_generation_prompt=add_generation_prompt)
-    expected = expand_pads(hf_ids(tok, messages, add_generation_prompt), grids)
+    source = template_module.TEMPLATES[template]
+    enc = encode_chat(tok, messages, image_grids=grids, add_generation_prompt=add_generation_prompt,
+                      template=template)
+    expected = expand_pads(hf_ids(tok, messages, add_generation_prompt, chat_template=source), grids)
     assert enc.token_ids.dtype == np.int32 and enc.loss_mask.dtype == np.bool_
     assert enc.token_ids.tolist() == expected
-    assert render_chat(messages, add_generation_prompt=add_generation_prompt) == tok.apply_chat_template(
-        messages, chat_template=CHAT_TEMPLATE, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+    assert render_chat(messages, add_generation_prompt=add_generation_prompt, template=template) == (
+        tok.apply_chat_template(messages, chat_template=source, tokenize=False,
+                                add_generation_prompt=add_generation_prompt))
     assert enc.image_grid_thw.shape == (len(grids), 3)
     assert int(enc.image_token_mask.sum()) == sum(num_image_tokens(g) for g in grids)
     if add_generation_prompt:
@@ -207,7 +215,58 @@ def test_chat_template_is_qwen25vl_official():
     assert CHAT_TEMPLATE == official
 
 
-def test_random_conversations_match(tok):
+def test_chat_template_is_qwen3vl_official():
+    """Qwen3-VL-{2B,4B,8B,32B}-Instruct's chat_template.json, as published: its length and SHA-256 (the
+    5,292-character template is kept verbatim in `template.QWEN3_VL_CHAT_TEMPLATE`)."""
+    source = template_module.QWEN3_VL_CHAT_TEMPLATE
+    assert len(source) == 5292
+    assert hashlib.sha256(source.encode()).hexdigest() == (
+        "3636d0f0bd6bef02654cdffdc447b79cb2cef8ab02cc75267345946291a489e4")
+
+
+def test_qwen3_vl_layout_has_no_default_system_turn(tok):
+    messages = [user("What is shown?", 1), assistant("<think>\nA lesion.\n</think>\n\nThe answer is B. Lesion")]
+    expected = (
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is shown?<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\nA lesion.\n</think>\n\nThe answer is B. Lesion<|im_end|>\n"
+    )
+    assert render_chat(messages, template="qwen3_vl") == expected
+    assert render_chat(messages, template="qwen2_5_vl") == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n" + expected)
+    # Qwen3-VL's template drops a system message anywhere but first, and images in a system turn: refused.
+    late_system = [user("q"), assistant("A"), {"role": "system", "content": "Now be brief."}, user("q2")]
+    assert "Now be brief" not in tok.apply_chat_template(
+        late_system, chat_template=template_module.QWEN3_VL_CHAT_TEMPLATE, tokenize=False)
+    with pytest.raises(TemplateError, match="system message"):
+        encode_chat(tok, late_system, template="qwen3_vl")
+    assert "Now be brief" in render_chat(late_system, template="qwen2_5_vl")
+    with pytest.raises(TemplateError, match="system turn"):
+        encode_chat(tok, [{"role": "system", "content": [{"type": "image"}]}, user("q")], image_grids=[[1, 2, 2]],
+                    template="qwen3_vl")
+    with pytest.raises(TemplateError, match="image tokens"):
+        encode_chat(tok, [user("q")], template="internvl")  # Qwen's tokenizer has no <IMG_CONTEXT>
+    with pytest.raises(TemplateError, match="known templates"):
+        encode_chat(tok, [user("q")], template="qwen2_vl")
+
+
+@pytest.mark.parametrize("template", QWEN_TEMPLATES)
+@pytest.mark.parametrize("system_prompt", [None, "Be brief.", 'A "quoted" \\ {{ not jinja }} %} prompt\nüñ 🫀  '])
+def test_exported_template_prompts_like_training(tok, template, system_prompt):
+    """The template an export ships (`chat_template(system_prompt, template=)`) renders, for a conversation
+    without a system message, what training encoded with the run's system prompt; one with its own system
+    message is rendered as the family's template renders it."""
+    exported = template_module.chat_template(system_prompt, template=template)
+    messages, grids = CASES["one_image"]
+    trained = ([{"role": "system", "content": system_prompt}] if system_prompt is not None else []) + messages
+    want = encode_chat(tok, trained, image_grids=grids, template=template).token_ids.tolist()
+    assert expand_pads(hf_ids(tok, messages, chat_template=exported), grids) == want
+    own = [{"role": "system", "content": "Radiology."}, *messages]
+    assert expand_pads(hf_ids(tok, own, chat_template=exported), grids) == expand_pads(
+        hf_ids(tok, own, chat_template=template_module.TEMPLATES[template]), grids)
+
+
+@pytest.mark.parametrize("template", QWEN_TEMPLATES)
+def test_random_conversations_match(tok, template):
     rng = np.random.default_rng(0)
     fragments = ["The", " answer", "\n", "\n\n", " ", "  ", "A.", "<think>", "</think>", "123", "é", "🫀", "\t", "x"]
     for _ in range(60):
@@ -220,8 +279,9 @@ def test_random_conversations_match(tok):
             grids += [[1, 2 * int(rng.integers(1, 6)), 2 * int(rng.integers(1, 6))] for _ in range(n_images)]
             messages.append(user("".join(rng.choice(fragments, int(rng.integers(0, 8)))), n_images))
             messages.append(assistant("".join(rng.choice(fragments, int(rng.integers(0, 12))))))
-        enc = encode_chat(tok, messages, image_grids=grids)
-        assert enc.token_ids.tolist() == expand_pads(hf_ids(tok, messages), grids), messages
+        enc = encode_chat(tok, messages, image_grids=grids, template=template)
+        source = template_module.TEMPLATES[template]
+        assert enc.token_ids.tolist() == expand_pads(hf_ids(tok, messages, chat_template=source), grids), messages
         assert enc.num_loss_tokens >= n_turns  # at least each <|im_end|>
 
 
