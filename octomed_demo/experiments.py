@@ -16,15 +16,19 @@ docs/experiments.md) and whether each of the paper's findings (`CLAIMS`) points 
 
 What the miniature changes besides the scale (docs/experiments.md, "The experiments in miniature"):
 - every arm trains the scale config's fixed number of steps (equal compute), not its exact epochs: at the
-  world's size an epoch is a few steps. The traces experiment so compares K at equal steps (the paper's
-  "4 traces x 1 epoch beat 1 trace x 3 epochs" is its equal-compute point);
+  world's size an epoch is a few steps. The traces experiment (`EPOCH_EXPERIMENTS`) is the exception: the paper
+  compares its arms at epochs (1 trace x 3 epochs, 4 traces x 1 epoch, 16 traces x 3 epochs), so each of its arms
+  trains exact epochs to the point the paper reports (`PAPER_EPOCHS`), evaluated at each epoch's end, on a world
+  with a larger text split (`EPOCH_WORLD_SCALE`) so that an epoch is tens of steps; `--quick` trains them fixed
+  steps;
 - the filter experiment is also read at mid-training (`EARLY_EXPERIMENTS`): the paper's finding is about early
   training;
 - teachers are demo teachers of two styles (`TEACHER_STYLES`), a reasoning-style one for DeepSeek-R1 and an
   instruction-style one for GPT-4o (and a weaker "student" for the student pass-rate filter), differing in
-  their error rate per category and, on scored text questions, in whether they write the steps;
+  their error rate per category and, on scored text questions, in whether they write the steps; the judge
+  filter's endpoint is a demo judge that rates difficulty by the facts a question takes;
 - the world is the demo's with too-easy image + text questions added (`SUITE_WORLD`), for the filters;
-- an arm whose filter needs an endpoint the world does not have (the LLM judge) is listed as not run.
+- an arm whose filter needs an endpoint the world has no stand-in for is listed as not run (none today).
 """
 
 from __future__ import annotations
@@ -72,6 +76,10 @@ TEACHER_STYLES: dict[str, tuple[str, dict[str, float], str]] = {
                          "brief"),
     base.student_endpoint().name: ("demo-student", {"text": 0.7, "mm_reasoning": 0.7, "mm_classification": 0.7},
                                    "reasoning"),
+    # The judge filter's endpoint: rates difficulty by the facts a question takes (`world.judge_difficulty`: a
+    # stated answer 1, an image + text question 5), misjudging 10% of questions by 2 points.
+    base.judge_endpoint().name: ("demo-judge", {"text": 0.1, "mm_reasoning": 0.1, "mm_classification": 0.1},
+                                 "judge"),
 }
 
 # The suite's world: the demo's, with 40% of the image + text train questions too easy (`world.STATED`: the stem
@@ -90,6 +98,7 @@ SCALE_FIELDS = (
     "recipe.sources",  # the world's source of each category the arm's sources are in
     "recipe.teachers",  # the demo teacher of each endpoint's style (`TEACHER_STYLES`)
     "recipe.filters.student_pass_rate.endpoint",  # the demo student
+    "recipe.filters.judge.endpoint",  # the demo judge
     "recipe.source_root",
     "recipe.decontamination.enabled",  # the world's splits are disjoint by construction
     "recipe.concurrency",
@@ -99,6 +108,14 @@ SCALE_FIELDS = (
 )
 
 EARLY_EXPERIMENTS = ("filter",)  # also evaluated at mid-training: the paper's finding is about early training
+# Experiments compared at the paper's epochs, not at equal steps: each arm trains exact epochs (`train.num_steps=-1`)
+# up to the epoch the paper reports its number at, evaluated at every epoch's end (the real arms'
+# `eval.at_epoch_ends`), on the suite's world with a text split `EPOCH_WORLD_SCALE` times the scale config's, so
+# that one epoch of one trace per question is ~65 steps (1,600 questions drawn, 1,324 distinct): traces_1 199 steps,
+# traces_4 ~260, traces_16 ~780 (16 samples keep at most the 4 wordings of a text trace: traces_4's data, 3 epochs).
+EPOCH_EXPERIMENTS = ("traces",)
+PAPER_EPOCHS = {"traces_1": 3, "traces_4": 1, "traces_16": 3}
+EPOCH_WORLD_SCALE = {"text": 5}  # train questions drawn, times the scale config's
 QUICK_ARMS = ("format_cot", "format_direct", "traces_1", "traces_16")
 # Steps per arm: 300, where the demo's student has learned its image categories (text by 300-400). The default
 # suite's 14 arms (filter_judge cannot run) took 2,700 s on a quiet 2-core machine (2026-11-30, 176-231 s per arm;
@@ -156,7 +173,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("format", "direct is slightly ahead on classification (65.46 vs 63.33)", "format_direct", ("format_cot",),
           "mm_classification", ">="),
     Claim("traces", "16 traces beat 1 (peak 85.01 vs 75.16)", "traces_16", ("traces_1",), "text"),
-    Claim("traces", "4 traces x 1 epoch beat 1 trace x 3 epochs (76.50 vs 75.16); here at equal steps", "traces_4",
+    Claim("traces", "4 traces x 1 epoch beat 1 trace x 3 epochs (76.50 vs 75.16)", "traces_4",
           ("traces_1",), "text"),
     Claim("teacher", "R1 gives larger gains than GPT-4o on text", "teacher_r1", ("teacher_gpt4o",), "text"),
     *(Claim("filter", f"{f[7:]} makes early training more sample-efficient", f, ("filter_none",), "mm_reasoning",
@@ -197,7 +214,7 @@ def demo_scale(arm: ml_collections.ConfigDict, scale: ml_collections.ConfigDict)
     - sources: each real source becomes the scale config's world source of its category (`SOURCE_CATEGORY`),
       so `text_only` keeps the world's text questions and `filter_none` its image + text ones;
     - teachers: each category's endpoint becomes the demo teacher of its style (`demo_teacher`), as does the
-      student pass-rate filter's endpoint; the judge has no demo style and stays as it is (`missing_endpoints`);
+      student pass-rate filter's endpoint, and the judge's the demo judge;
     - the world's recipe settings (source root, no decontamination, concurrency, image size, out_dir) and the
       whole training half (model, tokenizer, data, optimizer, steps, checkpoints, eval) are the scale config's.
 
@@ -214,9 +231,9 @@ def demo_scale(arm: ml_collections.ConfigDict, scale: ml_collections.ConfigDict)
     categories = {SOURCE_CATEGORY[k] for k in r.sources}
     r.sources = ml_collections.ConfigDict({k: v for k, v in sr.sources.items() if v.options.category in categories})
     r.teachers = ml_collections.ConfigDict({c: demo_teacher(t, c, s) for c, t in r.teachers.items()})
-    student = r.filters.student_pass_rate
-    # The student answers the filtered questions, here image + text: its style's rate for that category.
-    student.endpoint = demo_teacher(student.endpoint, "mm_reasoning", s)
+    # The student and the judge see the filtered questions, here image + text: their style's rate for that category.
+    for name in ("student_pass_rate", "judge"):
+        r.filters[name].endpoint = demo_teacher(r.filters[name].endpoint, "mm_reasoning", s)
     r.source_root, r.decontamination.enabled = sr.source_root, sr.decontamination.enabled
     r.concurrency, r.images.max_pixels, r.out_dir = sr.concurrency, sr.images.max_pixels, sr.out_dir
     config.plugins = s.plugins
@@ -238,12 +255,41 @@ def early_step(config: ml_collections.ConfigDict) -> int:
     return max(1, int(config.train.num_steps) // 2)
 
 
-def arm_config(experiment: str, arm: str, scale: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The suite's config of one arm: `demo_scale` of the real arm, plus the mid-training evaluation."""
-    config = demo_scale(load_config(arm), scale)
+def with_world(recipe: ml_collections.ConfigDict, world_options: Mapping[str, Mapping[str, Any]]) -> None:
+    """Updates, in place, the options of the recipe's world sources of each category in `world_options`."""
+    for entry in recipe.sources.values():
+        entry.options.update(world_options.get(entry.options.category, {}))
+
+
+def epoch_world(recipe: ml_collections.ConfigDict) -> None:
+    """The `EPOCH_EXPERIMENTS`' world, in place: each category's train split `EPOCH_WORLD_SCALE` times larger."""
+    for entry in recipe.sources.values():
+        factor = EPOCH_WORLD_SCALE.get(entry.options.category, 1)
+        entry.options.num_train = int(entry.options.num_train) * factor
+
+
+def arm_config(experiment: str, arm: str, scale: ml_collections.ConfigDict, *, by_epochs: bool = True
+               ) -> ml_collections.ConfigDict:
+    """The suite's config of one arm: `demo_scale` of the real arm, plus the mid-training evaluation; with
+    `by_epochs`, an arm of the `EPOCH_EXPERIMENTS` trains exact epochs to its `PAPER_EPOCHS` on `epoch_world`."""
+    real = load_config(arm)
+    config = demo_scale(real, scale)
     if experiment in EARLY_EXPERIMENTS:
         config.eval.every = early_step(config)
+    if by_epochs and experiment in EPOCH_EXPERIMENTS:
+        epoch_world(config.recipe)
+        config.train.num_steps = -1  # exact epochs, counted (the real arms')
+        config.data.epochs = PAPER_EPOCHS[arm]
+        config.eval.at_epoch_ends = bool(real.eval.at_epoch_ends)
     return config
+
+
+def held_out_questions(scale: ml_collections.ConfigDict) -> list[Any]:
+    """The held-out questions every arm is evaluated on: the test split of each category, kept apart from the
+    largest train split any arm draws (`epoch_world`'s)."""
+    recipe = ml_collections.ConfigDict(scale.recipe.to_dict())
+    epoch_world(recipe)
+    return world.held_out(recipe, limit=scale.eval.max_questions)
 
 
 def suite_scale(scale: ml_collections.ConfigDict, *, quick: bool, steps: int | None = None
@@ -253,8 +299,7 @@ def suite_scale(scale: ml_collections.ConfigDict, *, quick: bool, steps: int | N
     process), room for scored text traces when a text source asks scored questions; `quick`: also at
     most `QUICK_EVAL_QUESTIONS` held-out questions per category."""
     s = ml_collections.ConfigDict(scale.to_dict())
-    for entry in s.recipe.sources.values():  # the suite's world (`SUITE_WORLD`)
-        entry.options.update(SUITE_WORLD.get(entry.options.category, {}))
+    with_world(s.recipe, SUITE_WORLD)
     s.train.num_steps = steps or (QUICK_STEPS if quick else PAPER_STEPS)
     if any(e.options.get("scored_findings") for e in s.recipe.sources.values()):
         s.eval.max_new_tokens = max(int(s.eval.max_new_tokens), SCORED_MAX_NEW_TOKENS)
@@ -353,17 +398,27 @@ def run_arm(experiment: str, arm: str, config: ml_collections.ConfigDict, workdi
     if not os.path.exists(shared_before):
         shutil.copyfile(driver.eval_path(workdir, 0), shared_before)
     end = int(summary["end_step"])
+
+    def accuracies(step: int) -> dict[str, float]:
+        cats = driver.load_eval(workdir, step)["summary"]["categories"]
+        return {c: m["accuracy"] for c, m in sorted(cats.items())}
+
     early = None
     if experiment in EARLY_EXPERIMENTS:
-        step = early_step(config)
-        cats = driver.load_eval(workdir, step)["summary"]["categories"]
-        early = {"step": step, "categories": {c: m["accuracy"] for c, m in sorted(cats.items())}}
+        early = {"step": early_step(config), "categories": accuracies(early_step(config))}
+    epochs = None
+    if config.train.num_steps <= 0 and config.eval.at_epoch_ends:
+        from octomed_jax.checkpoint import load_contract
+
+        ends = load_contract(workdir).train.epoch_end_steps
+        epochs = [{"epoch": e, "step": s, "categories": accuracies(s)} for e, s in enumerate(ends, start=1)]
     report = {
         "experiment": experiment,
         "arm": arm,
         "status": "done",
         "categories": driver.category_table(driver.load_eval(workdir, 0), driver.load_eval(workdir, end)),
         "early": early,
+        "epochs": epochs,
         "traces": driver.trace_counts(manifest),
         "steps": end,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
@@ -397,14 +452,14 @@ def run_suite(scale: ml_collections.ConfigDict, workdir: str, *, quick: bool = F
     check_workdir(scale, workdir)
     print(f"experiments: {len(arms)} arms into {workdir}; library logs go to "
           f"{driver.route_library_logs(workdir)}")
-    questions = world.held_out(scale.recipe, limit=scale.eval.max_questions)  # every category, the same for all
+    questions = held_out_questions(scale)  # every category, the same for all
     results: dict[str, dict[str, Any]] = {}
     ran: list[float] = []
     for i, (experiment, arm) in enumerate(arms, start=1):
         arm_dir = os.path.join(workdir, arm)
         path = os.path.join(arm_dir, ARM_REPORT)
         head = f"[arm {i}/{len(arms)}] {arm} ({experiment})"
-        config = arm_config(experiment, arm, scale)
+        config = arm_config(experiment, arm, scale, by_epochs=not quick)
         missing = missing_endpoints(config)
         if os.path.exists(path):
             with open(path) as f:
@@ -416,7 +471,9 @@ def run_suite(scale: ml_collections.ConfigDict, workdir: str, *, quick: bool = F
             results[arm] = {"experiment": experiment, "arm": arm, "status": "not run", "reason": reason}
             print(f"{head}: not run: {reason}")
             continue
-        print(f"{head}: {config.train.num_steps} steps ...")
+        length = (f"{config.data.epochs} epoch(s), evaluated at each end" if config.train.num_steps <= 0
+                  else f"{config.train.num_steps} steps")
+        print(f"{head}: {length} ...")
         t0 = time.perf_counter()
         report = run_arm(experiment, arm, config, arm_dir, suite_dir=workdir, questions=questions)
         if report.get("preempted"):
@@ -502,6 +559,11 @@ def report_markdown(arms: Mapping[str, Mapping[str, Any]], *, title: str) -> str
             lines.append(f"| `{arm}` | {lever_summary(experiment, arm)} | " + " | ".join(cells) + " |")
         if not_run:
             lines += ["", "Not run: " + "; ".join(not_run) + "."]
+        epochs = {a: arms[a]["epochs"] for a in exp.arms if arms.get(a, {}).get("epochs")}
+        if epochs:
+            lines += ["", "At each epoch's end (step), " + " / ".join(cats) + ": " + "; ".join(
+                f"`{a}` " + ", ".join(f"epoch {p['epoch']} (step {p['step']}) " + " / ".join(
+                    _fmt(p["categories"].get(c)) for c in cats) for p in points) for a, points in epochs.items()) + "."]
         early = {a: arms[a]["early"] for a in exp.arms if arms.get(a, {}).get("early")}
         if early:
             step = next(iter(early.values()))["step"]
@@ -568,7 +630,9 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     flags.DEFINE_bool("quick", False, f"Only {', '.join(QUICK_ARMS)}, {QUICK_STEPS} steps each.",
                       flag_values=flag_values)
     flags.DEFINE_integer("steps", None, f"Training steps per arm (default {PAPER_STEPS}; --quick {QUICK_STEPS}); "
-                         "at least 2 (a warmup step and a decay step).", lower_bound=2, flag_values=flag_values)
+                         f"at least 2 (a warmup step and a decay step). The arms of {', '.join(EPOCH_EXPERIMENTS)} "
+                         "train the paper's epochs instead, except with --quick.", lower_bound=2,
+                         flag_values=flag_values)
     flags.DEFINE_string("workdir", "runs/paper", "One folder per arm, and the report.", flag_values=flag_values)
     flags.DEFINE_list("only", [], "Experiments or arms to run (default: all of the suite).", flag_values=flag_values)
 

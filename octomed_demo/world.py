@@ -407,7 +407,9 @@ _MM_REASONING = (  # the text fact, then the image fact, then the name they comp
 _SCORED_NEXT = (", {f} {p} makes {t}", ", {f} {p} gives {t}")
 _SCORED_END = ("{t} is {d}", "{t} means {d}", "Total {t}, so {d}", "Score {t}: {d}")
 _SCORED_BRIEF = ("The score is {t}: {d}", "Score {t}, so {d}", "The findings total {t}: {d}")
-STYLES = ("reasoning", "brief")  # the demo teacher's `style` (extra_body): how much of a scored sum it writes
+# The demo teacher's `style` (extra_body): how much of a scored sum it writes; "judge": it rates the question's
+# difficulty instead of answering it (`judge_difficulty`), as the judge filter's endpoint does.
+STYLES = ("reasoning", "brief", "judge")
 
 
 def _article(word: str) -> str:
@@ -447,6 +449,32 @@ def solve(question: Question, seen: Mapping[str, Any] | None = None) -> str | No
     if "lesion" in seen and len(seen["findings"]) == 1:
         return mm_diagnosis(seen["lesion"], seen["findings"][0])
     return None
+
+
+def judge_difficulty(question: Question, seen: Mapping[str, Any]) -> tuple[int, str]:
+    """The difficulty 1..10 a careful judge gives a question of this world, with its reason: by the facts an answer
+    takes. A stem that states its answer takes none (1); an image's lesion alone, one fact (2); a text's key finding,
+    one fact among distractors (3); a finding and a lesion together (5); a scored question, one step per finding
+    added (4 + findings). The paper's judge filter keeps 3..6 (`configs/base.py`)."""
+    if "stated" in seen:
+        return 1, "the stem states the answer"
+    if question.category == "mm_classification":
+        return 2, "one fact: the lesion in the image"
+    if question.category == "text":
+        if seen.get("scored"):
+            n = len(seen["findings"])
+            return min(10, 4 + n), f"{n} findings' points added up"
+        return 3, "one fact: the key finding among findings that decide nothing"
+    return 5, "two facts: the form from the text's finding and the lesion from the image"
+
+
+def _judge_reply(question: Question, seen: Mapping[str, Any], rng: random.Random, error_rate: float) -> str:
+    """A judge's reply ending "Difficulty: N" (`data_pipeline.filters.parse_judge_score`); with probability
+    `error_rate` the judge misjudges by 2 either way, as real judges are noisy."""
+    score, reason = judge_difficulty(question, seen)
+    if rng.random() < error_rate:
+        score = min(10, max(1, score + rng.choice((-2, 2))))
+    return f"Answering it takes {reason}. Difficulty: {score}"
 
 
 def _reasoning(question: Question, letter: str, seen: Mapping[str, Any], rng: random.Random,
@@ -514,7 +542,9 @@ class DemoTeacher:
     `error_rate`, commits to a wrong option instead (its reasoning then misreads the findings or the
     lesion, as a real teacher's wrong trace does), and with probability `truncation_rate` stops inside
     its reasoning (no answer). Its phrasing varies between samples, so several accepted traces of one
-    question are distinct. Everything is a function of (seed, question key, sample index).
+    question are distinct. Everything is a function of (seed, question key, sample index). In the "judge"
+    style it rates the question's difficulty instead (`judge_difficulty`, misjudged at `error_rate`): the
+    judge filter's endpoint.
 
     Settings come from the recipe's teacher entry; `extra_body` holds `error_rate`, `truncation_rate`
     and `seed` (what a real endpoint would receive as extra sampling parameters).
@@ -542,6 +572,8 @@ class DemoTeacher:
         """The response text of one sample (`<think>` reasoning, then the answer line)."""
         rng = random.Random(stable_hash("demo-teacher", self.seed, question.key, sample_index))
         seen = self._read(question)
+        if self.style == "judge":
+            return _judge_reply(question, seen, rng, self.error_rate)
         truth = solve(question, seen)
         letters = [k for k, v in question.options.items() if v == truth]
         letter = letters[0] if letters else rng.choice(list(question.options))
@@ -574,7 +606,7 @@ class DemoTeacher:
                     prompt_version=self.prompt_version,
                     sample_index=int(i),
                     content=text,
-                    finish_reason="stop" if "</think>" in text else "length",
+                    finish_reason="stop" if "</think>" in text or self.style == "judge" else "length",
                     prompt_tokens=len(formats.render_question(question).split()),  # a word count as a proxy
                     completion_tokens=len(text.split()),
                 )

@@ -182,7 +182,8 @@ class RunContract:
                                 f"of the family (config.model.preset)")
         if (self.prompting.template == "internvl") != (self.special_ids.image_tokens != QWEN_IMAGE_TOKENS):
             raise ContractError(f"prompting.template {self.prompting.template!r} with the image tokens "
-                                f"{self.special_ids.image_tokens}: InternVL's template goes with InternVL's tokens only")
+                                f"{self.special_ids.image_tokens}: InternVL's template goes with InternVL's tokens "
+                                "only")
         if self.model.image_token_id != self.special_ids.image_pad:
             raise ContractError(f"model.image_token_id {self.model.image_token_id} != special_ids.image_pad "
                                 f"{self.special_ids.image_pad}")

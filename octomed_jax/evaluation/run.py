@@ -72,7 +72,8 @@ def _prompt(tokenizer: PreTrainedTokenizerFast, question: Question, contract: Ru
     prompting = contract.prompting
     return question_prompt(
         tokenizer, question, system_prompt=prompting.system_prompt, instruction=prompting.instruction,
-        template=prompting.template, **contract.preprocessing.image_options(contract.model),  # the bounds and the family's parameters
+        template=prompting.template,
+        **contract.preprocessing.image_options(contract.model),  # the bounds and the family's parameters
     )
 
 

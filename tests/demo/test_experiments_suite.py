@@ -42,6 +42,14 @@ def test_arm_is_the_real_config_but_for_the_scale_fields(exp, arm, scale):
     if exp in ex.EARLY_EXPERIMENTS:  # eval is a scale field; the mid-training point is the suite's
         assert config.eval.every == scale.train.num_steps // 2 == ex.PAPER_STEPS // 2
         config.eval.every = scale.eval.every
+    if exp in ex.EPOCH_EXPERIMENTS:  # exact epochs to the paper's point, evaluated at each end, on a larger world
+        assert (config.train.num_steps, config.data.epochs, config.eval.at_epoch_ends) == (
+            -1, ex.PAPER_EPOCHS[arm], real.eval.at_epoch_ends)
+        assert real.eval.at_epoch_ends and real.data.epochs == 3 >= ex.PAPER_EPOCHS[arm]
+        assert config.recipe.sources.demo_text.options.num_train == 5 * scale.recipe.sources.demo_text.options.num_train
+        quick = ex.arm_config(exp, arm, scale, by_epochs=False)  # --quick: the scale's fixed steps
+        assert (quick.train.num_steps, quick.data.epochs) == (scale.train.num_steps, scale.data.epochs)
+        config = quick
     assert got_rest == want_rest  # the lever and every other recipe field: the real arm's
     for key in ("init_from", "model", "mesh", "rules", "data", "optim", "train", "checkpoint", "eval", "export",
                 "demo", "plugins"):
@@ -57,8 +65,10 @@ def test_arm_is_the_real_config_but_for_the_scale_fields(exp, arm, scale):
                       "mm_classification": ("demo-instruction", 0.35, 16, "brief")}
     student = config.recipe.filters.student_pass_rate.endpoint
     assert (student.kind, student.name, student.extra_body.error_rate, student.n) == ("demo", "demo-student", 0.7, 16)
-    assert config.recipe.filters.judge.endpoint == real.recipe.filters.judge.endpoint  # no stand-in in the world
-    assert ex.missing_endpoints(config) == (["judge"] if arm == "filter_judge" else [])
+    judge = config.recipe.filters.judge.endpoint
+    assert (judge.kind, judge.name, judge.extra_body.style, judge.extra_body.error_rate, judge.n) == (
+        "demo", "demo-judge", "judge", 0.1, 1)
+    assert ex.missing_endpoints(config) == []
     assert all(k.startswith(ex.SCALE_FIELDS) for k in got_scale)
 
 
@@ -69,6 +79,8 @@ def test_scaled_sibling_arms_still_differ_only_in_the_lever(exp, scale):
     for arm in arms[1:]:
         other = flatten(ex.arm_config(exp, arm, scale))
         changed = {k for k in first.keys() | other.keys() if first.get(k) != other.get(k)} - {"recipe.name"}
+        if exp in ex.EPOCH_EXPERIMENTS and ex.PAPER_EPOCHS[arm] != ex.PAPER_EPOCHS[arms[0]]:
+            changed -= {"data.epochs"}  # each arm read at the epoch the paper reports it at
         assert changed and all(k.startswith(EXPERIMENTS[exp].lever) for k in changed), (arm, sorted(changed))
 
 
@@ -120,12 +132,14 @@ def test_cli_flags_are_defined_on_request_only():
     assert (ex.scale_argument(["prog", "--quick"]), ex.scale_argument(["prog", "--scale=demo"])) == ("demo", "demo")
 
 
-def fake_arm(exp, arm, text, mm, cls, early=None):
+def fake_arm(exp, arm, text, mm, cls, early=None, epochs=None):
     cats = dict(zip(base.CATEGORIES, (text, mm, cls), strict=True))
     return {"experiment": exp, "arm": arm, "status": "done",
             "categories": {c: {"chance": 20.0, "before": 0.0, "after": v, "questions": 40, "unparseable_after": 0}
                            for c, v in cats.items()},
-            "early": None if early is None else {"step": 7, "categories": {"mm_reasoning": early}}}
+            "early": None if early is None else {"step": 7, "categories": {"mm_reasoning": early}},
+            "epochs": None if epochs is None else [{"epoch": e, "step": 10 * e, "categories": {"text": a}}
+                                                   for e, a in enumerate(epochs, start=1)]}
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +147,7 @@ def fake_arms():
     arms = {
         "format_cot": fake_arm("format", "format_cot", 60.0, 40.0, 50.0),
         "format_direct": fake_arm("format", "format_direct", 30.0, 37.5, 70.0),
-        "traces_1": fake_arm("traces", "traces_1", 80.0, 0.0, 0.0),
+        "traces_1": fake_arm("traces", "traces_1", 80.0, 0.0, 0.0, epochs=(20.0, 60.0, 80.0)),
         "traces_16": fake_arm("traces", "traces_16", 70.0, 0.0, 0.0),
         "filter_none": fake_arm("filter", "filter_none", 0.0, 50.0, 0.0, early=20.0),
         "filter_teacher_pass_rate": fake_arm("filter", "filter_teacher_pass_rate", 0.0, 30.0, 0.0, early=32.5),
@@ -175,6 +189,8 @@ def test_report_lists_every_experiment_of_the_docs(fake_arms, tmp_path):
             assert f"| `{arm}` | " in text
     assert "| `format_cot` | cot | 60.0 | 52.2 | 40.0 | 38.1 | 50.0 | 63.3 |" in text
     assert "| `filter_judge` | judge | not run | - | not run | - | not run | - |" in text
+    assert ("At each epoch's end (step), text / mm_reasoning / mm_classification: `traces_1` epoch 1 (step 10) "
+            "20.0 / - / -, epoch 2 (step 20) 60.0 / - / -, epoch 3 (step 30) 80.0 / - / -.") in text
     assert "`filter_judge`: the demo world has no stand-in for the judge endpoint" in text
     assert "| text | final | +30.0 | agrees |" in text and "| text | final | -10.0 | inverted |" in text
     assert f"The paper's {len(ex.CLAIMS)} findings here: 3 agrees, 1 flat, 1 inverted, " in text
@@ -203,14 +219,21 @@ def test_two_arm_suite_end_to_end_and_rerun_skips_finished_arms(child_env, tmp_p
         return proc.stdout
 
     out = run()
-    assert "[arm 1/2] traces_1 (traces): 2 steps ..." in out and "[arm 2/2] traces_4 (traces): done in" in out
+    # The traces arms train the paper's epochs (3 and 1), evaluated at each end, on 5 x 16 text questions.
+    assert "[arm 1/2] traces_1 (traces): 3 epoch(s), evaluated at each end ..." in out
+    assert "[arm 2/2] traces_4 (traces): 1 epoch(s), evaluated at each end ..." in out
+    assert "[arm 2/2] traces_4 (traces): done in" in out
     assert re.search(r"experiments: total \d+s", out)
     reports = {}
-    for arm in ("traces_1", "traces_4"):
+    for arm, epochs in (("traces_1", 3), ("traces_4", 1)):
         with open(os.path.join(workdir, arm, ex.ARM_REPORT)) as f:
             reports[arm] = json.load(f)
-        assert reports[arm]["steps"] == 2
+        points = reports[arm]["epochs"]
+        assert [p["epoch"] for p in points] == list(range(1, epochs + 1))
+        assert points[-1]["step"] == reports[arm]["steps"]
+        assert points[-1]["categories"] == {c: m["after"] for c, m in reports[arm]["categories"].items()}
         assert {c: m["questions"] for c, m in reports[arm]["categories"].items()} == {c: 2 for c in base.CATEGORIES}
+    assert reports["traces_1"]["traces"]["questions_in"] == reports["traces_4"]["traces"]["questions_in"] == 5 * 16
     assert reports["traces_1"]["traces"]["traces_per_question"] == 1
     assert reports["traces_4"]["traces"]["traces_per_question"] == 4
     # the untrained student's evaluation is the first arm's, shared by the second

@@ -246,3 +246,24 @@ def test_stated_questions_are_too_easy_and_only_in_training():
     assert right < 0.5 * 160
     with pytest.raises(ValueError, match="stated_fraction"):
         w.make_question(0, "mm_reasoning", "train", 0, stated_fraction=1.0)
+
+
+def test_the_demo_judge_rates_by_the_facts_a_question_takes():
+    """The judge style rates difficulty through the real judge prompt's parser and filter: a stated answer 1, an
+    image's lesion 2, a text's key finding 3, a finding and a lesion 5, a scored question 4 + its findings; 10%
+    misjudged by 2. The paper's 3..6 keeps the image + text questions and drops the stated ones."""
+    from data_pipeline.filters import judge_keep, judge_score
+
+    judge = make_teacher({**w.teacher_settings(error_rate=0.0, n=1, style="judge"), "name": "demo-judge"})
+    mm = list(w.generate_split(0, "mm_reasoning", "train", 120, stated_fraction=0.4))
+    scores = {q.id: judge_score(judge.sample(q, [0])) for q in mm}
+    assert all(scores[q.id] == (1 if q.metadata.get("stated") else 5) for q in mm)
+    assert [judge_keep(scores[q.id], 3, 6) for q in mm] == [not q.metadata.get("stated") for q in mm]
+    for category, want in (("mm_classification", 2), ("text", 3)):
+        q = next(w.generate_split(0, category, "train", 1))
+        assert judge_score(judge.sample(q, [0])) == want
+    q = next(w.generate_split(0, "text", "train", 1, scored_findings=3))
+    assert judge_score(judge.sample(q, [0])) == 7
+    noisy = make_teacher({**w.teacher_settings(error_rate=0.1, n=1, style="judge"), "name": "demo-judge"})
+    off = [abs(judge_score(noisy.sample(q, [0])) - scores[q.id]) for q in mm]
+    assert set(off) <= {0, 2} and 0.03 <= sum(d > 0 for d in off) / len(mm) <= 0.2  # 1 -> 1 when clipped
