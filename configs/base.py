@@ -222,7 +222,7 @@ def add_training_defaults(config: ml_collections.ConfigDict) -> None:
             max_errors=1000,
             max_error_fraction=0.01,
             verify_files="sha256",  # shards checked against the manifest at start: "sha256" or "size" (cheaper)
-            system_prompt="",  # "" -> Qwen's default system prompt
+            system_prompt="",  # "" -> the template's default: Qwen2.5-VL's system prompt; none for Qwen3-VL, InternVL
         )
     )
     config.optim = ml_collections.ConfigDict(

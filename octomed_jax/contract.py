@@ -129,7 +129,7 @@ class TrainSettings:
       seed: model initialisation and RNG seed.
       mesh: the mesh the run was trained on (axis name -> size); a checkpoint restores onto any mesh.
       rules: logical axis -> mesh axes.
-      epoch_end_steps: the step by which each epoch (1, 2, ...) has been trained, as counted before the run
+      epoch_end_steps: the step by which the data has passed each epoch (1, 2, ...), as counted before the run
         (`octomed_jax.data.epochs`); only epochs ending within `total_steps`.
     """
 

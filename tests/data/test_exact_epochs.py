@@ -101,15 +101,27 @@ def test_counted_steps_equal_the_batches_produced(data_dir, run):
     assert int((batches[-1]["segment_ids"].max(axis=1) > 0).sum()) == real_rows_last
 
 
-def test_epoch_end_steps_match_where_each_epochs_last_example_appears(data_dir, run):
+def test_epoch_end_steps_are_where_the_stream_passes_each_epoch(data_dir, run):
+    """By an epoch's end step the real iterator has trained the whole epoch but what the packer still holds (at most
+    `max_open_rows` rows per data shard), no later than the step of the epoch's last straggler, and most of the next
+    epoch comes after it."""
     _, rows = run
     for micro_steps in (1, 2):
-        ends = []
-        for e in range(EPOCHS):
-            step = max(b // micro_steps + 1 for shard, b, positions, _ in rows
-                       if any((shard + p * SHARDS) // EPOCH_LEN == e for p in positions))
-            ends.append(max([step, *ends]))
-        assert plan(data_dir, micro_steps=micro_steps).epoch_end_steps == tuple(ends)
+        counted = plan(data_dir, micro_steps=micro_steps)
+        assert len(counted.epoch_end_steps) == EPOCHS and counted.epoch_end_steps[-1] == counted.steps
+        for e, end in enumerate(counted.epoch_end_steps):
+            def epochs_of(positions, shard):
+                return {(shard + p * SHARDS) // EPOCH_LEN for p in positions}
+
+            later = [(shard, positions) for shard, b, positions, _ in rows if b // micro_steps + 1 > end]
+            for shard in range(SHARDS):
+                held = [1 for s, positions in later if s == shard and min(epochs_of(positions, s)) <= e]
+                assert len(held) <= 3  # max_open_rows
+            last_straggler = max(b // micro_steps + 1 for shard, b, positions, _ in rows
+                                 if min(epochs_of(positions, shard)) <= e)
+            assert end <= last_straggler
+            if e + 1 < EPOCHS:  # the epoch's end is not the run's: most of the next epoch comes after it
+                assert sum(1 for s, positions in later if max(epochs_of(positions, s)) > e) > 3
 
 
 def test_plan_mixture_counts_examples_per_source(data_dir):
@@ -214,3 +226,33 @@ def test_a_state_of_the_older_stream_order_is_refused_by_version(data_dir):
     state = {**it.get_state(), "version": 1}
     with pytest.raises(ValueError, match=f"version 1, this code reads {STATE_VERSION}"):
         it.set_state(state)
+
+
+def test_a_row_the_packer_keeps_open_does_not_delay_the_epochs_end():
+    """"Close the fullest row" keeps a row at 75 of 100 tokens open while 45-token examples cycle through fuller rows
+    (nothing fits it, it is never the fullest): epoch 1's row leaves the packer in epoch 3. The epoch ends where the
+    stream passes it, i.e. after the rows closed before epoch 2's first example, not at that straggler."""
+    from types import SimpleNamespace
+
+    from octomed_jax.data.epochs import Lengths, _replay
+    from octomed_jax.data.packing import RowPacker
+
+    per_epoch = [30] + [45] * 7
+    stream = [(e, r) for e in range(3) for r in range(len(per_epoch))]
+    keys = SimpleNamespace(arrays=lambda: (np.zeros(len(stream), np.int64), np.asarray([r for _, r in stream]),
+                                           np.asarray([e for e, _ in stream])))
+    lengths = [Lengths(np.asarray(per_epoch, np.int32), np.zeros(len(per_epoch), np.int32), {})]
+    cfg = SimpleNamespace(seq_len=100, max_patches=10, packing="best_fit", max_open_rows=3, epochs=3)
+    rows, passed, complete = _replay(cfg, keys, lengths, None)
+    packer, closed, first_of_epoch, row_of = RowPacker(100, 10, "best_fit", 3), 0, {}, {}
+    for item in stream:
+        first_of_epoch.setdefault(item[0], closed)
+        for row in packer.add(item, per_epoch[item[1]], 0):
+            row_of.update({x: closed for x in row})
+            closed += 1
+    for row in packer.flush():
+        row_of.update({x: closed for x in row})
+        closed += 1
+    straggler = max(i for x, i in row_of.items() if x[0] == 0)
+    assert complete and rows == closed and passed == [first_of_epoch[1], first_of_epoch[2], rows]
+    assert straggler >= first_of_epoch[2] > passed[0]  # the old end of epoch 1 was in epoch 3
