@@ -109,7 +109,9 @@ def test_a_nan_is_named_at_its_step_and_no_checkpoint_follows_it(setup, poisoned
     _, _, contract = setup
     workdir, message = poisoned_run
     assert message.startswith("loss is nan (gradient norm nan) at step 3 (batch of data position ")
-    assert f"position {state_after(contract, 3)}); seen at step 4," in message
+    # Read back at the next step, or at once when an epoch ends at step 3 (its checkpoint waits for the loss).
+    seen = 3 if 3 in contract.train.epoch_end_steps else 4
+    assert f"position {state_after(contract, 3)}); seen at step {seen}," in message
     assert max(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == POISONED_AFTER
 
 
