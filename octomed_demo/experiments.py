@@ -111,15 +111,15 @@ EARLY_EXPERIMENTS = ("filter",)  # also evaluated at mid-training: the paper's f
 # Experiments compared at the paper's epochs, not at equal steps: each arm trains exact epochs (`train.num_steps=-1`)
 # up to the epoch the paper reports its number at, evaluated at every epoch's end (the real arms'
 # `eval.at_epoch_ends`), on the suite's world with a text split `EPOCH_WORLD_SCALE` times the scale config's, so
-# that one epoch of one trace per question is ~65 steps (1,600 questions drawn, 1,324 distinct): traces_1 199 steps,
-# traces_4 ~260, traces_16 ~780 (16 samples keep at most the 4 wordings of a text trace: traces_4's data, 3 epochs).
+# that one epoch of one trace per question is ~66 steps (1,600 questions drawn, 1,324 distinct): traces_1 199 steps,
+# traces_4 257, traces_16 769 (16 samples keep at most the 4 wordings of a text trace: traces_4's data, 3 epochs).
 EPOCH_EXPERIMENTS = ("traces",)
 PAPER_EPOCHS = {"traces_1": 3, "traces_4": 1, "traces_16": 3}
 EPOCH_WORLD_SCALE = {"text": 5}  # train questions drawn, times the scale config's
 QUICK_ARMS = ("format_cot", "format_direct", "traces_1", "traces_16")
 # Steps per arm: 300, where the demo's student has learned its image categories (text by 300-400). The default
-# suite's 14 arms (filter_judge cannot run) took 2,700 s on a quiet 2-core machine (2026-11-30, 176-231 s per arm;
-# docs/experiments.md); quick, estimated from those arms: 4 x (200 x ~0.63 s + ~15 s) + ~40 s ~ 10 min.
+# suite's 15 arms took 3,207 s on a quiet 2-core machine (2026-12-01, 155-210 s per 300-step arm, traces_16's 769
+# steps 499 s; docs/experiments.md); quick 570 s.
 PAPER_STEPS = 300
 QUICK_STEPS = 200
 QUICK_EVAL_QUESTIONS = 20
