@@ -40,6 +40,25 @@ def test_system_prompt_is_added_only_when_the_request_has_none(tokenizer):
     np.testing.assert_array_equal(prompt.token_ids, template_ids(tokenizer, [{**own, "role": "system"}, user]))
 
 
+def test_a_qwen3_vl_run_is_served_with_its_own_template(tokenizer):
+    """A client's request to a Qwen3-VL run is prompted as Qwen3-VL-Instruct's template does (no default system
+    turn), its system message kept: the serve config takes the template from the run's contract."""
+    from octomed_jax.data.template import QWEN3_VL_CHAT_TEMPLATE
+
+    contract = RunContract.for_model(get_preset("qwen3_vl_tiny"))
+    cfg = ServingModel(model=None, tokenizer=tokenizer, contract=contract).serve_config(max_batch=3)
+    assert cfg.template == "qwen3_vl"
+    user = {"role": "user", "content": "Which organ is shown?"}
+    for messages in ([user], [{"role": "system", "content": RADIOLOGIST}, user]):
+        prompt, _ = parse_request(request(*messages), cfg, tokenizer)
+        want = tokenizer.apply_chat_template(messages, chat_template=QWEN3_VL_CHAT_TEMPLATE,
+                                             add_generation_prompt=True, tokenize=True)
+        want = want["input_ids"] if hasattr(want, "keys") else want
+        np.testing.assert_array_equal(prompt.token_ids, want)
+    bare, _ = parse_request(request(user), cfg, tokenizer)
+    assert tokenizer.decode(bare.token_ids).startswith("<|im_start|>user\n")
+
+
 @pytest.mark.parametrize("max_pixels", [28 * 28 * 4, 28 * 28 * 16])
 def test_images_are_resized_to_the_configured_pixel_budget(tokenizer, max_pixels):
     png = png_bytes(5, size=(120, 168))
